@@ -1,0 +1,90 @@
+"""Bounded channels (actor mailboxes) and completions.
+
+``send`` is disabled while the channel is full, ``receive`` while it is empty; both may
+sleep. Every message gets a flow id, so the Perfetto trace draws an arrow from the send to
+the receive. A completion is the kernel's ``struct completion``: ``complete`` adds one
+"done", ``complete_all`` makes every present and future wait pass, and
+``wait_for_completion`` consumes one "done".
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .trace import label
+
+if TYPE_CHECKING:
+    from .controller import Actor, Controller
+
+
+class Channel:
+    def __init__(self, ctl: Controller, name: str, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f"channel {name!r}: capacity must be at least 1")
+        self._ctl = ctl
+        self.name = name
+        self.capacity = capacity
+        self._queue: deque[tuple[int, Any]] = deque()
+
+    def trace_label(self) -> str:
+        return self.name
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def holders(self) -> list[Actor]:
+        return []
+
+    async def send(self, message: Any) -> None:
+        ctl = self._ctl
+        ctl.might_sleep(f"send({self.name})")
+        await ctl.point(f"send {self.name}", lambda: len(self._queue) < self.capacity, self)
+        flow = ctl.next_flow()
+        self._queue.append((flow, message))
+        ctl.trace.add(ctl.step, ctl.current.index, "send", self.name, [flow, label(message)])
+
+    async def receive(self) -> Any:
+        ctl = self._ctl
+        ctl.might_sleep(f"receive({self.name})")
+        await ctl.point(f"recv {self.name}", lambda: bool(self._queue), self)
+        flow, message = self._queue.popleft()
+        ctl.trace.add(ctl.step, ctl.current.index, "recv", self.name, [flow, label(message)])
+        return message
+
+
+class Completion:
+    _ALL = float("inf")
+
+    def __init__(self, ctl: Controller, name: str) -> None:
+        self._ctl = ctl
+        self.name = name
+        self.done: float = 0
+
+    def trace_label(self) -> str:
+        return self.name
+
+    def holders(self) -> list[Actor]:
+        return []
+
+    def complete(self) -> None:
+        self.done += 1
+        self._note("complete")
+
+    def complete_all(self) -> None:
+        self.done = self._ALL
+        self._note("complete_all")
+
+    def reinit(self) -> None:
+        self.done = 0
+
+    async def wait_for_completion(self) -> None:
+        ctl = self._ctl
+        ctl.might_sleep(f"wait_for_completion({self.name})")
+        await ctl.point(f"wait_for_completion {self.name}", lambda: self.done > 0, self)
+        self.done -= 1
+
+    def _note(self, what: str) -> None:
+        ctl = self._ctl
+        actor = ctl.current.index if ctl.current is not None else -1
+        ctl.trace.add(ctl.step, actor, "note", f"{what}({self.name})")

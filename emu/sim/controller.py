@@ -1,0 +1,344 @@
+"""The controller: at most one runnable actor, and every scheduling decision is the strategy's.
+
+Actors are Trio tasks. Baton passing keeps at most one of them runnable. An actor that
+reaches a scheduling point (``await ctl.point(...)``, or any model primitive) announces the
+operation it is about to perform and the predicate under which it can perform it, then asks
+the strategy which *enabled* actor takes the next step. If the strategy picks the same actor,
+it simply goes on (no task switch); otherwise it reschedules the chosen task and parks
+itself. The decision is recorded as ``(step, actor, operation)``.
+
+Blocking is a predicate ("disabled until the mutex is free"), evaluated at each decision,
+so deadlock detection is exact: live actors exist, none is enabled, no timer is pending.
+Virtual time belongs to the controller: it advances, to the earliest timer, only when no
+actor is enabled. A step budget turns a livelock into a reported liveness failure, never a
+hang. An actor that blocks on a raw Trio primitive is caught by an idle watchdog.
+
+Many schedules run one after another inside a single ``trio.run``.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+from sortedcontainers import SortedList
+from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
+
+from ..errors import EmuError, ScenarioError
+from .lockdep import Lockdep
+from .trace import Trace
+from .violations import Stop, Violation
+
+Predicate = Callable[[], bool]
+Check = Callable[[], "str | None"]
+
+
+def _abort(_raise_cancel: Any) -> Abort:
+    return Abort.SUCCEEDED
+
+
+@attrs.define(eq=False)
+class Actor:
+    """One Trio task under the controller's thumb."""
+
+    name: str
+    index: int
+    group: str
+    fn: Callable[..., Awaitable[None]]
+    args: tuple = ()
+    op: str = "start"
+    """The operation the actor performs when it is next granted a step."""
+    enabled: Predicate | None = None
+    """None: always enabled; otherwise the step is possible only when this returns True."""
+    waits_for: Any = None
+    """The primitive it blocks on (for the wait-for graph)."""
+    held: list = attrs.Factory(list)
+    """Locks held, in acquisition order (lockdep's held-lock stack)."""
+    done: bool = False
+    task: Any = None
+
+    def is_enabled(self) -> bool:
+        return self.enabled is None or self.enabled()
+
+    def blockers(self) -> list[Actor]:
+        holders = getattr(self.waits_for, "holders", None)
+        return holders() if holders is not None and not self.is_enabled() else []
+
+    def describe(self) -> str:
+        state = "runnable" if self.is_enabled() else "blocked"
+        who = ", ".join(a.name for a in self.blockers())
+        return f"{self.name}: {state} at '{self.op}'" + (f" (held by {who})" if who else "")
+
+
+class Controller:
+    def __init__(self, strategy: Any, *, max_steps: int = 10_000) -> None:
+        self.strategy = strategy
+        self.max_steps = max_steps
+        self.trace = Trace()
+        self.lockdep = Lockdep(self)
+        self.actors: list[Actor] = []
+        self.live: list[Actor] = []
+        self.current: Actor | None = None
+        self.step = 0
+        self.now = 0
+        self.invariants: list[tuple[str, Check]] = []
+        self.finals: list[tuple[str, Check]] = []
+        self.violations: list[Violation] = []
+        self.stopped = False
+        self.error: EmuError | None = None
+        """Set when the run itself is invalid (raw Trio block, replay divergence)."""
+        self._timers: SortedList = SortedList()
+        self._timer_seq = 0
+        self._flow = 0
+        self._scope: trio.CancelScope | None = None
+        self._watchdog_scope = trio.CancelScope()
+        self._starter: Any = None
+        self._parked = 0
+
+    # ----------------------------------------------------------------- building
+    def spawn(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any,
+              group: str = "actors") -> Actor:
+        """Register an actor; it starts at the schedule's first decisions."""
+        if self._scope is not None:
+            raise RuntimeError("actors are spawned while building the machine, before it runs")
+        if any(a.name == name for a in self.actors):
+            raise ValueError(f"two actors named {name!r}")
+        actor = Actor(name, self.trace.add_actor(name, group), group, fn, args)
+        self.actors.append(actor)
+        self.live.append(actor)
+        return actor
+
+    def next_flow(self) -> int:
+        self._flow += 1
+        return self._flow
+
+    # ----------------------------------------------------------------- scheduling points
+    async def point(self, op: str, enabled: Predicate | None = None, waits_for: Any = None) -> None:
+        """A scheduling point: the current actor will perform ``op`` once it is enabled and
+        the strategy picks it."""
+        if self.stopped:
+            raise Stop
+        actor = self.current
+        actor.op = op
+        actor.enabled = enabled
+        actor.waits_for = waits_for
+        chosen = self._decide()
+        if chosen is not actor:
+            self._hand_over(chosen)
+            await wait_task_rescheduled(_abort)
+        actor.enabled = None
+        actor.waits_for = None
+
+    async def sleep(self, dt: int) -> None:
+        """Sleep ``dt`` units of virtual time (nanoseconds by convention)."""
+        if dt < 0:
+            raise ValueError("sleep takes a non-negative duration")
+        deadline = self.now + dt
+        self._timer_seq += 1
+        self._timers.add((deadline, self._timer_seq))
+        await self.point(f"sleep {dt}", lambda: self.now >= deadline)
+
+    def might_sleep(self, what: str) -> None:
+        """The kernel's might_sleep(): sleeping while holding a spinlock is a bug."""
+        spin = [h.lock.name for h in self.current.held if h.lock.atomic]
+        if spin:
+            self.fail("sleep-in-atomic",
+                      f"BUG: sleeping function called from invalid context: {what} "
+                      f"while holding spinlock {', '.join(spin)}")
+
+    # ----------------------------------------------------------------- findings
+    def fail(self, kind: str, message: str, *, details: str = "", fatal: bool = True) -> None:
+        """Record a violation; a fatal one ends the schedule (raises Stop in the caller)."""
+        actor = self.current
+        self.violations.append(Violation(kind, message, self.step,
+                                         actor.name if actor else None, details, fatal))
+        self.trace.add(self.step, actor.index if actor else -1, "violation", message, kind)
+        if fatal:
+            self._halt()
+            raise Stop
+
+    def abort_run(self, error: EmuError) -> None:
+        """End the schedule because the run is invalid, not because the model is wrong."""
+        self.error = error
+        self._halt()
+        raise Stop
+
+    def _check(self, checks: list[tuple[str, Check]]) -> None:
+        for name, check in checks:
+            try:
+                message = check()
+            except Exception as exc:  # a broken invariant function is still a finding
+                message = f"raised {type(exc).__name__}: {exc}"
+            if message:
+                self.fail("invariant", f"{name}: {message}")
+
+    def _halt(self) -> None:
+        self.stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # ----------------------------------------------------------------- the decision
+    def _decide(self) -> Actor | None:
+        """Pick the actor that takes the next step; None when every actor has finished."""
+        if self.invariants:
+            self._check(self.invariants)
+        while True:
+            enabled = [a for a in self.live if a.enabled is None or a.enabled()]
+            if enabled or not self._timers:
+                break
+            self.now = self._timers[0][0]
+            while self._timers and self._timers[0][0] <= self.now:
+                self._timers.pop(0)
+        if not enabled:
+            if not self.live:
+                return None
+            self._deadlock()
+        if self.step >= self.max_steps:
+            self.fail("liveness", f"no progress in {self.max_steps} steps",
+                      details="\n".join("  " + a.describe() for a in self.live))
+        chosen = self.strategy.choose(enabled, self)
+        self.step += 1
+        self.trace.events.append((self.step, chosen.index, "step", chosen.op, self.now))
+        return chosen
+
+    def _hand_over(self, actor: Actor) -> None:
+        self.current = actor
+        reschedule(actor.task)
+
+    def _deadlock(self) -> None:
+        cycle = self._wait_for_cycle()
+        if cycle:
+            parts = [f"{a.name} waits in '{a.op}' for {b.name}"
+                     for a, b in zip(cycle, cycle[1:] + cycle[:1], strict=True)]
+            message = "; ".join(parts)
+        else:
+            message = f"{len(self.live)} live actors and none can run"
+        self.current = None
+        self.fail("deadlock", message, details="\n".join("  " + a.describe() for a in self.live))
+
+    def _wait_for_cycle(self) -> list[Actor]:
+        """A cycle in the wait-for graph (actor -> the actors holding what it waits for)."""
+        visited: set[int] = set()
+
+        def search(path: list[Actor]) -> list[Actor]:
+            for b in path[-1].blockers():
+                if b in path:
+                    return path[path.index(b):]
+                if b.index not in visited:
+                    visited.add(b.index)
+                    found = search([*path, b])
+                    if found:
+                        return found
+            return []
+
+        for start in self.live:
+            found = search([start])
+            if found:
+                return found
+        return []
+
+    # ----------------------------------------------------------------- running
+    async def run(self) -> None:
+        """Run the schedule to its end (inside the caller's ``trio.run``)."""
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            if self.actors:
+                # The last actor to park wakes us: cheaper than nursery.start per actor.
+                self._starter = current_task()
+                for actor in self.actors:
+                    nursery.start_soon(self._actor_main, actor)
+                await wait_task_rescheduled(_abort)
+            nursery.start_soon(self._watchdog)
+            try:
+                first = self._decide()
+            except Stop:
+                return
+            if first is None:
+                self._finished()
+            else:
+                self._hand_over(first)
+
+    async def _actor_main(self, actor: Actor) -> None:
+        actor.task = current_task()
+        self._parked += 1
+        if self._parked == len(self.actors):
+            reschedule(self._starter)
+        try:
+            await wait_task_rescheduled(_abort)
+            actor.enabled = None
+            await actor.fn(*actor.args)
+            if actor.held:
+                self.fail("lock-leak", f"{actor.name} exits holding "
+                          + ", ".join(h.lock.name for h in actor.held))
+        except Stop:
+            return
+        except Exception as exc:
+            self._crash(actor, exc)
+            return
+        self._finish(actor)
+
+    def _crash(self, actor: Actor, exc: Exception) -> None:
+        tb = "".join(traceback.format_exception(exc))
+        try:
+            self.fail("exception", f"{actor.name} raised {type(exc).__name__}: {exc}", details=tb)
+        except Stop:
+            pass
+
+    def _finish(self, actor: Actor) -> None:
+        actor.done = True
+        actor.op = "exit"
+        self.live.remove(actor)
+        try:
+            chosen = self._decide()
+        except Stop:
+            return
+        if chosen is None:
+            self._finished()
+        else:
+            self._hand_over(chosen)
+
+    def _finished(self) -> None:
+        self.current = None
+        self._watchdog_scope.cancel()
+        try:
+            self._check(self.finals)
+        except Stop:
+            pass
+
+    async def _watchdog(self) -> None:
+        """Wakes only if every task is blocked while the schedule is still running: the
+        baton holder is then blocked somewhere the controller cannot see."""
+        with self._watchdog_scope:
+            await trio.testing.wait_all_tasks_blocked()
+            self.error = ScenarioError(describe_raw_block(self.current))
+            self._halt()
+
+
+def describe_raw_block(actor: Actor | None) -> str:
+    """Name the raw Trio primitive an actor is blocked in, and where it was called from."""
+    if actor is None or actor.task is None:
+        return "every task is blocked outside the controller"
+    frames = []
+    coro = actor.task.coro
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    trio_dir = os.path.dirname(trio.__file__)
+    for i, frame in enumerate(frames):
+        if frame.f_code.co_filename.startswith(trio_dir):
+            culprit = frame.f_code.co_qualname
+            caller = frames[i - 1] if i else frame
+            where = f"{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno}"
+            break
+    else:
+        culprit, where = "an await the controller does not own", "?"
+    return (f"actor '{actor.name}' is blocked in trio {culprit} (called at {where}), outside "
+            "the controller: actors must synchronise only through the machine's primitives "
+            "(mutex, spinlock, srcu, channel, completion, sleep), never raw Trio")

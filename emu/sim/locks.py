@@ -1,0 +1,168 @@
+"""Sleeping mutexes, spinlocks and SRCU, as model primitives.
+
+Acquisitions (``lock``, ``read_lock``, ``synchronize``) are scheduling points: the actor
+announces the operation and is disabled until it can be performed. Releases (``unlock``,
+``read_unlock``) cannot block and are immediate; every interleaving after a release is still
+explored, at the releasing actor's next scheduling point. This keeps the step count, and so
+PCT's k, small.
+
+Each acquisition goes through lockdep first (the kernel calls lock_acquire before it
+blocks), and a sleeping acquisition while a spinlock is held is reported as the kernel's
+"sleeping function called from invalid context".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .lockdep import Held
+
+if TYPE_CHECKING:
+    from .controller import Actor, Controller
+
+
+def _release(actor: Actor, lock: Any, tag: Any = None) -> bool:
+    """Drop the most recent held-lock entry for ``lock`` (and ``tag``); False if none."""
+    for i in range(len(actor.held) - 1, -1, -1):
+        held = actor.held[i]
+        if held.lock is lock and (tag is None or held.tag == tag):
+            del actor.held[i]
+            return True
+    return False
+
+
+class Mutex:
+    """A sleeping lock (``struct mutex``): ``mutex_lock`` may sleep, so not under a spinlock."""
+
+    atomic = False
+    acquire_op = "mutex_lock"
+    release_op = "mutex_unlock"
+
+    def __init__(self, ctl: Controller, name: str, lock_class: str | None = None) -> None:
+        self._ctl = ctl
+        self.name = name
+        self.lock_class = lock_class or name
+        self.owner: Actor | None = None
+
+    def trace_label(self) -> str:
+        return self.name
+
+    def holders(self) -> list[Actor]:
+        return [self.owner] if self.owner is not None else []
+
+    def is_locked(self) -> bool:
+        return self.owner is not None
+
+    def _free(self) -> bool:
+        return self.owner is None
+
+    async def lock(self) -> None:
+        ctl = self._ctl
+        actor = ctl.current
+        if not self.atomic:
+            ctl.might_sleep(f"{self.acquire_op}({self.name})")
+        ctl.lockdep.acquire(actor, self)
+        await ctl.point(f"{self.acquire_op} {self.name}", self._free, self)
+        self.owner = actor
+        actor.held.append(Held(self, False, ctl.step))
+
+    def unlock(self) -> None:
+        ctl = self._ctl
+        actor = ctl.current
+        if self.owner is not actor:
+            holder = self.owner.name if self.owner is not None else "nobody"
+            ctl.fail("bad-unlock", f"{actor.name} calls {self.release_op}({self.name}), "
+                     f"which is held by {holder}")
+        self.owner = None
+        _release(actor, self)
+
+    async def __aenter__(self) -> None:
+        await self.lock()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.unlock()
+
+
+class SpinLock(Mutex):
+    """A spinlock (``spinlock_t``): waiters spin; sleeping while holding it is a bug."""
+
+    atomic = True
+    acquire_op = "spin_lock"
+    release_op = "spin_unlock"
+
+
+class _Readers:
+    """What a synchronize waits for: the readers of one SRCU index, or the grace period
+    already in progress."""
+
+    def __init__(self, srcu: SRCU, idx: int) -> None:
+        self.srcu, self.idx = srcu, idx
+
+    def holders(self) -> list[Actor]:
+        srcu = self.srcu
+        readers = [a for a in srcu._ctl.live
+                   if any(h.lock is srcu and h.tag == self.idx for h in a.held)]
+        return ([srcu.gp_holder] if srcu.gp_holder is not None else []) + readers
+
+
+class SRCU:
+    """Sleepable RCU (``struct srcu_struct``).
+
+    ``read_lock`` returns the index of the counter it incremented; ``read_unlock(idx)`` must
+    be given it back. ``synchronize`` waits for every reader that began before it, as the
+    kernel does: wait for the inactive index to drain, flip, wait for the old one. Grace
+    periods are serialised.
+    """
+
+    atomic = False
+
+    def __init__(self, ctl: Controller, name: str, lock_class: str | None = None) -> None:
+        self._ctl = ctl
+        self.name = name
+        self.lock_class = lock_class or name
+        self.idx = 0
+        self.readers = [0, 0]
+        self.gp_holder: Actor | None = None
+
+    def trace_label(self) -> str:
+        return self.name
+
+    def held_by(self, actor: Actor) -> bool:
+        """Is ``actor`` inside a read-side critical section of this SRCU?"""
+        return any(h.lock is self for h in actor.held)
+
+    async def read_lock(self) -> int:
+        ctl = self._ctl
+        actor = ctl.current
+        ctl.lockdep.acquire(actor, self, read=True)
+        await ctl.point(f"srcu_read_lock {self.name}")
+        idx = self.idx
+        self.readers[idx] += 1
+        actor.held.append(Held(self, True, ctl.step, idx))
+        return idx
+
+    def read_unlock(self, idx: int) -> None:
+        ctl = self._ctl
+        if not _release(ctl.current, self, idx):
+            ctl.fail("srcu", f"{ctl.current.name} calls srcu_read_unlock({self.name}, {idx}) "
+                     "without a matching srcu_read_lock")
+        self.readers[idx] -= 1
+
+    async def synchronize(self) -> None:
+        ctl = self._ctl
+        actor = ctl.current
+        ctl.might_sleep(f"synchronize_srcu({self.name})")
+        if self.held_by(actor):
+            ctl.fail("deadlock", f"{actor.name} calls synchronize_srcu({self.name}) inside its "
+                     "own read-side critical section")
+        ctl.lockdep.acquire(actor, self)
+        inactive = self.idx ^ 1
+        await ctl.point(f"synchronize_srcu {self.name}",
+                        lambda: self.gp_holder is None and self.readers[self.idx ^ 1] == 0,
+                        _Readers(self, inactive))
+        self.gp_holder = actor
+        old = self.idx
+        self.idx ^= 1
+        await ctl.point(f"synchronize_srcu {self.name}: wait for readers of index {old}",
+                        lambda: self.readers[old] == 0, _Readers(self, old))
+        self.gp_holder = None

@@ -1,0 +1,92 @@
+"""The machine a scenario builds: actors, the primitives they share, and the checks.
+
+A scenario function receives a fresh ``Machine`` for every schedule, spawns actors on it
+(``async def`` functions), creates the primitives they synchronise through, and registers
+invariants. Model code never touches Trio directly: everything comes from here.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .channel import Channel, Completion
+from .controller import Actor, Check, Controller
+from .locks import SRCU, Mutex, SpinLock
+from .shared import KObject, SharedVar
+
+
+class Machine:
+    def __init__(self, ctl: Controller, params: dict[str, Any], quirks: tuple[str, ...],
+                 known_quirks: tuple[str, ...], seed: int) -> None:
+        self.ctl = ctl
+        self.params = params
+        self.quirks = quirks
+        self._known_quirks = known_quirks
+        self.random = random.Random(f"emu-data-{seed}")
+        """Seeded randomness for the scenario's own choices (never for scheduling)."""
+
+    # actors and primitives
+    def spawn(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any,
+              group: str = "actors") -> Actor:
+        return self.ctl.spawn(name, fn, *args, group=group)
+
+    def mutex(self, name: str, lock_class: str | None = None) -> Mutex:
+        return Mutex(self.ctl, name, lock_class)
+
+    def spinlock(self, name: str, lock_class: str | None = None) -> SpinLock:
+        return SpinLock(self.ctl, name, lock_class)
+
+    def srcu(self, name: str, lock_class: str | None = None) -> SRCU:
+        return SRCU(self.ctl, name, lock_class)
+
+    def channel(self, name: str, capacity: int = 1) -> Channel:
+        return Channel(self.ctl, name, capacity)
+
+    def completion(self, name: str) -> Completion:
+        return Completion(self.ctl, name)
+
+    def shared(self, name: str, value: Any = None) -> SharedVar:
+        return SharedVar(self.ctl, name, value)
+
+    def kobject(self, name: str) -> KObject:
+        return KObject(self.ctl, name)
+
+    # scheduling points and time
+    async def point(self, op: str) -> None:
+        """A bare scheduling point before ``op`` (an access the model wants interleaved)."""
+        await self.ctl.point(op)
+
+    async def sleep(self, dt: int) -> None:
+        await self.ctl.sleep(dt)
+
+    @property
+    def now(self) -> int:
+        return self.ctl.now
+
+    # checks and findings
+    def invariant(self, name: str, check: Check) -> None:
+        """``check()`` runs before every decision; it returns None, or what is wrong."""
+        self.ctl.invariants.append((name, check))
+
+    def final(self, name: str, check: Check) -> None:
+        """``check()`` runs once, after every actor has finished."""
+        self.ctl.finals.append((name, check))
+
+    def fail(self, kind: str, message: str, details: str = "") -> None:
+        self.ctl.fail(kind, message, details=details)
+
+    def quirk(self, name: str) -> bool:
+        if name not in self._known_quirks:
+            raise ValueError(f"quirk {name!r} is not declared by this scenario")
+        return name in self.quirks
+
+    # trace annotations
+    def counter(self, name: str, value: int | float) -> None:
+        ctl = self.ctl
+        ctl.trace.add(ctl.step, ctl.current.index if ctl.current else -1, "counter", name, value)
+
+    def note(self, text: str) -> None:
+        ctl = self.ctl
+        ctl.trace.add(ctl.step, ctl.current.index if ctl.current else -1, "note", text)

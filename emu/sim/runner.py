@@ -1,0 +1,224 @@
+"""Running schedules: one (``run``), many (``hunt``), and the result objects.
+
+A schedule is a pure function of (scenario, parameters, quirks, strategy, seed): the
+scenario is built afresh on a new controller, and every schedule of a hunt runs inside one
+``trio.run``. PCT needs k, the expected number of steps; it is measured by one calibration
+schedule (random walk, seed 0) of the same scenario, parameters and quirks, so it too is a
+function of those alone, and is stored in the replay file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from ..errors import EmuError, ReplayDivergence, ScenarioError
+from .controller import Controller
+from .machine import Machine
+from .scenario import Scenario, resolve
+from .strategies import RandomWalk, Replay, make_strategy, pct_bound
+from .trace import Trace
+from .violations import Violation
+
+STRATEGIES = ("random", "pct")
+
+
+@attrs.define
+class RunResult:
+    """One schedule: what it found, its trace, and how to replay it."""
+
+    scenario: str
+    params: dict[str, Any]
+    quirks: tuple[str, ...]
+    strategy: dict[str, Any]
+    seed: int
+    max_steps: int
+    violations: list[Violation]
+    trace: Trace
+    steps: int
+    virtual_time: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    @property
+    def violation(self) -> Violation | None:
+        """The first fatal violation, else the first warning, else None."""
+        fatal = [v for v in self.violations if v.fatal]
+        return (fatal or self.violations or [None])[0]
+
+    @property
+    def decisions(self) -> list[tuple[int, str, str]]:
+        names = self.trace.actors
+        return [(step, names[actor], op) for step, actor, _, op, _ in self.trace.steps()]
+
+    @property
+    def trace_hash(self) -> str:
+        return self.trace.hash
+
+
+@attrs.define
+class HuntResult:
+    """Many schedules: the first violation found (if any) and the statistics."""
+
+    scenario: str
+    params: dict[str, Any]
+    quirks: tuple[str, ...]
+    strategy: dict[str, Any]
+    seed: int
+    schedules: int
+    """How many schedules ran."""
+    found: RunResult | None
+    """The first schedule with a fatal violation; else the first with a warning."""
+    mismatches: list[tuple[int, str, str]]
+    """(seed, first hash, second hash) for each seed that did not repeat itself."""
+    steps_total: int
+    steps_max: int
+    actors: int
+    elapsed: float
+    """Wall-clock seconds (statistics only; never feeds a decision)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.found is None
+
+    @property
+    def decisions_per_second(self) -> float:
+        return self.steps_total / self.elapsed if self.elapsed else 0.0
+
+    def pct_bound(self) -> float | None:
+        if self.strategy["name"] != "pct":
+            return None
+        return pct_bound(self.actors, self.steps_max, self.strategy["depth"])
+
+
+def _prepare(scenario: str | Scenario, params: Mapping[str, Any] | None,
+             quirks: Iterable[str]) -> tuple[Scenario, dict[str, Any], tuple[str, ...]]:
+    sc = resolve(scenario) if isinstance(scenario, str) else scenario
+    return sc, sc.resolve_params(params), sc.resolve_quirks(quirks)
+
+
+async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
+                       strategy: Any, seed: int, max_steps: int) -> RunResult:
+    """Build the scenario on a fresh controller and run one schedule (inside trio.run)."""
+    ctl = Controller(strategy, max_steps=max_steps)
+    machine = Machine(ctl, params, quirks, tuple(sc.quirks), seed)
+    try:
+        sc.build(machine, **params)
+    except EmuError:
+        raise
+    except Exception as exc:
+        raise ScenarioError(f"scenario {sc.name} failed to build: {type(exc).__name__}: {exc}") \
+            from exc
+    await ctl.run()
+    if ctl.error is not None:
+        raise ctl.error
+    return RunResult(sc.name, params, quirks, strategy.spec(), seed, max_steps,
+                     ctl.violations, ctl.trace, ctl.step, ctl.now)
+
+
+async def _calibrate(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
+                     max_steps: int) -> int:
+    probe = await run_schedule(sc, params, quirks, RandomWalk(0), 0, max_steps)
+    return probe.steps
+
+
+def _strategy_spec(name: str, depth: int) -> dict[str, Any]:
+    if name not in STRATEGIES:
+        raise EmuError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
+    if name == "pct" and depth < 1:
+        raise EmuError(f"bad PCT depth {depth} (at least 1)")
+    return {"name": "pct", "depth": depth} if name == "pct" else {"name": "random"}
+
+
+async def _complete_spec(spec: dict[str, Any], sc: Scenario, params: dict[str, Any],
+                         quirks: tuple[str, ...], max_steps: int) -> dict[str, Any]:
+    if spec["name"] == "pct" and "k" not in spec:
+        return {**spec, "k": await _calibrate(sc, params, quirks, max_steps)}
+    return spec
+
+
+def run(scenario: str | Scenario, *, seed: int = 0, params: Mapping[str, Any] | None = None,
+        quirks: Iterable[str] = (), strategy: str = "random", depth: int = 3,
+        max_steps: int | None = None) -> RunResult:
+    """Run one schedule of ``scenario``."""
+    sc, values, chosen = _prepare(scenario, params, quirks)
+    steps = max_steps or sc.max_steps
+    spec = _strategy_spec(strategy, depth)
+
+    async def main() -> RunResult:
+        full = await _complete_spec(spec, sc, values, chosen, steps)
+        return await run_schedule(sc, values, chosen, make_strategy(full, seed), seed, steps)
+
+    return trio.run(main)
+
+
+def run_decisions(scenario: str | Scenario, decisions: list[tuple[int, str, str]], *,
+                  seed: int, params: Mapping[str, Any] | None, quirks: Iterable[str],
+                  strategy: dict[str, Any], max_steps: int) -> RunResult:
+    """Re-run a recorded decision list; the result reports the original strategy."""
+    sc, values, chosen = _prepare(scenario, params, quirks)
+
+    async def main() -> RunResult:
+        result = await run_schedule(sc, values, chosen, Replay(decisions), seed, max_steps)
+        if result.steps < len(decisions):
+            raise ReplayDivergence(f"the schedule ended after {result.steps} steps, but the "
+                                   f"replay file records {len(decisions)}")
+        return attrs.evolve(result, strategy=strategy)
+
+    return trio.run(main)
+
+
+def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
+         params: Mapping[str, Any] | None = None, quirks: Iterable[str] = (),
+         strategy: str = "random", depth: int = 3, max_steps: int | None = None,
+         check_determinism: bool = False, keep_going: bool = False,
+         progress: Callable[[int, RunResult], None] | None = None) -> HuntResult:
+    """Run schedules with seeds ``seed, seed+1, ...`` until one finds a fatal violation.
+
+    A schedule with only a warning (lockdep's *possible* deadlock) is remembered and the
+    hunt goes on looking for a manifest failure; it is reported if none turns up.
+    ``check_determinism`` runs every seed twice and counts the trace hashes that differ.
+    """
+    if schedules < 1:
+        raise EmuError(f"bad number of schedules {schedules} (at least 1)")
+    sc, values, chosen = _prepare(scenario, params, quirks)
+    steps = max_steps or sc.max_steps
+    spec = _strategy_spec(strategy, depth)
+
+    async def main() -> HuntResult:
+        full = await _complete_spec(spec, sc, values, chosen, steps)
+        fatal: RunResult | None = None
+        warning: RunResult | None = None
+        mismatches: list[tuple[int, str, str]] = []
+        total = longest = actors = ran = 0
+        start = time.perf_counter()
+        for i in range(schedules):
+            s = seed + i
+            result = await run_schedule(sc, values, chosen, make_strategy(full, s), s, steps)
+            if check_determinism:
+                again = await run_schedule(sc, values, chosen, make_strategy(full, s), s, steps)
+                if again.trace_hash != result.trace_hash:
+                    mismatches.append((s, result.trace_hash, again.trace_hash))
+            ran += 1
+            total += result.steps
+            longest = max(longest, result.steps)
+            actors = max(actors, len(result.trace.actors))
+            if progress is not None:
+                progress(ran, result)
+            if any(v.fatal for v in result.violations):
+                fatal = fatal or result
+                if not keep_going:
+                    break
+            elif result.violations and warning is None:
+                warning = result
+        elapsed = time.perf_counter() - start
+        return HuntResult(sc.name, values, chosen, full, seed, ran, fatal or warning, mismatches,
+                          total, longest, actors, elapsed)
+
+    return trio.run(main)
