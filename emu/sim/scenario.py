@@ -123,8 +123,10 @@ def scenario(name: str | None = None, *, params: Mapping[str, Any] | None = None
 
 
 def builtin_scenarios() -> dict[str, Scenario]:
+    """The scenarios that ship with emu (what ``emu list`` shows)."""
     importlib.import_module("emu.scenarios")
-    return dict(sorted(REGISTRY.items()))
+    return {name: sc for name, sc in sorted(REGISTRY.items())
+            if sc.build.__module__.startswith("emu.scenarios")}
 
 
 def resolve(spec: str) -> Scenario:
@@ -132,10 +134,10 @@ def resolve(spec: str) -> Scenario:
     path, sep, func = spec.rpartition(":")
     if sep and path.endswith(".py"):
         return _from_file(Path(path), func, spec)
-    known = builtin_scenarios()
-    if spec in known:
-        return known[spec]
-    close = difflib.get_close_matches(spec, list(known), n=1)
+    builtin_scenarios()
+    if spec in REGISTRY:
+        return REGISTRY[spec]
+    close = difflib.get_close_matches(spec, list(REGISTRY), n=1)
     hint = f"; did you mean {close[0]}?" if close else "; 'emu list' shows them"
     raise EmuError(f"unknown scenario {spec!r}{hint}")
 
