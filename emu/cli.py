@@ -133,7 +133,8 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], str
 @click.option("--schedules", default=1000, show_default=True, help="How many schedules.")
 @click.option("--out", default="emu-out", show_default=True, type=click.Path(file_okay=False),
               help="Where the replay file and trace of a finding go.")
-@click.option("--check-determinism", is_flag=True, help="Run every seed twice; compare hashes.")
+@click.option("--check-determinism", is_flag=True,
+              help="Run every seed twice and compare trace hashes (implies --keep-going).")
 @click.option("--keep-going", is_flag=True, help="Do not stop at the first violation.")
 @click.option("--timeline", default=30, show_default=True, help="Steps shown on a violation.")
 def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], strategy: str,
@@ -172,6 +173,8 @@ def _hunt_report(h: HuntResult, out: str, timeline: int, checked: bool) -> None:
     if h.found is None:
         click.echo("no violation found")
         return
+    if h.violating > 1:
+        click.echo(f"violations in {h.violating} of {h.schedules} schedules; the first:")
     r = h.found
     click.echo(f"FOUND in seed {r.seed}:")
     _show_found(r, timeline)

@@ -46,6 +46,10 @@ def test_run_writes_valid_perfetto_trace(cli, tmp_path):
     out = tmp_path / "t.json"
     r = cli("run", "srcu-uaf", "--quirk", "no-synchronize", "--seed", "9", "--trace", str(out))
     assert r.status == 1
+    counters = tmp_path / "c.json"
+    cli("run", "lost-update", "--trace", str(counters))
+    assert any(e["ph"] == "C" and "counter" in e["args"]
+               for e in json.loads(counters.read_text())["traceEvents"])
     doc = json.loads(out.read_text())
     events = doc["traceEvents"]
     threads = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}

@@ -28,6 +28,7 @@ def lost_update(m: Machine, actors: int, increments: int, locked: bool) -> None:
                 await lock.lock()
             value = await counter.read()
             await counter.write(value + 1)
+            m.counter("counter", value + 1)
             if locked:
                 lock.unlock()
 

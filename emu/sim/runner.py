@@ -75,6 +75,8 @@ class HuntResult:
     """How many schedules ran."""
     found: RunResult | None
     """The first schedule with a fatal violation; else the first with a warning."""
+    violating: int
+    """How many schedules found something (all of them only with ``keep_going``)."""
     mismatches: list[tuple[int, str, str]]
     """(seed, first hash, second hash) for each seed that did not repeat itself."""
     steps_total: int
@@ -183,20 +185,22 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
 
     A schedule with only a warning (lockdep's *possible* deadlock) is remembered and the
     hunt goes on looking for a manifest failure; it is reported if none turns up.
-    ``check_determinism`` runs every seed twice and counts the trace hashes that differ.
+    ``check_determinism`` runs every seed twice and counts the trace hashes that differ;
+    it implies ``keep_going``, so every requested seed is checked.
     """
     if schedules < 1:
         raise EmuError(f"bad number of schedules {schedules} (at least 1)")
     sc, values, chosen = _prepare(scenario, params, quirks)
     steps = max_steps or sc.max_steps
     spec = _strategy_spec(strategy, depth)
+    keep_going = keep_going or check_determinism
 
     async def main() -> HuntResult:
         full = await _complete_spec(spec, sc, values, chosen, steps)
         fatal: RunResult | None = None
         warning: RunResult | None = None
         mismatches: list[tuple[int, str, str]] = []
-        total = longest = actors = ran = 0
+        total = longest = actors = ran = violating = 0
         start = time.perf_counter()
         for i in range(schedules):
             s = seed + i
@@ -211,6 +215,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
             actors = max(actors, len(result.trace.actors))
             if progress is not None:
                 progress(ran, result)
+            violating += bool(result.violations)
             if any(v.fatal for v in result.violations):
                 fatal = fatal or result
                 if not keep_going:
@@ -218,7 +223,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
             elif result.violations and warning is None:
                 warning = result
         elapsed = time.perf_counter() - start
-        return HuntResult(sc.name, values, chosen, full, seed, ran, fatal or warning, mismatches,
-                          total, longest, actors, elapsed)
+        return HuntResult(sc.name, values, chosen, full, seed, ran, fatal or warning, violating,
+                          mismatches, total, longest, actors, elapsed)
 
     return trio.run(main)
