@@ -374,3 +374,53 @@ def test_invariant_checked_between_steps():
 
     v = run(build, name="inv").violation
     assert v.kind == "invariant" and v.message == "legal-state: both" and v.step == 2
+
+
+def test_rwsem_readers_share_writer_excludes_and_waiting_writer_blocks_readers():
+    def build(m):
+        mmap_lock = m.rwsem("mmap_lock")
+        inside = m.shared("inside", 0)
+
+        async def reader():
+            await mmap_lock.down_read()
+            await inside.write(inside.value + 1)
+            await inside.write(inside.value - 1)
+            mmap_lock.up_read()
+
+        async def writer():
+            await mmap_lock.down_write()
+            await m.point("exclusive")
+            mmap_lock.downgrade_write()
+            mmap_lock.up_read()
+        m.spawn("r0", reader)
+        m.spawn("r1", reader)
+        m.spawn("w", writer)
+        m.invariant("writer alone", lambda: "reader inside with writer"
+                    if mmap_lock.writer is not None and mmap_lock.readers else None)
+
+    assert emu.hunt(emu.scenario(name="rwsem")(build), schedules=300).ok
+
+    def build_recursive(m):
+        mmap_lock = m.rwsem("mmap_lock")
+        holds, queued = m.completion("reader holds"), m.completion("writer queued")
+
+        async def reader():
+            await mmap_lock.down_read()
+            holds.complete()
+            await queued.wait_for_completion()
+            await mmap_lock.down_read()   # a writer waits in between: deadlock
+            mmap_lock.up_read()
+            mmap_lock.up_read()
+
+        async def writer():
+            await holds.wait_for_completion()
+            queued.complete()
+            await mmap_lock.down_write()
+            mmap_lock.up_write()
+        m.spawn("reader", reader)
+        m.spawn("writer", writer)
+
+    res = emu.run(emu.scenario(name="rwsem-recursive")(build_recursive))
+    assert [v.kind for v in res.violations] == ["lockdep", "deadlock"]
+    assert "possible recursive locking detected" in res.violations[0].message
+    assert "reader waits in 'down_read mmap_lock' for writer" in res.violations[1].message

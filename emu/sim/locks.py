@@ -166,3 +166,100 @@ class SRCU:
         await ctl.point(f"synchronize_srcu {self.name}: wait for readers of index {old}",
                         lambda: self.readers[old] == 0, _Readers(self, old))
         self.gp_holder = None
+
+
+class _ReadWait:
+    """Whom a blocked reader waits for: the writer holding the semaphore, or the writers
+    queued ahead of it."""
+
+    def __init__(self, sem: RWSem) -> None:
+        self.sem = sem
+
+    def holders(self) -> list[Actor]:
+        sem = self.sem
+        return [sem.writer] if sem.writer is not None else list(sem.waiting_writers)
+
+
+class RWSem:
+    """A reader/writer semaphore (``struct rw_semaphore``, e.g. ``mmap_lock``).
+
+    Readers share it, a writer excludes everyone. As in the kernel, a waiting writer blocks
+    new readers (no writer starvation), so a reader that takes it twice while a writer queues
+    can deadlock; lockdep therefore treats read acquisitions as ordinary (non-recursive) ones.
+    """
+
+    atomic = False
+
+    def __init__(self, ctl: Controller, name: str, lock_class: str | None = None) -> None:
+        self._ctl = ctl
+        self.name = name
+        self.lock_class = lock_class or name
+        self.writer: Actor | None = None
+        self.readers: list[Actor] = []
+        self.waiting_writers: list[Actor] = []
+
+    def trace_label(self) -> str:
+        return self.name
+
+    def holders(self) -> list[Actor]:
+        """Whom a blocked writer waits for."""
+        return ([self.writer] if self.writer is not None else []) + self.readers
+
+    async def down_read(self) -> None:
+        ctl = self._ctl
+        actor = ctl.current
+        ctl.might_sleep(f"down_read({self.name})")
+        ctl.lockdep.acquire(actor, self)
+        await ctl.point(f"down_read {self.name}",
+                        lambda: self.writer is None and not self.waiting_writers,
+                        _ReadWait(self))
+        self.readers.append(actor)
+        actor.held.append(Held(self, True, ctl.step))
+
+    def up_read(self) -> None:
+        ctl = self._ctl
+        actor = ctl.current
+        if actor not in self.readers:
+            ctl.fail("bad-unlock", f"{actor.name} calls up_read({self.name}) without holding it")
+        self.readers.remove(actor)
+        _release(actor, self)
+
+    async def down_write(self) -> None:
+        ctl = self._ctl
+        actor = ctl.current
+        ctl.might_sleep(f"down_write({self.name})")
+        ctl.lockdep.acquire(actor, self)
+        self.waiting_writers.append(actor)
+        try:
+            await ctl.point(f"down_write {self.name}",
+                            lambda: self.writer is None and not self.readers, self)
+        finally:
+            self.waiting_writers.remove(actor)
+        self.writer = actor
+        actor.held.append(Held(self, False, ctl.step))
+
+    def up_write(self) -> None:
+        ctl = self._ctl
+        actor = ctl.current
+        if self.writer is not actor:
+            ctl.fail("bad-unlock", f"{actor.name} calls up_write({self.name}) without holding it")
+        self.writer = None
+        _release(actor, self)
+
+    def downgrade_write(self) -> None:
+        """Turn the caller's write hold into a read hold without letting a writer in."""
+        ctl = self._ctl
+        actor = ctl.current
+        if self.writer is not actor:
+            ctl.fail("bad-unlock", f"{actor.name} calls downgrade_write({self.name}) without "
+                     "holding it for write")
+        self.writer = None
+        self.readers.append(actor)
+        _release(actor, self)
+        actor.held.append(Held(self, True, ctl.step))
+
+    # the mm names
+    mmap_read_lock = down_read
+    mmap_read_unlock = up_read
+    mmap_write_lock = down_write
+    mmap_write_unlock = up_write

@@ -13,7 +13,7 @@ from typing import Any
 
 from .channel import Channel, Completion
 from .controller import Actor, Check, Controller
-from .locks import SRCU, Mutex, SpinLock
+from .locks import SRCU, Mutex, RWSem, SpinLock
 from .shared import KObject, SharedVar
 
 
@@ -37,6 +37,9 @@ class Machine:
 
     def spinlock(self, name: str, lock_class: str | None = None) -> SpinLock:
         return SpinLock(self.ctl, name, lock_class)
+
+    def rwsem(self, name: str, lock_class: str | None = None) -> RWSem:
+        return RWSem(self.ctl, name, lock_class)
 
     def srcu(self, name: str, lock_class: str | None = None) -> SRCU:
         return SRCU(self.ctl, name, lock_class)
