@@ -7,6 +7,7 @@ import trio
 
 import emu
 from emu.errors import ScenarioError
+from emu.sim import Controller
 
 
 def run(build, seed: int = 0, **kw):
@@ -424,3 +425,109 @@ def test_rwsem_readers_share_writer_excludes_and_waiting_writer_blocks_readers()
     assert [v.kind for v in res.violations] == ["lockdep", "deadlock"]
     assert "possible recursive locking detected" in res.violations[0].message
     assert "reader waits in 'down_read mmap_lock' for writer" in res.violations[1].message
+
+
+def test_teardown_is_inert_and_deterministic():
+    """Actors parked inside `async with lock:` when another fails must not run their
+    cleanup as the failing actor, add violations, or change the trace."""
+
+    def build(m):
+        ready, gate = m.completion("ready"), m.completion("gate")
+
+        async def holder(lock):
+            async with lock:
+                ready.complete()
+                await gate.wait_for_completion()
+
+        async def boom():
+            await ready.wait_for_completion()
+            await ready.wait_for_completion()
+            m.fail("invariant", "boom")
+        m.spawn("h0", holder, m.mutex("l0"))
+        m.spawn("h1", holder, m.mutex("l1"))
+        m.spawn("bad", boom)
+
+    sc = emu.scenario(name="teardown")(build)
+    results = [emu.run(sc, seed=0) for _ in range(20)]
+    assert {r.trace_hash for r in results} == {results[0].trace_hash}
+    assert [(v.kind, v.message) for v in results[0].violations] == [("invariant", "boom")]
+    assert not emu.hunt(sc, schedules=50, check_determinism=True).mismatches
+
+
+def test_deadlock_teardown_with_async_with_adds_nothing():
+    def build(m):
+        a, b = m.mutex("a"), m.mutex("b")
+
+        async def taker(first, second):
+            async with first:
+                await m.point("between")
+                async with second:
+                    pass
+        m.spawn("cpu0", taker, a, b)
+        m.spawn("cpu1", taker, b, a)
+
+    found = emu.hunt(emu.scenario(name="abba-with")(build), schedules=100).found
+    assert [v.kind for v in found.violations] == ["lockdep", "deadlock"]
+
+
+def test_sleep_under_spinlock_is_a_bug():
+    def build(m):
+        lock = m.spinlock("mmu_lock")
+
+        async def actor():
+            await lock.lock()
+            await m.sleep(1000)
+            lock.unlock()
+        m.spawn("vcpu", actor)
+
+    v = run(build, name="sleep-atomic").violation
+    assert v.kind == "sleep-in-atomic" and "sleep(1000)" in v.message
+
+
+def test_srcu_deadlock_names_reader_and_updater():
+    def build(m):
+        srcu, mu = m.srcu("srcu"), m.mutex("M")
+
+        async def reader():
+            idx = await srcu.read_lock()
+            await mu.lock()
+            mu.unlock()
+            srcu.read_unlock(idx)
+
+        async def updater():
+            await mu.lock()
+            await srcu.synchronize()
+            mu.unlock()
+        m.spawn("r", reader)
+        m.spawn("u", updater)
+
+    sc = emu.scenario(name="srcu-cycle")(build)
+    deadlocks = [v for s in range(40) for v in emu.run(sc, seed=s).violations
+                 if v.kind == "deadlock"]
+    assert deadlocks
+    for v in deadlocks:
+        assert "u waits in 'synchronize_srcu srcu" in v.message
+        assert "r waits in 'mutex_lock M' for u" in v.message
+
+
+def test_raw_checkpoint_spin_is_reported(monkeypatch):
+    monkeypatch.setattr(Controller, "stall_seconds", 0.2)
+
+    def build(m):
+        flag = m.shared("flag", False)
+
+        async def spinner():
+            while not flag.value:
+                await trio.sleep(0)
+        m.spawn("spinner", spinner)
+
+    with pytest.raises(ScenarioError, match="'spinner' took no scheduling decision"):
+        run(build, name="raw-spin")
+
+
+def test_fail_while_building():
+    def build(m):
+        m.fail("invariant", "bad initial state")
+
+    res = run(build, name="fail-build")
+    assert [v.message for v in res.violations] == ["bad initial state"]

@@ -68,10 +68,14 @@ class Completion:
         return []
 
     def complete(self) -> None:
+        if self._ctl.stopped:
+            return
         self.done += 1
         self._note("complete")
 
     def complete_all(self) -> None:
+        if self._ctl.stopped:
+            return
         self.done = self._ALL
         self._note("complete_all")
 

@@ -76,6 +76,9 @@ class Actor:
 
 
 class Controller:
+    stall_seconds = 30.0
+    """Wall time without a decision after which the watchdog reports a raw-Trio spin."""
+
     def __init__(self, strategy: Any, *, max_steps: int = 10_000) -> None:
         self.strategy = strategy
         self.max_steps = max_steps
@@ -130,14 +133,27 @@ class Controller:
         chosen = self._decide()
         if chosen is not actor:
             self._hand_over(chosen)
-            await wait_task_rescheduled(_abort)
+            try:
+                await wait_task_rescheduled(_abort)
+            except trio.Cancelled:
+                # The schedule ended while we were parked: unwind as Stop, so model code
+                # sees one exception and its cleanup is inert (see running / releasing).
+                raise Stop from None
         actor.enabled = None
         actor.waits_for = None
+
+    def running(self) -> Actor:
+        """The actor calling into a primitive; raises Stop once the schedule has ended, so
+        that cleanup code run while actors unwind changes nothing."""
+        if self.stopped:
+            raise Stop
+        return self.current
 
     async def sleep(self, dt: int) -> None:
         """Sleep ``dt`` units of virtual time (nanoseconds by convention)."""
         if dt < 0:
             raise ValueError("sleep takes a non-negative duration")
+        self.might_sleep(f"sleep({dt})")
         deadline = self.now + dt
         self._timer_seq += 1
         self._timers.add((deadline, self._timer_seq))
@@ -145,7 +161,7 @@ class Controller:
 
     def might_sleep(self, what: str) -> None:
         """The kernel's might_sleep(): sleeping while holding a spinlock is a bug."""
-        spin = [h.lock.name for h in self.current.held if h.lock.atomic]
+        spin = [h.lock.name for h in self.running().held if h.lock.atomic]
         if spin:
             self.fail("sleep-in-atomic",
                       f"BUG: sleeping function called from invalid context: {what} "
@@ -153,7 +169,10 @@ class Controller:
 
     # ----------------------------------------------------------------- findings
     def fail(self, kind: str, message: str, *, details: str = "", fatal: bool = True) -> None:
-        """Record a violation; a fatal one ends the schedule (raises Stop in the caller)."""
+        """Record a violation; a fatal one ends the schedule (raises Stop in the caller).
+        Once the schedule has ended nothing more is recorded."""
+        if self.stopped:
+            raise Stop
         actor = self.current
         self.violations.append(Violation(kind, message, self.step,
                                          actor.name if actor else None, details, fatal))
@@ -179,6 +198,7 @@ class Controller:
 
     def _halt(self) -> None:
         self.stopped = True
+        self.trace.closed = True
         if self._scope is not None:
             self._scope.cancel()
 
@@ -311,13 +331,31 @@ class Controller:
             pass
 
     async def _watchdog(self) -> None:
-        """Wakes only if every task is blocked while the schedule is still running: the
-        baton holder is then blocked somewhere the controller cannot see."""
-        with self._watchdog_scope:
-            await trio.testing.wait_all_tasks_blocked()
-            self.error = ScenarioError(describe_raw_block(self.current))
-            self._halt()
+        """Catches an actor that escaped the controller through raw Trio.
 
+        It wakes if every task is blocked while the schedule still runs (the baton holder
+        blocks somewhere the controller cannot see), or if Trio keeps running but no
+        decision is taken for ``stall_seconds`` of wall time (an actor spinning on raw
+        checkpoints). Wall time only decides *when* a broken scenario is reported; it never
+        feeds a decision. An actor blocked inside a shielded raw Trio scope cannot be
+        cancelled and is beyond its reach.
+        """
+        with self._watchdog_scope:
+            while True:
+                seen = self.step
+                with trio.move_on_after(self.stall_seconds) as timer:
+                    await trio.testing.wait_all_tasks_blocked()
+                if not timer.cancelled_caught:
+                    message = describe_raw_block(self.current)
+                    break
+                if self.step == seen:
+                    message = (f"actor '{self.current.name}' took no scheduling decision in "
+                               f"{self.stall_seconds:g} s of wall time while Trio kept running: "
+                               "it spins on a raw Trio checkpoint (trio.sleep(0), "
+                               "checkpoint()) instead of a model primitive")
+                    break
+            self.error = ScenarioError(message)
+            self._halt()
 
 def describe_raw_block(actor: Actor | None) -> str:
     """Name the raw Trio primitive an actor is blocked in, and where it was called from."""

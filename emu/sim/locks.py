@@ -58,7 +58,7 @@ class Mutex:
 
     async def lock(self) -> None:
         ctl = self._ctl
-        actor = ctl.current
+        actor = ctl.running()
         if not self.atomic:
             ctl.might_sleep(f"{self.acquire_op}({self.name})")
         ctl.lockdep.acquire(actor, self)
@@ -68,6 +68,8 @@ class Mutex:
 
     def unlock(self) -> None:
         ctl = self._ctl
+        if ctl.stopped:
+            return
         actor = ctl.current
         if self.owner is not actor:
             holder = self.owner.name if self.owner is not None else "nobody"
@@ -92,17 +94,19 @@ class SpinLock(Mutex):
 
 
 class _Readers:
-    """What a synchronize waits for: the readers of one SRCU index, or the grace period
-    already in progress."""
+    """What a synchronize waits for: the grace period already in progress, and the readers
+    of one SRCU index (``None``: the index that is inactive when asked)."""
 
-    def __init__(self, srcu: SRCU, idx: int) -> None:
-        self.srcu, self.idx = srcu, idx
+    def __init__(self, srcu: SRCU, waiter: Actor, idx: int | None) -> None:
+        self.srcu, self.waiter, self.idx = srcu, waiter, idx
 
     def holders(self) -> list[Actor]:
         srcu = self.srcu
-        readers = [a for a in srcu._ctl.live
-                   if any(h.lock is srcu and h.tag == self.idx for h in a.held)]
-        return ([srcu.gp_holder] if srcu.gp_holder is not None else []) + readers
+        idx = srcu.idx ^ 1 if self.idx is None else self.idx
+        gp = [srcu.gp_holder] if srcu.gp_holder not in (None, self.waiter) else []
+        return gp + [a for a in srcu._ctl.live
+                     if a is not self.waiter and any(h.lock is srcu and h.tag == idx
+                                                     for h in a.held)]
 
 
 class SRCU:
@@ -133,7 +137,7 @@ class SRCU:
 
     async def read_lock(self) -> int:
         ctl = self._ctl
-        actor = ctl.current
+        actor = ctl.running()
         ctl.lockdep.acquire(actor, self, read=True)
         await ctl.point(f"srcu_read_lock {self.name}")
         idx = self.idx
@@ -143,6 +147,8 @@ class SRCU:
 
     def read_unlock(self, idx: int) -> None:
         ctl = self._ctl
+        if ctl.stopped:
+            return
         if not _release(ctl.current, self, idx):
             ctl.fail("srcu", f"{ctl.current.name} calls srcu_read_unlock({self.name}, {idx}) "
                      "without a matching srcu_read_lock")
@@ -150,21 +156,20 @@ class SRCU:
 
     async def synchronize(self) -> None:
         ctl = self._ctl
-        actor = ctl.current
+        actor = ctl.running()
         ctl.might_sleep(f"synchronize_srcu({self.name})")
         if self.held_by(actor):
             ctl.fail("deadlock", f"{actor.name} calls synchronize_srcu({self.name}) inside its "
                      "own read-side critical section")
         ctl.lockdep.acquire(actor, self)
-        inactive = self.idx ^ 1
         await ctl.point(f"synchronize_srcu {self.name}",
                         lambda: self.gp_holder is None and self.readers[self.idx ^ 1] == 0,
-                        _Readers(self, inactive))
+                        _Readers(self, actor, None))
         self.gp_holder = actor
         old = self.idx
         self.idx ^= 1
         await ctl.point(f"synchronize_srcu {self.name}: wait for readers of index {old}",
-                        lambda: self.readers[old] == 0, _Readers(self, old))
+                        lambda: self.readers[old] == 0, _Readers(self, actor, old))
         self.gp_holder = None
 
 
@@ -207,7 +212,7 @@ class RWSem:
 
     async def down_read(self) -> None:
         ctl = self._ctl
-        actor = ctl.current
+        actor = ctl.running()
         ctl.might_sleep(f"down_read({self.name})")
         ctl.lockdep.acquire(actor, self)
         await ctl.point(f"down_read {self.name}",
@@ -218,6 +223,8 @@ class RWSem:
 
     def up_read(self) -> None:
         ctl = self._ctl
+        if ctl.stopped:
+            return
         actor = ctl.current
         if actor not in self.readers:
             ctl.fail("bad-unlock", f"{actor.name} calls up_read({self.name}) without holding it")
@@ -226,7 +233,7 @@ class RWSem:
 
     async def down_write(self) -> None:
         ctl = self._ctl
-        actor = ctl.current
+        actor = ctl.running()
         ctl.might_sleep(f"down_write({self.name})")
         ctl.lockdep.acquire(actor, self)
         self.waiting_writers.append(actor)
@@ -240,6 +247,8 @@ class RWSem:
 
     def up_write(self) -> None:
         ctl = self._ctl
+        if ctl.stopped:
+            return
         actor = ctl.current
         if self.writer is not actor:
             ctl.fail("bad-unlock", f"{actor.name} calls up_write({self.name}) without holding it")

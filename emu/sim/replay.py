@@ -71,6 +71,11 @@ def load(path: str | Path) -> dict[str, Any]:
         if not isinstance(data.get(key), kind):
             raise EmuError(f"{path} is a corrupt replay file: {key!r} missing or not a "
                            f"{kind.__name__}")
+    strategy = data["strategy"]
+    if strategy.get("name") not in ("random", "pct") or (
+            strategy["name"] == "pct" and not all(isinstance(strategy.get(k), int) and
+                                                 strategy[k] >= 1 for k in ("depth", "k"))):
+        raise EmuError(f"{path} is a corrupt replay file: bad strategy {strategy!r}")
     for d in data["decisions"]:
         if not (isinstance(d, list) and len(d) == 3 and isinstance(d[0], int)
                 and isinstance(d[1], str) and isinstance(d[2], str)):

@@ -22,7 +22,7 @@ from .machine import Machine
 from .scenario import Scenario, resolve
 from .strategies import RandomWalk, Replay, make_strategy, pct_bound
 from .trace import Trace
-from .violations import Violation
+from .violations import Stop, Violation
 
 STRATEGIES = ("random", "pct")
 
@@ -114,10 +114,13 @@ async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, 
         sc.build(machine, **params)
     except EmuError:
         raise
+    except Stop:  # the scenario found a violation while building (m.fail)
+        ctl.actors.clear()
     except Exception as exc:
         raise ScenarioError(f"scenario {sc.name} failed to build: {type(exc).__name__}: {exc}") \
             from exc
-    await ctl.run()
+    if not ctl.stopped:
+        await ctl.run()
     if ctl.error is not None:
         raise ctl.error
     return RunResult(sc.name, params, quirks, strategy.spec(), seed, max_steps,

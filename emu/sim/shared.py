@@ -60,6 +60,8 @@ class KObject:
 
     def free(self) -> None:
         ctl = self._ctl
+        if ctl.stopped:
+            return
         who = ctl.current.name
         if self.freed_by is not None:
             ctl.fail("double-free", f"{who} frees {self.name}, already freed by {self.freed_by} "

@@ -42,6 +42,8 @@ class Trace:
         self.actors: list[str] = []
         self.groups: list[str] = []
         self.events: list[Event] = []
+        self.closed = False
+        """Set when the schedule ends: actors unwinding afterwards leave no trace."""
         self._hash: str | None = None
 
     def add_actor(self, name: str, group: str) -> int:
@@ -50,7 +52,8 @@ class Trace:
         return len(self.actors) - 1
 
     def add(self, step: int, actor: int, kind: str, text: str, data: Any = None) -> None:
-        self.events.append((step, actor, kind, text, data))
+        if not self.closed:
+            self.events.append((step, actor, kind, text, data))
 
     @property
     def hash(self) -> str:

@@ -1,0 +1,1 @@
+"""The L0 hypervisor logic, modelled function by function on the kernel, with quirks."""

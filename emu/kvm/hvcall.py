@@ -1,0 +1,85 @@
+"""Hcall and ucall numbers, flags and return codes (asm/hvcall.h, asm/ultravisor-api.h).
+
+Every U_* return code equals the H_* code of the same name, so one table serves both.
+"""
+
+from __future__ import annotations
+
+PAGE_SHIFT = 16
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+# return codes
+H_SUCCESS = 0
+H_BUSY = 1
+H_NOT_AVAILABLE = 3
+H_HARDWARE = -1
+H_FUNCTION = -2
+H_PRIVILEGE = -3
+H_PARAMETER = -4
+H_BAD_MODE = -5
+H_NOT_FOUND = -7
+H_NO_MEM = -9
+H_AUTHORITY = -10
+H_PERMISSION = -11
+H_P2 = -55
+H_P3 = -56
+H_P4 = -57
+H_UNSUPPORTED = -67
+H_INTERRUPT = -69
+H_STATE = -75
+H_IN_USE = -77
+H_TOO_HARD = 9999
+U_SUCCESS = H_SUCCESS
+
+# hcalls the Ultravisor issues to the HV on behalf of an SVM
+H_SVM_PAGE_IN = 0xEF00
+H_SVM_PAGE_OUT = 0xEF04
+H_SVM_INIT_START = 0xEF08
+H_SVM_INIT_DONE = 0xEF0C
+H_SVM_INIT_ABORT = 0xEF14
+
+H_PAGE_IN_SHARED = 0x1
+
+# ucalls
+UV_WRITE_PATE = 0xF104
+UV_ESM = 0xF110
+UV_RETURN = 0xF11C
+UV_REGISTER_MEM_SLOT = 0xF120
+UV_UNREGISTER_MEM_SLOT = 0xF124
+UV_PAGE_IN = 0xF128
+UV_PAGE_OUT = 0xF12C
+UV_SHARE_PAGE = 0xF130
+UV_UNSHARE_PAGE = 0xF134
+UV_PAGE_INVAL = 0xF138
+UV_SVM_TERMINATE = 0xF13C
+UV_UNSHARE_ALL_PAGES = 0xF140
+
+# kvm->arch.secure_guest
+KVMPPC_SECURE_INIT_START = 0x1
+KVMPPC_SECURE_INIT_DONE = 0x2
+
+# GFN state flags in kvmppc_uvmem_slot.pfns[] (651a63101134)
+KVMPPC_GFN_UVMEM_PFN = 1 << 63
+KVMPPC_GFN_MEM_PFN = 1 << 62
+KVMPPC_GFN_SHARED = 1 << 61
+KVMPPC_GFN_SECURE = KVMPPC_GFN_UVMEM_PFN | KVMPPC_GFN_MEM_PFN
+KVMPPC_GFN_FLAG_MASK = KVMPPC_GFN_SECURE | KVMPPC_GFN_SHARED
+KVMPPC_GFN_PFN_MASK = ~KVMPPC_GFN_FLAG_MASK & ((1 << 64) - 1)
+
+EBUSY = 16
+EINVAL = 22
+EFAULT = 14
+
+NAMES = {v: k for k, v in list(globals().items())
+         if k.startswith(("H_SVM", "UV_")) and isinstance(v, int)}
+RETURN_NAMES = {H_SUCCESS: "H_SUCCESS", H_BUSY: "H_BUSY", H_NOT_AVAILABLE: "H_NOT_AVAILABLE",
+                H_HARDWARE: "H_HARDWARE", H_FUNCTION: "H_FUNCTION", H_PRIVILEGE: "H_PRIVILEGE",
+                H_PARAMETER: "H_PARAMETER", H_BAD_MODE: "H_BAD_MODE",
+                H_NOT_FOUND: "H_NOT_FOUND", H_NO_MEM: "H_NO_MEM", H_AUTHORITY: "H_AUTHORITY",
+                H_PERMISSION: "H_PERMISSION", H_P2: "H_P2", H_P3: "H_P3", H_P4: "H_P4",
+                H_UNSUPPORTED: "H_UNSUPPORTED", H_INTERRUPT: "H_INTERRUPT", H_STATE: "H_STATE",
+                H_IN_USE: "H_IN_USE", H_TOO_HARD: "H_TOO_HARD"}
+
+
+def rc_name(rc: int) -> str:
+    return RETURN_NAMES.get(rc, str(rc))
