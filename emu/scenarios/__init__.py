@@ -1,3 +1,3 @@
 """The built-in scenarios; importing this package registers them by name."""
 
-from . import engine_demos  # noqa: F401
+from . import engine_demos, svm  # noqa: F401

@@ -60,6 +60,9 @@ class Actor:
     held: list = attrs.Factory(list)
     """Locks held, in acquisition order (lockdep's held-lock stack)."""
     done: bool = False
+    daemon: bool = False
+    """A server (memory controller, mailbox loop): it never blocks the schedule's end, and
+    waiting for work is not a deadlock."""
     task: Any = None
 
     def is_enabled(self) -> bool:
@@ -102,18 +105,21 @@ class Controller:
         self._watchdog_scope = trio.CancelScope()
         self._starter: Any = None
         self._parked = 0
+        self._workers = 0
 
     # ----------------------------------------------------------------- building
     def spawn(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any,
-              group: str = "actors") -> Actor:
-        """Register an actor; it starts at the schedule's first decisions."""
+              group: str = "actors", daemon: bool = False) -> Actor:
+        """Register an actor; it starts at the schedule's first decisions. The schedule ends
+        when every non-daemon actor has finished."""
         if self._scope is not None:
             raise RuntimeError("actors are spawned while building the machine, before it runs")
         if any(a.name == name for a in self.actors):
             raise ValueError(f"two actors named {name!r}")
-        actor = Actor(name, self.trace.add_actor(name, group), group, fn, args)
+        actor = Actor(name, self.trace.add_actor(name, group), group, fn, args, daemon=daemon)
         self.actors.append(actor)
         self.live.append(actor)
+        self._workers += not daemon
         return actor
 
     def next_flow(self) -> int:
@@ -204,7 +210,10 @@ class Controller:
 
     # ----------------------------------------------------------------- the decision
     def _decide(self) -> Actor | None:
-        """Pick the actor that takes the next step; None when every actor has finished."""
+        """Pick the actor that takes the next step; None when every non-daemon actor has
+        finished."""
+        if not self._workers:
+            return None
         if self.invariants:
             self._check(self.invariants)
         while True:
@@ -215,8 +224,6 @@ class Controller:
             while self._timers and self._timers[0][0] <= self.now:
                 self._timers.pop(0)
         if not enabled:
-            if not self.live:
-                return None
             self._deadlock()
         if self.step >= self.max_steps:
             self.fail("liveness", f"no progress in {self.max_steps} steps",
@@ -237,7 +244,9 @@ class Controller:
                      for a, b in zip(cycle, cycle[1:] + cycle[:1], strict=True)]
             message = "; ".join(parts)
         else:
-            message = f"{len(self.live)} live actors and none can run"
+            stuck = [a for a in self.live if not a.daemon]
+            message = "; ".join(f"{a.name} waits in '{a.op}'" for a in stuck) + \
+                " for something no actor will do"
         self.current = None
         self.fail("deadlock", message, details="\n".join("  " + a.describe() for a in self.live))
 
@@ -313,6 +322,7 @@ class Controller:
         actor.done = True
         actor.op = "exit"
         self.live.remove(actor)
+        self._workers -= not actor.daemon
         try:
             chosen = self._decide()
         except Stop:
@@ -328,7 +338,9 @@ class Controller:
         try:
             self._check(self.finals)
         except Stop:
-            pass
+            return
+        if self.live:  # daemons still waiting for work: stop them
+            self._halt()
 
     async def _watchdog(self) -> None:
         """Catches an actor that escaped the controller through raw Trio.

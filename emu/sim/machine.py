@@ -29,8 +29,8 @@ class Machine:
 
     # actors and primitives
     def spawn(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any,
-              group: str = "actors") -> Actor:
-        return self.ctl.spawn(name, fn, *args, group=group)
+              group: str = "actors", daemon: bool = False) -> Actor:
+        return self.ctl.spawn(name, fn, *args, group=group, daemon=daemon)
 
     def mutex(self, name: str, lock_class: str | None = None) -> Mutex:
         return Mutex(self.ctl, name, lock_class)

@@ -1,0 +1,290 @@
+"""The Ultravisor: owns secure memory, serves the HV's ucalls, and acts for each SVM.
+
+Two halves, as on the hardware:
+- **the ucall server** (an actor): the HV's UV_* ucalls arrive in its mailbox and are served
+  one at a time; page copies go to the memory controller. It never calls into the HV, so
+  the HV may wait for it while holding its own locks.
+- **the firmware paths an SVM's vCPU runs** (UV_ESM, UV_SHARE_PAGE, UV_UNSHARE_PAGE, and a
+  first touch of a page that is not in secure memory): they execute on the vCPU's own
+  thread and issue H_SVM_* hcalls to the HV with MSR_S set, except H_SVM_INIT_ABORT, which
+  the UV issues from the not-yet-secure VM's context (MSR_S clear; this is B4).
+
+Per SVM the UV knows, for each GFN: a secure frame (paged in), paged out (the HV holds the
+encrypted copy), shared (it maps the HV's normal page), or nothing yet (a zero page on first
+touch once the VM is secure). That knowledge is the ground truth the life-cycle tables are
+checked against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..hw.memory import Frame, PhysicalMemory
+from ..kvm.hvcall import (
+    H_NO_MEM,
+    H_PAGE_IN_SHARED,
+    H_SUCCESS,
+    H_SVM_INIT_ABORT,
+    H_SVM_INIT_DONE,
+    H_SVM_INIT_START,
+    H_SVM_PAGE_IN,
+    PAGE_SHIFT,
+    U_SUCCESS,
+)
+from ..sim import Machine
+from .memctl import MemoryController
+
+if TYPE_CHECKING:
+    from ..kvm.hv import Hypervisor
+
+U_PARAMETER = -4
+U_STATE = -75
+U_PERMISSION = -11
+
+
+@attrs.define(eq=False)
+class SvmState:
+    """What the UV knows of one secure VM."""
+
+    lpid: int
+    secure: bool = False
+    """ESM completed (H_SVM_INIT_DONE succeeded)."""
+    slots: dict[int, tuple[int, int]] = attrs.Factory(dict)
+    """Registered memslots: slot id -> (first GFN, number of pages)."""
+    registered_by: dict[int, str] = attrs.Factory(dict)
+    """Slot id -> the thread whose ucall registered it."""
+    frames: dict[int, int] = attrs.Factory(dict)
+    """GFN -> secure frame (paged in)."""
+    paged_out: dict[int, bool] = attrs.Factory(dict)
+    shared: dict[int, int] = attrs.Factory(dict)
+    """GFN -> the HV's normal pfn the UV maps as shared."""
+
+    def registered(self, gfn: int) -> bool:
+        return any(base <= gfn < base + n for base, n in self.slots.values())
+
+
+@attrs.define(eq=False)
+class Ucall:
+    name: str
+    args: tuple
+    caller: str
+    """The thread that made the ucall: a ucall nested in an hcall the UV issued comes back
+    on the same thread, which is how the UV knows which of its requests it belongs to."""
+    done: Any
+    rc: int = 0
+
+    def trace_label(self) -> str:
+        return self.name
+
+
+class Ultravisor:
+    def __init__(self, m: Machine, memory: PhysicalMemory, memctl: MemoryController,
+                 design: str = "gfn-states") -> None:
+        self.m = m
+        self.memory = memory
+        self.memctl = memctl
+        self.design = design
+        self.svms: dict[int, SvmState] = {}
+        self.hv: Hypervisor | None = None
+        self._caller = ""
+        self.fail_register: Callable[[int, int], bool] = lambda lpid, slot_id: False
+        """Fault injection: UV_REGISTER_MEM_SLOT runs out of secure memory."""
+        self.sharing: dict[str, int] = {}
+        """Thread -> the GFN whose share that thread's H_SVM_PAGE_IN is carrying out."""
+        self.mailbox = m.channel("ucall", capacity=4)
+        m.spawn("ultravisor", self.serve, group="ultravisor", daemon=True)
+
+    # ------------------------------------------------------------------ ucall server
+    async def serve(self) -> None:
+        while True:
+            call: Ucall = await self.mailbox.receive()
+            self._caller = call.caller
+            call.rc = await getattr(self, "_" + call.name.lower())(*call.args)
+            call.done.complete()
+
+    async def _ucall(self, name: str, *args: int) -> int:
+        call = Ucall(name, args, self.m.ctl.current.name, self.m.completion(name))
+        await self.mailbox.send(call)
+        await call.done.wait_for_completion()
+        return call.rc
+
+    async def uv_register_mem_slot(self, lpid: int, start_gpa: int, size: int, flags: int,
+                                   slot_id: int) -> int:
+        return await self._ucall("UV_REGISTER_MEM_SLOT", lpid, start_gpa, size, flags, slot_id)
+
+    async def uv_unregister_mem_slot(self, lpid: int, slot_id: int) -> int:
+        return await self._ucall("UV_UNREGISTER_MEM_SLOT", lpid, slot_id)
+
+    async def uv_page_in(self, lpid: int, src_ra: int, dst_gpa: int, flags: int,
+                         page_shift: int) -> int:
+        return await self._ucall("UV_PAGE_IN", lpid, src_ra, dst_gpa, flags, page_shift)
+
+    async def uv_page_out(self, lpid: int, dst_ra: int, src_gpa: int, flags: int,
+                          page_shift: int) -> int:
+        return await self._ucall("UV_PAGE_OUT", lpid, dst_ra, src_gpa, flags, page_shift)
+
+    async def uv_page_inval(self, lpid: int, gpa: int, page_shift: int) -> int:
+        return await self._ucall("UV_PAGE_INVAL", lpid, gpa, page_shift)
+
+    async def uv_svm_terminate(self, lpid: int) -> int:
+        return await self._ucall("UV_SVM_TERMINATE", lpid)
+
+    # the handlers, run by the server
+    async def _uv_register_mem_slot(self, lpid: int, start_gpa: int, size: int, flags: int,
+                                    slot_id: int) -> int:
+        svm = self.svms.get(lpid)
+        if svm is None or flags or slot_id in svm.slots:
+            return U_PARAMETER
+        if self.fail_register(lpid, slot_id):
+            return H_NO_MEM
+        svm.slots[slot_id] = (start_gpa >> PAGE_SHIFT, size >> PAGE_SHIFT)
+        svm.registered_by[slot_id] = self._caller
+        return U_SUCCESS
+
+    async def _uv_unregister_mem_slot(self, lpid: int, slot_id: int) -> int:
+        svm = self.svms.get(lpid)
+        if svm is None or slot_id not in svm.slots:
+            return U_PARAMETER
+        del svm.slots[slot_id]
+        del svm.registered_by[slot_id]
+        return U_SUCCESS
+
+    def _page_args(self, lpid: int, gpa: int, flags: int, page_shift: int) -> SvmState | None:
+        svm = self.svms.get(lpid)
+        if svm is None or flags or page_shift != PAGE_SHIFT or \
+                not svm.registered(gpa >> PAGE_SHIFT):
+            return None
+        return svm
+
+    async def _uv_page_in(self, lpid: int, src_ra: int, dst_gpa: int, flags: int,
+                          page_shift: int) -> int:
+        svm = self._page_args(lpid, dst_gpa, flags, page_shift)
+        if svm is None:
+            return U_PARAMETER
+        gfn, src = dst_gpa >> PAGE_SHIFT, src_ra >> PAGE_SHIFT
+        if self.sharing.get(self._caller) == gfn:  # the page the SVM asks to share: map it
+            self._drop_secure(svm, gfn)
+            svm.shared[gfn] = src
+            return U_SUCCESS
+        if gfn in svm.shared and self.design == "two-state":
+            return U_PARAMETER  # the UV refuses to page in a shared GFN
+        spfn = svm.frames.get(gfn) or self.memory.secure.alloc()
+        await self.memctl.copy(self.memory.normal[src], self.memory.secure[spfn],
+                               into_secure=True)
+        svm.frames[gfn] = spfn
+        svm.shared.pop(gfn, None)
+        svm.paged_out.pop(gfn, None)
+        return U_SUCCESS
+
+    async def _uv_page_out(self, lpid: int, dst_ra: int, src_gpa: int, flags: int,
+                           page_shift: int) -> int:
+        svm = self._page_args(lpid, src_gpa, flags, page_shift)
+        gfn = src_gpa >> PAGE_SHIFT
+        if svm is None or gfn in svm.shared:
+            return U_PARAMETER
+        spfn = svm.frames.get(gfn)
+        src = self.memory.secure[spfn] if spfn else Frame(secret=True)
+        await self.memctl.copy(src, self.memory.normal[dst_ra >> PAGE_SHIFT], into_secure=False)
+        self._drop_secure(svm, gfn)
+        svm.paged_out[gfn] = True
+        return U_SUCCESS
+
+    async def _uv_page_inval(self, lpid: int, gpa: int, page_shift: int) -> int:
+        return U_SUCCESS if self._page_args(lpid, gpa, 0, page_shift) else U_PARAMETER
+
+    async def _uv_svm_terminate(self, lpid: int) -> int:
+        svm = self.svms.pop(lpid, None)
+        if svm is None:
+            return U_PARAMETER
+        for spfn in svm.frames.values():
+            self.memory.secure.free(spfn)
+        return U_SUCCESS
+
+    def _drop_secure(self, svm: SvmState, gfn: int) -> None:
+        spfn = svm.frames.pop(gfn, None)
+        if spfn:
+            self.memory.secure.free(spfn)
+        svm.paged_out.pop(gfn, None)
+
+    # ------------------------------------------------------------------ ground truth
+    def gfn_state(self, lpid: int, gfn: int) -> str:
+        """What a GFN is, in the seed's words, as the UV knows it."""
+        svm = self.svms.get(lpid)
+        if svm is None:
+            return "Normal"
+        if gfn in svm.shared:
+            return "Shared"
+        if gfn in svm.frames or gfn in svm.paged_out or (svm.secure and svm.registered(gfn)):
+            return "Secure"
+        return "Normal"
+
+    # ------------------------------------------------------------------ firmware on a vCPU
+    async def esm(self, lpid: int, necessary: list[int], shares: list[int] = ()) -> int:
+        """UV_ESM: INIT_START, page in the GFNs the SVM needs, share the ones it asks for,
+        INIT_DONE; abort on failure. Returns what the guest's UV_ESM returns."""
+        hv = self.hv
+        if lpid in self.svms:
+            return U_STATE
+        svm = self.svms[lpid] = SvmState(lpid)
+        rc = await hv.hcall(lpid, H_SVM_INIT_START, msr_s=True)
+        for gfn in necessary if rc == H_SUCCESS else []:
+            rc = await hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
+                                msr_s=True)
+            if rc != H_SUCCESS:
+                break
+        for gfn in shares if rc == H_SUCCESS else []:
+            rc = await self.share(lpid, gfn)
+            if rc != H_SUCCESS:
+                break
+        if rc == H_SUCCESS:
+            rc = await hv.hcall(lpid, H_SVM_INIT_DONE, msr_s=True)
+            if rc == H_SUCCESS:
+                svm.secure = True
+                return U_SUCCESS
+            return rc  # INIT_DONE failed: the VM stays Transient, to be terminated
+        # the UV aborts from the context of the VM, which is not secure yet (MSR_S clear)
+        return await hv.hcall(lpid, H_SVM_INIT_ABORT, msr_s=False, via_uv=True)
+
+    async def share(self, lpid: int, gfn: int) -> int:
+        """UV_SHARE_PAGE for one page: the HV provides a normal page the UV maps shared."""
+        svm = self.svms.get(lpid)
+        if svm is None or not svm.registered(gfn):
+            return U_PARAMETER
+        me = self.m.ctl.current.name
+        self.sharing[me] = gfn
+        try:
+            return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, H_PAGE_IN_SHARED,
+                                       PAGE_SHIFT, msr_s=True)
+        finally:
+            del self.sharing[me]
+
+    async def unshare(self, lpid: int, gfn: int) -> int:
+        """UV_UNSHARE_PAGE for one page: page the shared page back into secure memory."""
+        svm = self.svms.get(lpid)
+        if svm is None or gfn not in svm.shared:
+            return U_PARAMETER
+        return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
+                                   msr_s=True)
+
+    async def touch(self, lpid: int, gfn: int) -> tuple[Frame | None, bool]:
+        """The frame an SVM access to ``gfn`` lands on, and whether it is normal memory the
+        HV can read (a shared page). A paged-out page is paged back in first
+        (H_SVM_PAGE_IN); a page never filled is a zero page. (None, False): not the SVM's."""
+        svm = self.svms[lpid]
+        if not svm.registered(gfn):
+            return None, False
+        while gfn not in svm.shared and gfn in svm.paged_out:
+            rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
+                                     msr_s=True)
+            # another vCPU may have shared or paged the GFN in meanwhile: look again
+            if rc != H_SUCCESS and gfn in svm.paged_out and gfn not in svm.shared:
+                self.m.fail("svm-access", f"the UV cannot page GFN {gfn:#x} back in for the "
+                            f"SVM: H_SVM_PAGE_IN returned {rc}")
+        if gfn in svm.shared:
+            return self.memory.normal.frames.get(svm.shared[gfn]), True
+        if gfn not in svm.frames:
+            svm.frames[gfn] = self.memory.secure.alloc()
+        return self.memory.secure[svm.frames[gfn]], False

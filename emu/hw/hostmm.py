@@ -1,0 +1,64 @@
+"""QEMU's address space on the host: VMAs and the host page table.
+
+Each VMA keeps one word per 64 KiB page of its range (an ``array('q')``, 8 bytes a page):
+0 = not populated (a zero page on first touch), ``pfn > 0`` = a normal page frame,
+``-dpfn < 0`` = a ZONE_DEVICE private page standing for a secure page (touching it from the
+host faults, and the fault handler pages it out). ``mmap_lock`` guards the VMA list and the
+migrations that rewrite these words.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import attrs
+
+from ..kvm.hvcall import PAGE_SHIFT, PAGE_SIZE
+from ..sim.locks import RWSem
+
+
+@attrs.define(eq=False)
+class VMA:
+    start: int
+    end: int
+    pte: array
+    mergeable: bool = True
+    """KSM may merge its pages (H_SVM_INIT_START unmerges a secure VM's slots)."""
+
+    @classmethod
+    def anonymous(cls, start: int, npages: int) -> VMA:
+        return cls(start, start + npages * PAGE_SIZE, array("q", bytes(8 * npages)))
+
+    def index(self, hva: int) -> int:
+        return (hva - self.start) >> PAGE_SHIFT
+
+
+class HostMM:
+    def __init__(self, mmap_lock: RWSem) -> None:
+        self.mmap_lock = mmap_lock
+        self.vmas: list[VMA] = []
+
+    def mmap(self, vma: VMA) -> VMA:
+        self.vmas.append(vma)
+        self.vmas.sort(key=lambda v: v.start)
+        return vma
+
+    def munmap(self, vma: VMA) -> None:
+        self.vmas.remove(vma)
+
+    def find_vma_intersection(self, start: int, end: int) -> VMA | None:
+        for vma in self.vmas:
+            if vma.start < end and start < vma.end:
+                return vma
+        return None
+
+    def vma_lookup(self, addr: int) -> VMA | None:
+        return self.find_vma_intersection(addr, addr + 1)
+
+    def get_pte(self, hva: int) -> int:
+        vma = self.vma_lookup(hva)
+        return vma.pte[vma.index(hva)] if vma else 0
+
+    def set_pte(self, hva: int, value: int) -> None:
+        vma = self.vma_lookup(hva)
+        vma.pte[vma.index(hva)] = value

@@ -1,0 +1,214 @@
+"""L0's entry points for secure VMs (``book3s_hv.c``): the hcall dispatcher, the return path,
+KVM_PPC_SVM_OFF, memslot commit, and vCPU entry.
+
+Every hcall goes through ``Hypervisor.hcall``, which checks on the way out what must hold
+whenever an hcall returns: no lock still held, no ``gfn_to_pfn`` reference leaked, the
+return path matching the caller (an hcall that came from the Ultravisor returns with
+UV_RETURN, which the HV uses whenever ``secure_guest`` is set), and, for the calls the
+Ultravisor issues, the seed-000 life-cycle tables.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import lifecycle, uvmem
+from .hvcall import (
+    EBUSY,
+    EINVAL,
+    H_FUNCTION,
+    H_PAGE_IN_SHARED,
+    H_SUCCESS,
+    H_SVM_INIT_ABORT,
+    H_SVM_INIT_DONE,
+    H_SVM_INIT_START,
+    H_SVM_PAGE_IN,
+    H_SVM_PAGE_OUT,
+    H_UNSUPPORTED,
+    KVMPPC_SECURE_INIT_START,
+    NAMES,
+    PAGE_SHIFT,
+    U_SUCCESS,
+)
+from .vm import KVM, KVM_MEMSLOT_INVALID, Memslot
+
+if TYPE_CHECKING:
+    from ..sim import Machine
+
+MASK64 = (1 << 64) - 1
+VM_OPS = {H_SVM_INIT_START: "INIT_START", H_SVM_INIT_DONE: "INIT_DONE",
+          H_SVM_INIT_ABORT: "INIT_ABORT"}
+
+
+class Hypervisor:
+    def __init__(self, m: Machine) -> None:
+        self.m = m
+        self.kvms: dict[int, KVM] = {}
+        self.gfn_ops: dict[tuple[int, int], list[int]] = {}
+        """(lpid, gfn) -> [operations in flight, operations started]: a failed operation is
+        held to "no change" only if no other operation on the GFN overlapped it."""
+        self.teardown: dict[int, bool] = {}
+        """lpid -> KVM_PPC_SVM_OFF is tearing the VM down (no vCPU may be in the guest)."""
+
+    def add(self, kvm: KVM) -> KVM:
+        self.kvms[kvm.lpid] = kvm
+        kvm.uvmem_dev.kvms[kvm.lpid] = kvm
+        return kvm
+
+    # ------------------------------------------------------------------ hcalls
+    async def hcall(self, lpid: int, req: int, *args: int, msr_s: bool,
+                    via_uv: bool | None = None) -> int:
+        """An hcall from a guest (``msr_s``: it came through the Ultravisor, SRR1[MSR_S]).
+        ``via_uv``: the Ultravisor issued it (default: ``msr_s``); only those are life-cycle
+        operations."""
+        kvm = self.kvms[lpid]
+        via_uv = msr_s if via_uv is None else via_uv
+        actor = self.m.ctl.current
+        held = list(actor.held)
+        refs = kvm.pfn_refs.get(actor.name, 0)
+        regs = [(a & MASK64) for a in args] + [0] * (3 - len(args))
+        vm_before = uvmem.vm_state(kvm)
+        gfn_op, gfn, gfn_before, shared_before = self._gfn_op(kvm, req, regs)
+        ops = self.gfn_ops.setdefault((lpid, gfn), [0, 0])
+        overlapped = ops[0] > 0
+        ops[0] += 1
+        ops[1] += 1
+        started = ops[1]
+
+        rc = await self._dispatch(kvm, req, regs, msr_s)
+        ops[0] -= 1
+        if overlapped or ops[1] != started:
+            gfn_before = ""  # another operation overlapped: only a success is checked
+
+        name = NAMES.get(req, hex(req))
+        if actor.held != held:
+            extra = ", ".join(h.lock.name for h in actor.held if h not in held)
+            self.m.fail("lock-leak", f"{name} returns with {extra} held")
+        if kvm.pfn_refs.get(actor.name, 0) != refs:
+            self.m.fail("pfn-refcount", f"{name} returns with a gfn_to_pfn reference leaked")
+        if msr_s and not kvm.secure_guest:
+            self.m.fail("return-path", f"{name} came from the Ultravisor but returns with rfid "
+                        "(secure_guest is 0), not UV_RETURN, into a context that does not exist")
+        if via_uv:
+            self._conformance(kvm, req, rc, vm_before, gfn_op, gfn, gfn_before, shared_before)
+        if req == H_SVM_INIT_START:
+            self._check_slots(kvm, rolled_back_by=actor.name if rc != H_SUCCESS else None)
+        return rc
+
+    def _check_slots(self, kvm: KVM, rolled_back_by: str | None = None) -> None:
+        """The UV's registered slots equal the HV's uvmem slots; a failed INIT_START has
+        unregistered every slot it registered (its rollback is complete)."""
+        svm = kvm.uv.svms.get(kvm.lpid)
+        uv_ids = sorted(svm.slots) if svm else []
+        live = {(s.id, s.base_gfn) for s in kvm.memslots}
+        hv_ids = sorted({p.id for p in kvm.uvmem_pfns if (p.id, p.base_pfn) in live})
+        leaked = [i for i, who in svm.registered_by.items() if who == rolled_back_by] \
+            if svm is not None and rolled_back_by else []
+        if leaked:
+            self.m.fail("slots", f"H_SVM_INIT_START failed but left the slots it registered "
+                        f"{sorted(leaked)} registered with the UV (incomplete rollback)")
+        elif svm is not None and uv_ids != hv_ids:
+            self.m.fail("slots", f"the UV has slots {uv_ids} registered, the HV's uvmem slots "
+                        f"are {hv_ids}")
+
+    def _gfn_op(self, kvm: KVM, req: int, regs: list[int]
+                ) -> tuple[str | None, int, str, list[int]]:
+        if req == H_SVM_PAGE_IN and regs[2] == PAGE_SHIFT and not regs[1] & ~H_PAGE_IN_SHARED:
+            gfn = regs[0] >> PAGE_SHIFT
+            op = "share" if regs[1] & H_PAGE_IN_SHARED else "unshare"
+            return op, gfn, lifecycle.true_gfn_state(kvm, gfn), []
+        if req == H_SVM_INIT_DONE:
+            svm = kvm.uv.svms.get(kvm.lpid)
+            return "init_done", 0, "", list(svm.shared) if svm else []
+        return None, 0, "", []
+
+    def _conformance(self, kvm: KVM, req: int, rc: int, vm_before: str, gfn_op: str | None,
+                     gfn: int, gfn_before: str, shared_before: list[int]) -> None:
+        problem = None
+        if req in VM_OPS:
+            problem = lifecycle.check_vm(kvm, VM_OPS[req], vm_before, rc)
+        if problem is None and gfn_op in ("share", "unshare"):
+            problem = lifecycle.check_gfn(kvm, gfn_op, gfn, gfn_before, rc)
+        if problem is None and gfn_op == "init_done" and rc == H_SUCCESS:
+            problem = lifecycle.check_init_done(kvm, shared_before)
+        if problem:
+            self.m.fail("life-cycle", problem)
+
+    async def _dispatch(self, kvm: KVM, req: int, r: list[int], msr_s: bool) -> int:
+        """kvmppc_pseries_do_hcall: PAGE_IN, PAGE_OUT, INIT_START and INIT_DONE need MSR_S
+        (8c47b6ff29e3); INIT_ABORT does not (e3326ae3d59e)."""
+        if req == H_SVM_PAGE_IN:
+            return await uvmem.kvmppc_h_svm_page_in(kvm, r[0], r[1], r[2]) if msr_s \
+                else H_UNSUPPORTED
+        if req == H_SVM_PAGE_OUT:
+            return await uvmem.kvmppc_h_svm_page_out(kvm, r[0], r[1], r[2]) if msr_s \
+                else H_UNSUPPORTED
+        if req == H_SVM_INIT_START:
+            return await uvmem.kvmppc_h_svm_init_start(kvm) if msr_s else H_UNSUPPORTED
+        if req == H_SVM_INIT_DONE:
+            return await uvmem.kvmppc_h_svm_init_done(kvm) if msr_s else H_UNSUPPORTED
+        if req == H_SVM_INIT_ABORT:
+            if not msr_s and kvm.quirk("strict-abort-caller-check"):
+                return H_UNSUPPORTED  # B4
+            return await uvmem.kvmppc_h_svm_init_abort(kvm)
+        return H_FUNCTION
+
+    # ------------------------------------------------------------------ KVM_PPC_SVM_OFF
+    async def kvmhv_svm_off(self, kvm: KVM) -> int:
+        """Reset a secure guest: drop its pages, unregister its slots, terminate it in the
+        UV. Refused with -EBUSY while a vCPU runs (the guard asked for in review, B6)."""
+        vm_before = uvmem.vm_state(kvm)
+        ret = 0
+        if not kvm.secure_guest & KVMPPC_SECURE_INIT_START:
+            return ret
+        await kvm.mmu_setup_lock.lock()
+        mmu_was_ready = kvm.mmu_ready
+        if kvm.mmu_ready and not kvm.quirk("svm-off-no-guard"):
+            kvm.mmu_ready = 0
+            await self.m.point("smp_mb (mmu_ready vs vcpus_running)")
+            if kvm.vcpus_running:
+                kvm.mmu_ready = 1
+                kvm.mmu_setup_lock.unlock()
+                return -EBUSY
+        self.teardown[kvm.lpid] = True
+        srcu_idx = await kvm.srcu.read_lock()
+        for memslot in kvm.memslots:
+            await uvmem.kvmppc_uvmem_drop_pages(memslot, kvm, True)
+            await kvm.uv.uv_unregister_mem_slot(kvm.lpid, memslot.id)
+        kvm.srcu.read_unlock(srcu_idx)
+        if await kvm.uv.uv_svm_terminate(kvm.lpid) != U_SUCCESS:
+            ret = -EINVAL
+        else:
+            kvm.secure_guest = 0
+            kvm.mmu_ready = mmu_was_ready
+        self.teardown[kvm.lpid] = False
+        kvm.mmu_setup_lock.unlock()
+        if ret == 0:
+            problem = lifecycle.check_vm(kvm, "TERMINATE", vm_before, H_SUCCESS)
+            if problem:
+                self.m.fail("life-cycle", problem)
+        return ret
+
+    # ------------------------------------------------------------------ memslots
+    async def set_memory_region(self, kvm: KVM, slot: Memslot, delete: bool = False) -> int:
+        """KVM_SET_USER_MEMORY_REGION for one slot, as the generic code and the HV commit
+        hook order it: publish, wait for SRCU readers, then commit (for a secure VM: create
+        or delete its uvmem slot; create errors are ignored, "@TODO")."""
+        await kvm.slots_lock.lock()
+        if delete:
+            slot.flags |= KVM_MEMSLOT_INVALID  # readers stop using it...
+            await kvm.srcu.synchronize()  # ...and the old ones have left
+            if kvm.secure_guest & KVMPPC_SECURE_INIT_START:  # kvmppc_core_flush_memslot_hv
+                await uvmem.kvmppc_uvmem_drop_pages(slot, kvm, True)
+            kvm.remove_memslot(slot)
+        else:
+            kvm.memslots = [*kvm.memslots, slot]
+        await kvm.srcu.synchronize()
+        if kvm.secure_guest & KVMPPC_SECURE_INIT_START:
+            if delete:
+                await uvmem.kvmppc_uvmem_memslot_delete(kvm, slot)
+            else:
+                await uvmem.kvmppc_uvmem_memslot_create(kvm, slot)
+        kvm.slots_lock.unlock()
+        self._check_slots(kvm)
+        return 0

@@ -1,0 +1,114 @@
+"""Conformance to the seed-000 life-cycle tables.
+
+The tables are checked against the ground truth, not against the HV's own bookkeeping (which
+is what a bug corrupts): a GFN is *Shared* if the Ultravisor maps the HV's page as shared,
+*Secure* if its content is out of the HV's reach (a device page on the HV side, a frame in
+secure memory, or an encrypted paged-out copy), and *Normal* otherwise.
+
+A cell with a next state must be reached when the operation succeeds (H_SVM_INIT_ABORT
+"succeeds" with H_PARAMETER, by design); a failed operation must leave the state as it was,
+except that a failed H_SVM_INIT_START may leave the VM Transient: since B5's fix the flag is
+set first so that the error returns through UV_RETURN, and the UV then aborts. An "Error"
+cell must fail and change nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .hvcall import H_PARAMETER, H_SUCCESS, rc_name
+from .uvmem import vm_state
+
+if TYPE_CHECKING:
+    from .vm import KVM
+
+GFN_TABLE = {  # from -> {operation: to}
+    "Secure": {"share": "Shared", "unshare": "Secure", "terminate": "Normal",
+               "init_done": "Secure"},
+    "Shared": {"share": "Shared", "unshare": "Secure", "terminate": "Normal",
+               "init_done": "Shared"},
+    "Normal": {"share": "Shared", "unshare": "Secure", "terminate": "Normal",
+               "init_done": "Secure"},
+}
+
+MAY_FAIL = ("INIT_START", "INIT_DONE")
+"""Legal operations with documented error paths (slot registration, migration); any other
+legal operation must succeed."""
+
+VM_TABLE: dict[str, dict[str, str | None]] = {
+    "Normal": {"INIT_START": "Transient", "INIT_DONE": None, "INIT_ABORT": None,
+               "TERMINATE": "Normal"},
+    "Transient": {"INIT_START": None, "INIT_DONE": "Secure", "INIT_ABORT": "Normal",
+                  "TERMINATE": "Normal"},
+    "Secure": {"INIT_START": None, "INIT_DONE": None, "INIT_ABORT": None,
+               "TERMINATE": "Normal"},
+}
+
+
+def true_gfn_state(kvm: KVM, gfn: int) -> str:
+    svm = kvm.uv.svms.get(kvm.lpid)
+    if svm is not None and gfn in svm.shared:
+        return "Shared"
+    hva = kvm.gfn_to_hva(gfn)
+    if hva is not None and kvm.mm.get_pte(hva) < 0:
+        return "Secure"
+    if svm is not None and (gfn in svm.frames or gfn in svm.paged_out):
+        return "Secure"
+    return "Normal"
+
+
+def check_vm(kvm: KVM, op: str, before: str, rc: int) -> str | None:
+    """What is wrong with a VM transition, or None."""
+    after = vm_state(kvm)
+    cell = VM_TABLE[before][op]
+    ok_rc = rc == (H_PARAMETER if op == "INIT_ABORT" else H_SUCCESS)
+    if cell is None:
+        if ok_rc or after != before:
+            return (f"VM {before} --{op}--> {after} with {rc_name(rc)}: the table says Error "
+                    "(an error code and no change)")
+        return None
+    if ok_rc and after != cell:
+        return f"VM {before} --{op}--> {after} with {rc_name(rc)}: the table says {cell}"
+    if not ok_rc and op not in MAY_FAIL:
+        return f"VM {before} --{op}--> {after} failed with {rc_name(rc)}: the table says {cell}"
+    if not ok_rc and after != before and not (op == "INIT_START" and after == "Transient"):
+        return f"VM {before} --{op}--> {after} although it failed with {rc_name(rc)}"
+    return None
+
+
+def check_gfn(kvm: KVM, op: str, gfn: int, before: str, rc: int) -> str | None:
+    """What is wrong with one GFN's transition, or None (``before`` is "" when another
+    operation on the GFN overlapped this one)."""
+    after = true_gfn_state(kvm, gfn)
+    if rc != H_SUCCESS and not before:
+        return None  # failed while another operation on the GFN overlapped: nothing to hold
+    expected = GFN_TABLE[before or "Normal"][op] if rc == H_SUCCESS else before
+    if after != expected:
+        how = "succeeded" if rc == H_SUCCESS else f"failed with {rc_name(rc)}"
+        return f"GFN {gfn:#x} {before} --{op}--> {after} ({how}): the table says {expected}"
+    return None
+
+
+def check_init_done(kvm: KVM, shared_before: list[int]) -> str | None:
+    """After H_SVM_INIT_DONE succeeded: every registered GFN Secure, except the shared ones,
+    which stay Shared. Scans the page tables in bulk (a 100 GB guest has 1.6 M GFNs)."""
+    svm = kvm.uv.svms.get(kvm.lpid)
+    for gfn in shared_before:
+        if svm is None or gfn not in svm.shared:
+            return f"GFN {gfn:#x} Shared --init_done--> {true_gfn_state(kvm, gfn)}: the table " \
+                   "says Shared"
+    shared = set(shared_before)
+    for slot in kvm.memslots:
+        vma = kvm.mm.vma_lookup(slot.userspace_addr)
+        pte = vma.pte if vma is not None else None
+        for i in range(slot.npages) if pte is None else _non_device(pte):
+            gfn = slot.base_gfn + i
+            if gfn not in shared and true_gfn_state(kvm, gfn) == "Normal":
+                return (f"GFN {gfn:#x} Normal --init_done--> Normal: after H_SVM_INIT_DONE "
+                        "succeeds no registered GFN may be Normal (the table says Secure)")
+    return None
+
+
+def _non_device(pte) -> list[int]:
+    """Indices of the pages not backed by a device page."""
+    return [i for i, v in enumerate(pte) if v >= 0]

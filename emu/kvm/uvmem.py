@@ -1,0 +1,681 @@
+"""Secure pages management: the HV side of ``book3s_hv_uvmem.c`` after 651a63101134 and its
+series (v5.9+), function by function.
+
+GFN life cycle (seed 000, the specification):
+
+| from \\ op | share  | unshare | abort / terminate | H_SVM_INIT_DONE |
+|-----------|--------|---------|-------------------|-----------------|
+| Secure    | Shared | Secure  | Normal            | Secure          |
+| Shared    | Shared | Secure  | Normal            | Shared          |
+| Normal    | Shared | Secure  | Normal            | Secure          |
+
+VM life cycle (seed 000):
+
+| from \\ op | INIT_START | INIT_DONE | INIT_ABORT | TERMINATE |
+|-----------|------------|-----------|------------|-----------|
+| Normal    | Transient  | Error     | Error      | Normal    |
+| Transient | Error      | Secure    | Normal     | Normal    |
+| Secure    | Error      | Error     | Error      | Normal    |
+
+GFN state encoding in ``kvmppc_uvmem_slot.pfns[]``:
+
+| state                | word                                |
+|----------------------|-------------------------------------|
+| Secure, paged in     | KVMPPC_GFN_UVMEM_PFN \\| device pfn  |
+| Secure, paged out    | KVMPPC_GFN_MEM_PFN                  |
+| Shared               | KVMPPC_GFN_SHARED                   |
+| Normal (or removed)  | 0                                   |
+
+Locking order: ``kvm->srcu`` -> ``mmap_lock`` -> ``uvmem_lock`` -> bitmap lock. The bitmap
+lock is a leaf spinlock held for a few instructions; the model updates the bitmap without a
+scheduling point inside, which is exactly the exclusion it gives. ``cond_resched`` in the
+INIT_DONE migration loop is a scheduling point every ``RESCHED_BATCH`` pages.
+
+Designs: ``gfn-states`` is the kernel's three flags. ``two-state`` is the alternative of
+the review in seed 004: the HV tracks only "has a device page", and at INIT_DONE sends every
+other GFN to the UV with UV_PAGE_IN, which the UV refuses for a shared GFN (that GFN then
+stays shared).
+
+Quirks (historic bugs switched back on) are tested where the kernel had them; see QUIRKS.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .hvcall import (
+    H_AUTHORITY,
+    H_P2,
+    H_P3,
+    H_PAGE_IN_SHARED,
+    H_PARAMETER,
+    H_STATE,
+    H_SUCCESS,
+    H_UNSUPPORTED,
+    KVMPPC_GFN_FLAG_MASK,
+    KVMPPC_GFN_MEM_PFN,
+    KVMPPC_GFN_PFN_MASK,
+    KVMPPC_GFN_SECURE,
+    KVMPPC_GFN_SHARED,
+    KVMPPC_GFN_UVMEM_PFN,
+    KVMPPC_SECURE_INIT_DONE,
+    KVMPPC_SECURE_INIT_START,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    U_SUCCESS,
+)
+from .vm import KVM, Memslot, is_error_noslot_pfn
+
+if TYPE_CHECKING:
+    from ..hw.hostmm import VMA
+
+RESCHED_BATCH = 512
+
+QUIRKS = {
+    "page-out-lock-leak":
+        "B1, fixed by e032e3b55b6f: svm_page_out returns with uvmem_lock held when "
+        "migrate_vma_setup fails; every later page-in/out hangs. Caught by: no lock held "
+        "when an hcall or fault returns.",
+    "single-flag-gfn-tracking":
+        "B2, the tracking before 651a63101134: only the device-page flag is kept, so shared "
+        "and paged-out GFNs look Normal and INIT_DONE re-migrates them. Caught by: life-cycle "
+        "conformance and 'never device-backed and shared'.",
+    "no-init-done-migration":
+        "B2, before dfaa973ae960: H_SVM_INIT_DONE leaves the GFNs the UV did not request "
+        "Normal. Caught by: after INIT_DONE no registered GFN is Normal.",
+    "strict-abort-caller-check":
+        "B4, fixed by e3326ae3d59e: H_SVM_INIT_ABORT is rejected unless it comes with MSR_S, "
+        "but the UV issues it from the not-yet-secure VM, so the VM stays Transient. Caught "
+        "by: VM life-cycle conformance.",
+    "init-start-late-flag":
+        "B5 ('H_SVM_INIT_START must call UV_RETURN'): secure_guest is set only on success, so "
+        "an error return goes back with rfid into the Ultravisor's context. Caught by: the "
+        "return path matches the caller.",
+    "svm-off-no-guard":
+        "B6: KVM_PPC_SVM_OFF without the mmu_ready / vcpus_running guard tears the VM down "
+        "under a running vCPU. Caught by: no vCPU in the guest during teardown.",
+    "init-start-rollback":
+        "B8 (candidate, U1): the INIT_START error path deletes the failing memslot once per "
+        "earlier slot instead of each earlier slot, leaking their UV registrations. Caught "
+        "by: the UV's registered slots equal the HV's.",
+    "share-no-recheck":
+        "kvmppc_share_page without the recheck after retaking uvmem_lock: a racing page-in "
+        "leaves the GFN device-backed and marked shared. Caught by: never device-backed and "
+        "shared; confidentiality.",
+}
+
+# migrate_vma flags
+MIGRATE_VMA_SELECT_SYSTEM = 1
+MIGRATE_VMA_SELECT_DEVICE_PRIVATE = 2
+
+
+# ---------------------------------------------------------------------- data structures
+class UvmemSlot:
+    """struct kvmppc_uvmem_slot: one word of state per GFN of a memslot."""
+
+    def __init__(self, slot: Memslot) -> None:
+        self.id = slot.id
+        self.base_pfn = slot.base_gfn
+        self.nr_pfns = slot.npages
+        self.pfns = array("Q", bytes(8 * slot.npages))
+
+    def contains(self, gfn: int) -> bool:
+        return self.base_pfn <= gfn < self.base_pfn + self.nr_pfns
+
+
+PVT_VALID, PVT_SKIP_PAGE_OUT, PVT_REMOVE_GFN = 1, 2, 4
+
+
+class UvmemDevice:
+    """kvmppc_uvmem_pgmap and its bitmap: the ZONE_DEVICE pages that stand for secure
+    pages on the HV side, each with its ``kvmppc_uvmem_page_pvt`` (gpa, skip_page_out,
+    remove_gfn), kept in arrays indexed by device pfn so a 100 GB guest stays small."""
+
+    def __init__(self, npages: int) -> None:
+        self.npages = npages
+        self.bitmap = bytearray(npages)
+        self._hint = 0
+        self.pvt_gpa = array("Q", bytes(8 * npages))
+        self.pvt_flags = bytearray(npages)
+        self.pvt_lpid = array("L", bytes(4 * npages))
+        self.kvms: dict[int, KVM] = {}
+
+    def in_use(self) -> int:
+        return self.npages - self.bitmap.count(0)
+
+    # dev_pagemap_ops.migrate_to_ram
+    async def migrate_to_ram(self, vma: VMA, addr: int, dpfn: int) -> int:
+        """kvmppc_uvmem_migrate_to_ram: a host fault on a device page pages it out."""
+        bit = dpfn - 1
+        kvm = self.kvms[self.pvt_lpid[bit]]
+        ret = await kvmppc_svm_page_out(vma, addr, addr + PAGE_SIZE, PAGE_SHIFT, kvm,
+                                        self.pvt_gpa[bit])
+        return 1 if ret else 0  # VM_FAULT_SIGBUS
+
+    # dev_pagemap_ops.page_free
+    def page_free(self, dpfn: int) -> None:
+        """kvmppc_uvmem_page_free (uvmem_lock held, reached from migrate_vma_finalize)."""
+        bit = dpfn - 1
+        self.bitmap[bit] = 0
+        self._hint = min(self._hint, bit)
+        kvm = self.kvms[self.pvt_lpid[bit]]
+        gfn = self.pvt_gpa[bit] >> PAGE_SHIFT
+        if self.pvt_flags[bit] & PVT_REMOVE_GFN:
+            kvmppc_gfn_remove(gfn, kvm)
+        else:
+            kvmppc_gfn_secure_mem_pfn(gfn, kvm)
+        self.pvt_flags[bit] = 0
+
+
+# ---------------------------------------------------------------------- GFN state words
+def _uvmem_slot(kvm: KVM, gfn: int) -> UvmemSlot | None:
+    for p in kvm.uvmem_pfns:
+        if p.contains(gfn):
+            return p
+    return None
+
+
+def kvmppc_uvmem_slot_lookup(kvm: KVM, gfn: int) -> int:
+    """The pfns[] word of a GFN (0 if no uvmem slot covers it)."""
+    p = _uvmem_slot(kvm, gfn)
+    return p.pfns[gfn - p.base_pfn] if p else 0
+
+
+def kvmppc_mark_gfn(gfn: int, kvm: KVM, flag: int, uvmem_pfn: int) -> None:
+    p = _uvmem_slot(kvm, gfn)
+    if p is None:
+        return
+    if kvm.design == "two-state" or kvm.quirk("single-flag-gfn-tracking"):
+        flag &= KVMPPC_GFN_UVMEM_PFN  # only "has a device page" is tracked
+    p.pfns[gfn - p.base_pfn] = (uvmem_pfn | flag) if flag == KVMPPC_GFN_UVMEM_PFN else flag
+
+
+def kvmppc_gfn_secure_uvmem_pfn(gfn: int, uvmem_pfn: int, kvm: KVM) -> None:
+    kvmppc_mark_gfn(gfn, kvm, KVMPPC_GFN_UVMEM_PFN, uvmem_pfn)
+
+
+def kvmppc_gfn_secure_mem_pfn(gfn: int, kvm: KVM) -> None:
+    kvmppc_mark_gfn(gfn, kvm, KVMPPC_GFN_MEM_PFN, 0)
+
+
+def kvmppc_gfn_shared(gfn: int, kvm: KVM) -> None:
+    kvmppc_mark_gfn(gfn, kvm, KVMPPC_GFN_SHARED, 0)
+
+
+def kvmppc_gfn_remove(gfn: int, kvm: KVM) -> None:
+    kvmppc_mark_gfn(gfn, kvm, 0, 0)
+
+
+def kvmppc_gfn_is_uvmem_pfn(gfn: int, kvm: KVM) -> int | None:
+    """The device pfn if the GFN is secure and backed by a device page, else None."""
+    word = kvmppc_uvmem_slot_lookup(kvm, gfn)
+    return word & KVMPPC_GFN_PFN_MASK if word & KVMPPC_GFN_UVMEM_PFN else None
+
+
+def kvmppc_next_nontransitioned_gfn(memslot: Memslot, kvm: KVM, gfn: int) -> int | None:
+    """The first GFN from ``gfn`` on with no flag set (uvmem_lock held); None if none or if
+    no uvmem slot covers ``gfn`` (300981abddcb: the cursor of a failed search is not a
+    slot)."""
+    p = _uvmem_slot(kvm, gfn)
+    if p is None:
+        return None
+    pfns, base = p.pfns, p.base_pfn
+    for i in range(gfn - base, p.nr_pfns):
+        if not pfns[i] & KVMPPC_GFN_FLAG_MASK:
+            return base + i
+    return None
+
+
+def gfn_state(kvm: KVM, gfn: int) -> str:
+    """The HV's view of a GFN in the seed's words."""
+    word = kvmppc_uvmem_slot_lookup(kvm, gfn)
+    if word & KVMPPC_GFN_SECURE:
+        return "Secure"
+    return "Shared" if word & KVMPPC_GFN_SHARED else "Normal"
+
+
+def vm_state(kvm: KVM) -> str:
+    if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
+        return "Secure"
+    return "Transient" if kvm.secure_guest & KVMPPC_SECURE_INIT_START else "Normal"
+
+
+# ---------------------------------------------------------------------- slots
+async def kvmppc_uvmem_slot_init(kvm: KVM, slot: Memslot) -> int:
+    p = UvmemSlot(slot)
+    await kvm.uvmem_lock.lock()
+    kvm.uvmem_pfns.insert(0, p)  # list_add
+    kvm.uvmem_lock.unlock()
+    return 0
+
+
+async def kvmppc_uvmem_slot_free(kvm: KVM, slot: Memslot) -> None:
+    await kvm.uvmem_lock.lock()
+    for p in kvm.uvmem_pfns:
+        if p.base_pfn == slot.base_gfn:
+            kvm.uvmem_pfns.remove(p)
+            break
+    kvm.uvmem_lock.unlock()
+
+
+async def kvmppc_memslot_page_merge(kvm: KVM, memslot: Memslot, merge: bool) -> int:
+    """ksm_madvise(MADV_MERGEABLE / MADV_UNMERGEABLE) over the slot's VMAs."""
+    start = kvm.gfn_to_hva(memslot.base_gfn)
+    if start is None:
+        return H_STATE
+    end = start + memslot.npages * PAGE_SIZE
+    await kvm.mm.mmap_lock.mmap_write_lock()
+    ret = 0
+    while True:
+        vma = kvm.mm.find_vma_intersection(start, end)
+        if vma is None:
+            ret = H_STATE
+            break
+        vma.mergeable = merge
+        start = vma.end
+        if end <= vma.end:
+            break
+    kvm.mm.mmap_lock.mmap_write_unlock()
+    return ret
+
+
+async def __kvmppc_uvmem_memslot_delete(kvm: KVM, memslot: Memslot) -> None:
+    await kvm.uv.uv_unregister_mem_slot(kvm.lpid, memslot.id)
+    await kvmppc_uvmem_slot_free(kvm, memslot)
+    await kvmppc_memslot_page_merge(kvm, memslot, True)
+
+
+async def __kvmppc_uvmem_memslot_create(kvm: KVM, memslot: Memslot) -> int:
+    ret = H_PARAMETER
+    if await kvmppc_memslot_page_merge(kvm, memslot, False):
+        return ret
+    if await kvmppc_uvmem_slot_init(kvm, memslot) == 0:
+        ret = await kvm.uv.uv_register_mem_slot(kvm.lpid, memslot.base_gfn << PAGE_SHIFT,
+                                            memslot.npages * PAGE_SIZE, 0, memslot.id)
+        if ret >= 0:
+            return 0
+        ret = H_PARAMETER
+        await kvmppc_uvmem_slot_free(kvm, memslot)
+    await kvmppc_memslot_page_merge(kvm, memslot, True)
+    return ret
+
+
+# ---------------------------------------------------------------------- H_SVM_INIT_START
+async def kvmppc_h_svm_init_start(kvm: KVM) -> int:
+    if not kvm.quirk("init-start-late-flag"):
+        kvm.secure_guest = KVMPPC_SECURE_INIT_START  # first: errors return via UV_RETURN (B5)
+    if not kvm.radix:  # (no UV bitmap cannot happen here: the device exists)
+        return H_UNSUPPORTED
+    if not kvm.svm_enabled:
+        return H_AUTHORITY
+    srcu_idx = await kvm.srcu.read_lock()
+    ret = H_SUCCESS
+    slots = kvm.memslots
+    failed = None
+    for memslot in slots:
+        ret = await __kvmppc_uvmem_memslot_create(kvm, memslot)
+        if ret:
+            failed = memslot
+            break
+    if ret:
+        for m in slots:
+            if m is failed:
+                break
+            # U1 deletes `memslot` (the failing slot) here, once per earlier slot (B8)
+            await __kvmppc_uvmem_memslot_delete(
+                kvm, failed if kvm.quirk("init-start-rollback") else m)
+    elif kvm.quirk("init-start-late-flag"):
+        kvm.secure_guest = KVMPPC_SECURE_INIT_START
+    kvm.srcu.read_unlock(srcu_idx)
+    return ret
+
+
+# ---------------------------------------------------------------------- migrate_vma
+@attrs.define
+class MigrateVma:
+    """struct migrate_vma for one page."""
+
+    vma: VMA
+    start: int
+    flags: int
+    src: int = 0
+    """The page found at setup: >0 normal pfn, <0 device pfn, 0 none."""
+    migrate: bool = False
+    dst: int = 0
+    done: bool = False
+
+
+def migrate_vma_setup(kvm: KVM, mig: MigrateVma) -> int:
+    """Collect and isolate the source page; a page of the wrong kind is not selected."""
+    if kvm.fail_migrate_setup(mig):
+        return -16  # -EBUSY
+    mig.src = mig.vma.pte[mig.vma.index(mig.start)]
+    if mig.flags == MIGRATE_VMA_SELECT_SYSTEM:
+        mig.migrate = mig.src >= 0
+    else:
+        mig.migrate = mig.src < 0
+    return 0
+
+
+def migrate_vma_pages(mig: MigrateVma) -> None:
+    if mig.migrate and mig.dst:
+        mig.vma.pte[mig.vma.index(mig.start)] = mig.dst
+        mig.done = True
+
+
+def migrate_vma_finalize(kvm: KVM, mig: MigrateVma) -> None:
+    """Free the page that lost (the source if migrated); device pages go to page_free."""
+    if not mig.done:
+        if mig.dst < 0:
+            kvm.uvmem_dev.page_free(-mig.dst)
+        return
+    if mig.src > 0:
+        kvm.memory.normal.free(mig.src)
+    elif mig.src < 0:
+        kvm.uvmem_dev.page_free(-mig.src)
+
+
+# ---------------------------------------------------------------------- page-out
+async def __kvmppc_svm_page_out(vma: VMA, start: int, end: int, page_shift: int, kvm: KVM,
+                                gpa: int) -> int:
+    """Provision a normal page and copy the secure content out with UV_PAGE_OUT (unless
+    skip_page_out). Caller holds uvmem_lock."""
+    uv = kvm.uv
+    ret = U_SUCCESS
+    if kvmppc_gfn_is_uvmem_pfn(gpa >> page_shift, kvm) is None:
+        return ret  # already paged out
+    mig = MigrateVma(vma, start, MIGRATE_VMA_SELECT_DEVICE_PRIVATE)
+    if migrate_vma_setup(kvm, mig):
+        return -1
+    if mig.src >= 0 or not mig.migrate:
+        migrate_vma_finalize(kvm, mig)
+        return ret
+    dev = kvm.uvmem_dev
+    bit = -mig.src - 1
+    dpage = kvm.memory.normal.alloc()
+    if not dev.pvt_flags[bit] & PVT_SKIP_PAGE_OUT:
+        ret = await uv.uv_page_out(kvm.lpid, dpage << page_shift, gpa, 0, page_shift)
+    if ret == U_SUCCESS:
+        mig.dst = dpage
+    else:
+        kvm.memory.normal.free(dpage)
+        migrate_vma_finalize(kvm, mig)
+        return ret
+    migrate_vma_pages(mig)
+    migrate_vma_finalize(kvm, mig)
+    return ret
+
+
+async def kvmppc_svm_page_out(vma: VMA, start: int, end: int, page_shift: int, kvm: KVM,
+                              gpa: int) -> int:
+    await kvm.uvmem_lock.lock()
+    ret = await __kvmppc_svm_page_out(vma, start, end, page_shift, kvm, gpa)
+    if ret == -1 and kvm.quirk("page-out-lock-leak"):
+        return ret  # B1: the setup-failure path forgot the unlock
+    kvm.uvmem_lock.unlock()
+    return ret
+
+
+async def kvmppc_uvmem_drop_pages(slot: Memslot, kvm: KVM, skip_page_out: bool) -> None:
+    """Drop the device pages of a slot: page each one out directly (content copied back
+    unless ``skip_page_out``) and clear every GFN's state (81ab595ddd3c)."""
+    dev = kvm.uvmem_dev
+    await kvm.mm.mmap_lock.mmap_read_lock()
+    addr = slot.userspace_addr
+    vma = None
+    for gfn in range(slot.base_gfn, slot.base_gfn + slot.npages):
+        if vma is None or addr >= vma.end:
+            vma = kvm.mm.vma_lookup(addr)
+            if vma is None:
+                break  # "Can't find VMA for gfn"
+        await kvm.uvmem_lock.lock()
+        uvmem_pfn = kvmppc_gfn_is_uvmem_pfn(gfn, kvm)
+        if uvmem_pfn is not None:
+            bit = uvmem_pfn - 1
+            flags = dev.pvt_flags[bit] & ~PVT_SKIP_PAGE_OUT
+            dev.pvt_flags[bit] = flags | PVT_REMOVE_GFN | (PVT_SKIP_PAGE_OUT * skip_page_out)
+            await __kvmppc_svm_page_out(vma, addr, addr + PAGE_SIZE, PAGE_SHIFT, kvm,
+                                        dev.pvt_gpa[bit])  # errors are only logged
+        else:
+            kvmppc_gfn_remove(gfn, kvm)
+        kvm.uvmem_lock.unlock()
+        addr += PAGE_SIZE
+    kvm.mm.mmap_lock.mmap_read_unlock()
+
+
+async def kvmppc_h_svm_init_abort(kvm: KVM) -> int:
+    """Back to a Normal VM: secure contents copied back, H_PARAMETER by design (the result
+    goes to the guest's UV_ESM, which thereby fails)."""
+    if not kvm.secure_guest & KVMPPC_SECURE_INIT_START:
+        return H_UNSUPPORTED
+    if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
+        return H_STATE
+    srcu_idx = await kvm.srcu.read_lock()
+    for memslot in kvm.memslots:
+        await kvmppc_uvmem_drop_pages(memslot, kvm, False)
+    kvm.srcu.read_unlock(srcu_idx)
+    kvm.secure_guest = 0
+    await kvm.uv.uv_svm_terminate(kvm.lpid)
+    return H_PARAMETER
+
+
+# ---------------------------------------------------------------------- page-in
+def kvmppc_uvmem_get_page(gpa: int, kvm: KVM) -> int | None:
+    """A free device pfn for ``gpa`` (uvmem_lock held), its pvt zeroed; None if none."""
+    dev = kvm.uvmem_dev
+    bit = dev.bitmap.find(0, dev._hint)
+    if bit < 0:
+        return None
+    dev.bitmap[bit] = 1
+    dev._hint = bit + 1
+    dev.pvt_gpa[bit] = gpa
+    dev.pvt_lpid[bit] = kvm.lpid
+    dev.pvt_flags[bit] = PVT_VALID
+    kvmppc_gfn_secure_uvmem_pfn(gpa >> PAGE_SHIFT, bit + 1, kvm)
+    return bit + 1
+
+
+async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
+                             page_shift: int, pagein: bool) -> int:
+    """Move the page to a device page; with ``pagein`` copy it to the UV with UV_PAGE_IN."""
+    mig = MigrateVma(vma, start, MIGRATE_VMA_SELECT_SYSTEM)
+    ret = migrate_vma_setup(kvm, mig)
+    if ret:
+        return ret
+    if not mig.migrate:
+        migrate_vma_finalize(kvm, mig)
+        return -1
+    dpfn = kvmppc_uvmem_get_page(gpa, kvm)
+    if dpfn is None:
+        migrate_vma_finalize(kvm, mig)
+        return -1
+    if pagein and mig.src > 0:
+        ret = await kvm.uv.uv_page_in(kvm.lpid, mig.src << page_shift, gpa, 0, page_shift)
+        if ret:
+            # The kernel jumps to out_finalize with *mig.dst unset: the device page stays
+            # allocated and the GFN flagged UVMEM (a latent leak, modelled as it is). The
+            # two-state proposal instead fails the migration and releases the page.
+            if kvm.design == "two-state":
+                mig.dst = -dpfn
+            migrate_vma_finalize(kvm, mig)
+            return ret
+    mig.dst = -dpfn
+    migrate_vma_pages(mig)
+    migrate_vma_finalize(kvm, mig)
+    return ret
+
+
+async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
+    """Move every GFN of the slot that has no state yet to a device page. The gfn-states
+    design does it without UV_PAGE_IN (dfaa973ae960); the two-state design pages each one in
+    and leaves the ones the UV refuses (shared) as they are."""
+    two_state = kvm.design == "two-state"
+    gfn = memslot.base_gfn
+    ret = 0
+    batch = 0
+    await kvm.mm.mmap_lock.mmap_read_lock()
+    await kvm.uvmem_lock.lock()
+    while (gfn := kvmppc_next_nontransitioned_gfn(memslot, kvm, gfn)) is not None:
+        ret = H_STATE
+        start = kvm.gfn_to_hva(gfn)
+        if start is None:
+            break
+        end = start + PAGE_SIZE
+        vma = kvm.mm.find_vma_intersection(start, end)
+        if vma is None or vma.start > start or vma.end < end:
+            break
+        ret = await kvmppc_svm_page_in(vma, start, end, gfn << PAGE_SHIFT, kvm, PAGE_SHIFT,
+                                       two_state)
+        if ret and not (two_state and ret == H_PARAMETER):
+            ret = H_STATE
+            break
+        ret = 0  # (two-state: the UV refused a shared GFN, which stays shared)
+        gfn += 1
+        batch += 1
+        if batch == RESCHED_BATCH:  # cond_resched()
+            batch = 0
+            await kvm.m.point(f"cond_resched (migrating slot {memslot.id})")
+    kvm.uvmem_lock.unlock()
+    kvm.mm.mmap_lock.mmap_read_unlock()
+    return ret
+
+
+async def kvmppc_h_svm_init_done(kvm: KVM) -> int:
+    if not kvm.secure_guest & KVMPPC_SECURE_INIT_START:
+        return H_UNSUPPORTED
+    srcu_idx = await kvm.srcu.read_lock()
+    ret = H_SUCCESS
+    if not kvm.quirk("no-init-done-migration"):
+        for memslot in kvm.memslots:
+            if await kvmppc_uv_migrate_mem_slot(kvm, memslot):
+                # The pages stay transitioned; the caller must terminate the VM. INIT_DONE
+                # stays unset.
+                ret = H_STATE
+                break
+    if ret == H_SUCCESS:
+        kvm.secure_guest |= KVMPPC_SECURE_INIT_DONE
+    kvm.srcu.read_unlock(srcu_idx)
+    return ret
+
+
+async def kvmppc_share_page(kvm: KVM, gpa: int, page_shift: int) -> int:
+    """Share the page with the HV: if it is secure, page it out with skip_page_out (the HV
+    gets a fresh page, the secure content is dropped), then hand the normal page to the UV.
+    gfn_to_pfn may fault, so uvmem_lock is dropped around it: the retry loop."""
+    dev = kvm.uvmem_dev
+    ret = H_PARAMETER
+    gfn = gpa >> page_shift
+
+    def mark_skip(uvmem_pfn: int) -> None:
+        bit = uvmem_pfn - 1  # do not drop the GFN: it becomes a shared GFN
+        dev.pvt_flags[bit] = (dev.pvt_flags[bit] | PVT_SKIP_PAGE_OUT) & ~PVT_REMOVE_GFN
+
+    srcu_idx = await kvm.srcu.read_lock()
+    await kvm.uvmem_lock.lock()
+    if (uvmem_pfn := kvmppc_gfn_is_uvmem_pfn(gfn, kvm)) is not None:
+        mark_skip(uvmem_pfn)
+    while True:  # retry:
+        kvm.uvmem_lock.unlock()
+        pfn = await kvm.gfn_to_pfn(gfn)
+        if is_error_noslot_pfn(pfn):
+            kvm.srcu.read_unlock(srcu_idx)
+            return ret
+        await kvm.uvmem_lock.lock()
+        uvmem_pfn = kvmppc_gfn_is_uvmem_pfn(gfn, kvm)
+        if uvmem_pfn is not None and not kvm.quirk("share-no-recheck"):
+            mark_skip(uvmem_pfn)  # a racing page-in won: page it out again
+            kvm.kvm_release_pfn_clean(pfn)
+            continue
+        break
+    if not await kvm.uv.uv_page_in(kvm.lpid, pfn << page_shift, gpa, 0, page_shift):
+        kvmppc_gfn_shared(gfn, kvm)
+        ret = H_SUCCESS
+    kvm.kvm_release_pfn_clean(pfn)
+    kvm.uvmem_lock.unlock()
+    kvm.srcu.read_unlock(srcu_idx)
+    return ret
+
+
+async def kvmppc_h_svm_page_in(kvm: KVM, gpa: int, flags: int, page_shift: int) -> int:
+    """H_SVM_PAGE_IN: move the page to secure memory (or share it, H_PAGE_IN_SHARED)."""
+    if not kvm.secure_guest & KVMPPC_SECURE_INIT_START:
+        return H_UNSUPPORTED
+    if page_shift != PAGE_SHIFT:
+        return H_P3
+    if flags & ~H_PAGE_IN_SHARED:
+        return H_P2
+    if flags & H_PAGE_IN_SHARED:
+        return await kvmppc_share_page(kvm, gpa, page_shift)
+    ret = H_PARAMETER
+    gfn = gpa >> page_shift
+    srcu_idx = await kvm.srcu.read_lock()
+    await kvm.mm.mmap_lock.mmap_read_lock()
+    start = kvm.gfn_to_hva(gfn)
+    if start is not None:
+        await kvm.uvmem_lock.lock()
+        if kvmppc_gfn_is_uvmem_pfn(gfn, kvm) is None:  # fail an already paged-in page
+            end = start + (1 << page_shift)
+            vma = kvm.mm.find_vma_intersection(start, end)
+            if vma is not None and vma.start <= start and vma.end >= end and \
+                    not await kvmppc_svm_page_in(vma, start, end, gpa, kvm, page_shift, True):
+                ret = H_SUCCESS
+        kvm.uvmem_lock.unlock()
+    kvm.mm.mmap_lock.mmap_read_unlock()
+    kvm.srcu.read_unlock(srcu_idx)
+    return ret
+
+
+async def kvmppc_h_svm_page_out(kvm: KVM, gpa: int, flags: int, page_shift: int) -> int:
+    """H_SVM_PAGE_OUT: move the page from secure memory to normal memory."""
+    if not kvm.secure_guest & KVMPPC_SECURE_INIT_START:
+        return H_UNSUPPORTED
+    if page_shift != PAGE_SHIFT:
+        return H_P3
+    if flags:
+        return H_P2
+    ret = H_PARAMETER
+    gfn = gpa >> page_shift
+    srcu_idx = await kvm.srcu.read_lock()
+    await kvm.mm.mmap_lock.mmap_read_lock()
+    start = kvm.gfn_to_hva(gfn)
+    if start is not None:
+        end = start + (1 << page_shift)
+        vma = kvm.mm.find_vma_intersection(start, end)
+        if vma is not None and vma.start <= start and vma.end >= end and \
+                not await kvmppc_svm_page_out(vma, start, end, page_shift, kvm, gpa):
+            ret = H_SUCCESS
+    kvm.mm.mmap_lock.mmap_read_unlock()
+    kvm.srcu.read_unlock(srcu_idx)
+    return ret
+
+
+async def kvmppc_send_page_to_uv(kvm: KVM, gfn: int) -> int:
+    """A radix fault of an INIT_DONE VM: send the page to the UV unless it is secure.
+    Returns 0 (RESUME_GUEST) or -EFAULT."""
+    pfn = await kvm.gfn_to_pfn(gfn)
+    if is_error_noslot_pfn(pfn):
+        return -14
+    await kvm.uvmem_lock.lock()
+    ret = U_SUCCESS
+    if kvmppc_gfn_is_uvmem_pfn(gfn, kvm) is None:
+        ret = await kvm.uv.uv_page_in(kvm.lpid, pfn << PAGE_SHIFT, gfn << PAGE_SHIFT, 0,
+                                        PAGE_SHIFT)
+    kvm.kvm_release_pfn_clean(pfn)
+    kvm.uvmem_lock.unlock()
+    return 0 if ret == U_SUCCESS else -14
+
+
+# ---------------------------------------------------------------------- memslot commit
+async def kvmppc_uvmem_memslot_create(kvm: KVM, new: Memslot) -> int:
+    """Hot-plugged memory of a secure VM goes straight to Secure."""
+    ret = await __kvmppc_uvmem_memslot_create(kvm, new)
+    if not ret:
+        ret = await kvmppc_uv_migrate_mem_slot(kvm, new)
+    return ret
+
+
+async def kvmppc_uvmem_memslot_delete(kvm: KVM, old: Memslot) -> None:
+    await __kvmppc_uvmem_memslot_delete(kvm, old)

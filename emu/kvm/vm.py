@@ -1,0 +1,164 @@
+"""A KVM VM as the secure-VM code sees it: memslots, QEMU's mm, the locks, the state words.
+
+Memslots are published under ``kvm->srcu``; a GFN resolves to a host virtual address in
+QEMU's mm, whose page table says what backs it. ``gfn_to_pfn`` is get_user_pages: it takes
+``mmap_lock`` for read and faults a device-private page back to RAM through the uvmem
+``migrate_to_ram`` handler, which is why nothing may call it under ``uvmem_lock``. Every
+reference it returns must be dropped by exactly one ``kvm_release_pfn_clean``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..hw.hostmm import VMA, HostMM
+from ..hw.memory import PhysicalMemory
+from ..sim import Machine
+from .hvcall import PAGE_SHIFT
+
+if TYPE_CHECKING:
+    from ..actors.ultravisor import Ultravisor
+    from .uvmem import UvmemDevice, UvmemSlot
+
+KVM_MEMSLOT_INVALID = 1 << 16
+KVM_PFN_NOSLOT = -1
+KVM_PFN_ERR_FAULT = -2
+
+
+def is_error_noslot_pfn(pfn: int) -> bool:
+    return pfn < 0
+
+
+@attrs.define(eq=False)
+class Memslot:
+    id: int
+    base_gfn: int
+    npages: int
+    userspace_addr: int
+    flags: int = 0
+
+    def contains(self, gfn: int) -> bool:
+        return self.base_gfn <= gfn < self.base_gfn + self.npages
+
+
+@attrs.define(eq=False)
+class KVM:
+    """The parts of ``struct kvm`` / ``kvm->arch`` the uvmem code touches."""
+
+    m: Machine
+    lpid: int
+    memory: PhysicalMemory
+    uvmem_dev: UvmemDevice
+    uv: Ultravisor
+    quirks: tuple[str, ...] = ()
+    design: str = "gfn-states"
+    svm_enabled: bool = True
+    radix: bool = True
+    secure_guest: int = 0
+    mmu_ready: int = 1
+    vcpus_running: int = 0
+    memslots: list[Memslot] = attrs.Factory(list)
+    uvmem_pfns: list[UvmemSlot] = attrs.Factory(list)
+    """kvm->arch.uvmem_pfns; list_add puts new slots at the head."""
+    pfn_refs: dict[str, int] = attrs.Factory(dict)
+    """Outstanding gfn_to_pfn references per actor."""
+    fail_migrate_setup: Callable[[Any], bool] = lambda mig: False
+    """Fault injection: migrate_vma_setup fails for this struct migrate_vma."""
+    srcu: Any = None
+    mm: HostMM = None  # type: ignore[assignment]
+    uvmem_lock: Any = None
+    mmu_setup_lock: Any = None
+    slots_lock: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        m = self.m
+        self.srcu = m.srcu("kvm->srcu")
+        self.mm = HostMM(m.rwsem("mmap_lock"))
+        self.uvmem_lock = m.mutex("uvmem_lock")
+        self.mmu_setup_lock = m.mutex("mmu_setup_lock")
+        self.slots_lock = m.mutex("slots_lock")
+
+    def quirk(self, name: str) -> bool:
+        return name in self.quirks
+
+    # ------------------------------------------------------------------ memslots
+    def new_memslot(self, slot_id: int, base_gfn: int, npages: int) -> Memslot:
+        """QEMU mmaps the backing of a slot it is about to hand to KVM."""
+        hva = 0x7F00_0000_0000 + (base_gfn << PAGE_SHIFT)
+        self.mm.mmap(VMA.anonymous(hva, npages))
+        return Memslot(slot_id, base_gfn, npages, hva)
+
+    def add_memslot(self, slot_id: int, base_gfn: int, npages: int) -> Memslot:
+        """A slot present from boot (no SRCU dance: nothing runs yet)."""
+        slot = self.new_memslot(slot_id, base_gfn, npages)
+        self.memslots = [*self.memslots, slot]
+        return slot
+
+    def remove_memslot(self, slot: Memslot) -> None:
+        self.memslots = [s for s in self.memslots if s is not slot]
+        vma = self.mm.vma_lookup(slot.userspace_addr)
+        if vma is not None:
+            self.mm.munmap(vma)
+
+    def gfn_to_memslot(self, gfn: int) -> Memslot | None:
+        for slot in self.memslots:
+            if slot.contains(gfn) and not slot.flags & KVM_MEMSLOT_INVALID:
+                return slot
+        return None
+
+    def gfn_to_hva(self, gfn: int) -> int | None:
+        """None is KVM_HVA_ERR_BAD."""
+        slot = self.gfn_to_memslot(gfn)
+        if slot is None:
+            return None
+        return slot.userspace_addr + ((gfn - slot.base_gfn) << PAGE_SHIFT)
+
+    # ------------------------------------------------------------------ gfn_to_pfn
+    async def gfn_to_pfn(self, gfn: int) -> int:
+        """get_user_pages on the GFN's host page: a reference to a normal page, faulting a
+        device page back to RAM first; KVM_PFN_NOSLOT / KVM_PFN_ERR_FAULT on error."""
+        hva = self.gfn_to_hva(gfn)
+        if hva is None:
+            return KVM_PFN_NOSLOT
+        mm = self.mm
+        await mm.mmap_lock.down_read()
+        try:
+            pfn = await self.fault_in(hva)
+        finally:
+            mm.mmap_lock.up_read()
+        if pfn > 0:
+            actor = self.m.ctl.current.name
+            self.pfn_refs[actor] = self.pfn_refs.get(actor, 0) + 1
+        return pfn
+
+    async def fault_in(self, hva: int) -> int:
+        """handle_mm_fault for one host page (mmap_lock held): the normal pfn now backing
+        it, or KVM_PFN_ERR_FAULT."""
+        vma = self.mm.vma_lookup(hva)
+        if vma is None:
+            return KVM_PFN_ERR_FAULT
+        i = vma.index(hva)
+        while vma.pte[i] < 0:  # device-private entry: migrate_to_ram, then retry the walk
+            dpfn = -vma.pte[i]
+            if await self.uvmem_dev.migrate_to_ram(vma, hva, dpfn):
+                return KVM_PFN_ERR_FAULT  # VM_FAULT_SIGBUS
+            if vma.pte[i] == -dpfn:
+                gfn = self.uvmem_dev.pvt_gpa[dpfn - 1] >> PAGE_SHIFT
+                self.m.fail("fault-livelock", f"migrate_to_ram succeeded for device page "
+                            f"{dpfn} of GFN {gfn:#x} without migrating it (the uvmem state no "
+                            "longer says the GFN has a device page): the host fault is retried "
+                            "forever")
+            await self.m.point("get_user_pages: retry after fault")
+        if vma.pte[i] == 0:
+            vma.pte[i] = self.memory.normal.alloc()
+        return vma.pte[i]
+
+    def kvm_release_pfn_clean(self, pfn: int) -> None:
+        actor = self.m.ctl.current.name
+        left = self.pfn_refs.get(actor, 0) - 1
+        if left < 0:
+            self.m.fail("pfn-refcount", f"{actor} releases pfn {pfn} it holds no reference to")
+        self.pfn_refs[actor] = left

@@ -1,0 +1,302 @@
+"""POWER secure-VM scenarios (seeds 000, 001, 004).
+
+Every scenario takes ``vcpus``, ``mem_mb`` and ``design``, and accepts every quirk of
+``emu/kvm/uvmem.py``; ``QUIRK_SCENARIO`` names the scenario that hunts each one down. The
+guest boots the same way everywhere: it writes its image (the first pages of memory) as a
+normal VM, then UV_ESM pages exactly those in and H_SVM_INIT_DONE migrates the rest.
+"""
+
+from __future__ import annotations
+
+from ..actors.host import Host
+from ..actors.vcpu import Guest
+from ..kvm.hvcall import EBUSY, H_PARAMETER, H_SUCCESS, PAGE_SHIFT, rc_name
+from ..kvm.uvmem import MIGRATE_VMA_SELECT_DEVICE_PRIVATE, QUIRKS
+from ..sim import Machine, Param, scenario
+from ..sim.channel import Completion
+from .svm_machine import COMMON_PARAMS, SvmMachine
+
+QUIRK_SCENARIO = {
+    "page-out-lock-leak": "share-vs-pageout",
+    "single-flag-gfn-tracking": "init-done-vs-share",
+    "no-init-done-migration": "svm-boot",
+    "strict-abort-caller-check": "abort-on-register-failure",
+    "init-start-late-flag": "abort-on-register-failure",
+    "svm-off-no-guard": "svm-off-vs-entry",
+    "init-start-rollback": "abort-on-register-failure",
+    "share-no-recheck": "share-vs-pageout",
+}
+
+
+def svm_scenario(name: str, extra: dict[str, Param] | None = None, max_steps: int = 20_000):
+    return scenario(name, params={**COMMON_PARAMS, **(extra or {})}, quirks=QUIRKS,
+                    max_steps=max_steps)
+
+
+def gpa(gfn: int) -> int:
+    return gfn << PAGE_SHIFT
+
+
+class Boot:
+    """A VM with one memslot per ``slots`` entry, and the boot protocol of its first vCPU."""
+
+    def __init__(self, m: Machine, mem_mb: int, design: str, slots: int = 1,
+                 esm: str = "necessary") -> None:
+        self.m = m
+        self.sm = SvmMachine(m, design=design, quirks=m.quirks, esm_pagein=esm)
+        per_slot = mem_mb * 16
+        self.kvm = self.sm.vm(1, tuple((i * per_slot, per_slot) for i in range(slots)))
+        self.npages = per_slot * slots
+        self.image = max(2, self.npages // 8)
+        self.booted: Completion = m.completion("SVM booted")
+
+    def data_gfn(self, i: int) -> int:
+        """A data page after the image (distinct per i, wrapping inside slot 0)."""
+        per_slot = self.npages // len(self.kvm.memslots)
+        return self.image + i % (per_slot - self.image)
+
+    async def boot(self, g: Guest, share: tuple[int, int] = (0, 0),
+                   expect: int | None = H_SUCCESS) -> int:
+        """Write the image, UV_ESM, read the image back. ``expect=None``: ESM may fail."""
+        for gfn in range(self.image):
+            await g.write(gpa(gfn), 0x1000 + gfn)
+        rc = await g.ucall("UV_ESM", 0, self.image, *share)
+        if expect is not None and rc != expect:
+            self.m.fail("esm", f"UV_ESM returned {rc_name(rc)}, expected {rc_name(expect)}")
+        for gfn in range(self.image):
+            await g.read(gpa(gfn))
+        self.booted.complete_all()
+        return rc
+
+
+@svm_scenario("svm-boot", {"esm": Param("necessary", "what UV_ESM pages in",
+                                        choices=("necessary", "all"))})
+def svm_boot(m: Machine, vcpus: int, mem_mb: int, design: str, esm: str) -> None:
+    """An SVM boots: its image is paged in by UV_ESM, INIT_DONE secures the rest; then every
+    vCPU writes and reads back its own pages."""
+    b = Boot(m, mem_mb, design, esm=esm)
+
+    async def boot(g: Guest) -> None:
+        await b.boot(g)
+        await g.write(gpa(b.data_gfn(0)), 0xB007)
+        await g.read(gpa(b.data_gfn(0)))
+
+    async def secondary(g: Guest) -> None:
+        await b.booted.wait_for_completion()
+        gfn = b.data_gfn(g.vcpu)
+        await g.write(gpa(gfn), 0x5EC0 + g.vcpu)
+        await g.read(gpa(gfn))
+
+    b.sm.vcpu(b.kvm, boot)
+    for _ in range(1, vcpus):
+        b.sm.vcpu(b.kvm, secondary)
+
+
+@svm_scenario("share-storm", {"rounds": Param(2, "share/unshare rounds per vCPU", minimum=1),
+                              "pool": Param(3, "GFNs the vCPUs share among", minimum=1)})
+def share_storm(m: Machine, vcpus: int, mem_mb: int, design: str, rounds: int,
+                pool: int) -> None:
+    """After boot, vCPUs share and unshare pages of a small pool concurrently (virtio bounce
+    buffers), writing and reading them, while QEMU reads the pool."""
+    b = Boot(m, mem_mb, design)
+    gfns = [b.data_gfn(i) for i in range(pool)]
+
+    async def storm(g: Guest) -> None:
+        if g.vcpu == 0:
+            await b.boot(g)
+        await b.booted.wait_for_completion()
+        for r in range(rounds):
+            gfn = gfns[(g.vcpu + r) % pool]
+            if await g.share(gfn) == H_SUCCESS:
+                await g.write(gpa(gfn), 0x5A00 + g.vcpu)
+                await g.unshare(gfn)
+            await g.read(gpa(gfn))
+
+    async def qemu(h: Host) -> None:
+        await b.booted.wait_for_completion()
+        for gfn in gfns:
+            await h.read(1, gfn)
+
+    for _ in range(vcpus):
+        b.sm.vcpu(b.kvm, storm)
+    b.sm.host(qemu)
+
+
+@svm_scenario("share-vs-pageout", {
+    "setup_fail_pct": Param(30, "chance in percent that migrate_vma_setup fails when a "
+                                "device page is paged out", minimum=0)})
+def share_vs_pageout(m: Machine, vcpus: int, mem_mb: int, design: str,
+                     setup_fail_pct: int) -> None:
+    """vCPU 0 keeps secrets in a few pages; QEMU touches them, so host faults page them out
+    (migrate_vma_setup sometimes failing); then vCPU 0 reads them back (a first touch pages
+    each one in again) while vCPU 1 shares one of them."""
+    b = Boot(m, mem_mb, design)
+    pages = [b.data_gfn(i) for i in range(3)]
+    written = m.completion("secrets written")
+    touched = m.completion("QEMU touched them")
+    b.kvm.fail_migrate_setup = lambda mig: (mig.flags == MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+                                            and m.random.randrange(100) < setup_fail_pct)
+
+    async def owner(g: Guest) -> None:
+        await b.boot(g)
+        for i, gfn in enumerate(pages):
+            await g.write(gpa(gfn), 0xC0DE + i)
+        written.complete_all()
+        await touched.wait_for_completion()
+        for gfn in (pages[1], pages[0], pages[2]):
+            await g.read(gpa(gfn))
+
+    async def sharer(g: Guest) -> None:
+        await touched.wait_for_completion()
+        if await g.share(pages[1]) == H_SUCCESS:
+            await g.write(gpa(pages[1]), 0x5A5A)
+
+    async def qemu(h: Host) -> None:
+        await written.wait_for_completion()
+        for gfn in pages:
+            await h.read(1, gfn)
+        touched.complete_all()
+
+    b.sm.vcpu(b.kvm, owner)
+    for _ in range(1, max(vcpus, 2)):
+        b.sm.vcpu(b.kvm, sharer)
+    b.sm.host(qemu)
+
+
+@svm_scenario("init-done-vs-share")
+def init_done_vs_share(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
+    """The UV shares a page during ESM (a boot-time buffer) while another vCPU's request to
+    share a second page races H_SVM_INIT_DONE's migration of the remaining GFNs."""
+    b = Boot(m, mem_mb, design)
+    early, racing = b.data_gfn(0), b.data_gfn(1)
+
+    async def boot(g: Guest) -> None:
+        await b.boot(g, share=(early, 1))
+        await g.read(gpa(early))
+
+    async def sharer(g: Guest) -> None:
+        for _ in range(200):  # until the UV knows the slot (INIT_START has registered it)
+            if await g.share(racing) == H_SUCCESS:
+                await g.write(gpa(racing), 0x5A5A)
+                return
+            await m.point("retry UV_SHARE_PAGE")
+
+    b.sm.vcpu(b.kvm, boot)
+    for _ in range(1, max(vcpus, 2)):
+        b.sm.vcpu(b.kvm, sharer)
+
+
+@svm_scenario("hotplug-during-esm")
+def hotplug_during_esm(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
+    """QEMU hot-plugs a DIMM while the SVM goes through ESM; afterwards the SVM uses both
+    its boot memory and the new memory.
+
+    When the new slot is published before H_SVM_INIT_START walks the memslots, both that
+    walk and the memory-region commit register it with the UV; the second registration is
+    refused and, if it is INIT_START's, ESM aborts and the guest runs as a normal VM. That is
+    a spurious boot failure of the modelled kernel (and UV), not a breach, so it is noted in
+    the trace rather than reported."""
+    b = Boot(m, mem_mb, design)
+    base = b.npages
+    plugged = m.completion("DIMM plugged")
+
+    async def boot(g: Guest) -> None:
+        if await b.boot(g, expect=None) != H_SUCCESS:
+            m.note("UV_ESM failed: the hot-plugged slot was registered twice")
+        await plugged.wait_for_completion()
+        for gfn in (b.data_gfn(0), base, base + 1):
+            await g.write(gpa(gfn), 0xD1 + gfn)
+            await g.read(gpa(gfn))
+
+    async def qemu(h: Host) -> None:
+        await h.hotplug(1, 1, base, mem_mb * 16)
+        plugged.complete_all()
+
+    b.sm.vcpu(b.kvm, boot)
+    for _ in range(1, vcpus):
+        b.sm.vcpu(b.kvm, lambda g: b.booted.wait_for_completion())
+    b.sm.host(qemu)
+
+
+@svm_scenario("svm-reboot")
+def svm_reboot(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
+    """An SVM boots, keeps secrets, shares a page; QEMU resets it (KVM_PPC_SVM_OFF, the UV
+    terminates it) and it boots again as a secure VM."""
+    b = Boot(m, mem_mb, design)
+    reset = m.completion("reset done")
+    shared = b.data_gfn(1)
+
+    async def first(g: Guest) -> None:
+        await b.boot(g)
+        await g.write(gpa(b.data_gfn(0)), 0x5EC)
+        await g.share(shared)
+        await g.write(gpa(shared), 0x5A)
+
+    async def second(g: Guest) -> None:
+        await reset.wait_for_completion()
+        b.booted.reinit()
+        await b.boot(g)
+        await g.write(gpa(b.data_gfn(0)), 0x5EC2)
+        await g.read(gpa(b.data_gfn(0)))
+
+    async def qemu(h: Host) -> None:
+        await b.booted.wait_for_completion()
+        await h.read(1, shared)
+        await h.read(1, b.data_gfn(0))
+        while (rc := await h.svm_off(1)) == -EBUSY:
+            await m.point("retry KVM_PPC_SVM_OFF")
+        if rc:
+            m.fail("svm-off", f"KVM_PPC_SVM_OFF failed: {rc}")
+        reset.complete_all()
+
+    b.sm.vcpu(b.kvm, first)
+    b.sm.vcpu(b.kvm, second, start=reset)
+    b.sm.host(qemu)
+
+
+@svm_scenario("abort-on-register-failure", {
+    "slots": Param(2, "memslots of the VM", minimum=2),
+    "fail_slot": Param(1, "the slot whose UV_REGISTER_MEM_SLOT runs out of secure memory",
+                       minimum=0)})
+def abort_on_register_failure(m: Machine, vcpus: int, mem_mb: int, design: str, slots: int,
+                              fail_slot: int) -> None:
+    """UV_REGISTER_MEM_SLOT fails for one slot during H_SVM_INIT_START: the UV aborts ESM
+    (H_SVM_INIT_ABORT), the guest's UV_ESM fails, and it goes on as a normal VM."""
+    b = Boot(m, mem_mb, design, slots=slots)
+    b.sm.uv.fail_register = lambda lpid, slot_id: slot_id == fail_slot % slots
+
+    async def boot(g: Guest) -> None:
+        await b.boot(g, expect=H_PARAMETER)
+        await g.write(gpa(b.data_gfn(0)), 0x0B)
+        await g.read(gpa(b.data_gfn(0)))
+
+    async def secondary(g: Guest) -> None:
+        await b.booted.wait_for_completion()
+        await g.read(gpa(g.vcpu % b.image))
+
+    b.sm.vcpu(b.kvm, boot)
+    for _ in range(1, vcpus):
+        b.sm.vcpu(b.kvm, secondary)
+
+
+@svm_scenario("svm-off-vs-entry")
+def svm_off_vs_entry(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
+    """Once the SVM has booted, a vCPU enters the guest while QEMU resets the VM with
+    KVM_PPC_SVM_OFF: either the reset is refused (-EBUSY) or the vCPU waits for it."""
+    b = Boot(m, mem_mb, design)
+
+    async def boot(g: Guest) -> None:
+        await b.boot(g)
+
+    async def late(g: Guest) -> None:
+        await g.write(gpa(b.data_gfn(g.vcpu)), 0x1A7E)
+        await g.read(gpa(b.data_gfn(g.vcpu)))
+
+    async def qemu(h: Host) -> None:
+        await b.booted.wait_for_completion()
+        await h.svm_off(1)
+
+    b.sm.vcpu(b.kvm, boot)
+    for _ in range(1, max(vcpus, 2)):
+        b.sm.vcpu(b.kvm, late, start=b.booted)
+    b.sm.host(qemu)

@@ -1,0 +1,101 @@
+"""The POWER secure-VM machine: memory, memory controller, Ultravisor, the L0 HV, VMs with
+their vCPUs, and QEMU. Scenarios and examples build one of these on the engine's Machine.
+
+Invariants checked before every step (cheap ones; the per-hcall checks live in
+``kvm/hv.py``, the per-access ones in the guest and host handles):
+- a GFN is never device-backed on the HV side while the Ultravisor maps it as shared;
+- no vCPU of a VM is in the guest while KVM_PPC_SVM_OFF tears that VM down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..actors.host import Host
+from ..actors.memctl import COPY_NS, MemoryController
+from ..actors.ultravisor import Ultravisor
+from ..actors.vcpu import GuestMemory, GuestProgram, VCpu
+from ..hw.memory import PhysicalMemory
+from ..kvm.hv import Hypervisor
+from ..kvm.uvmem import QUIRKS, UvmemDevice
+from ..kvm.vm import KVM
+from ..sim import Machine, Param
+from ..sim.channel import Completion
+
+DESIGNS = {
+    "gfn-states": "651a631011: the HV tracks Normal / Secure (paged in or out) / Shared per "
+                  "GFN and migrates the remaining Normal GFNs at INIT_DONE without a copy",
+    "two-state": "seed 004's review: the HV tracks only secure / not secure; at INIT_DONE it "
+                 "pages every other GFN in with UV_PAGE_IN and the UV refuses shared ones",
+}
+
+COMMON_PARAMS = {
+    "vcpus": Param(2, "vCPUs of the SVM", minimum=1),
+    "mem_mb": Param(2, "guest memory in MiB (16 GFNs of 64 KiB per MiB)", minimum=1),
+    "design": Param("gfn-states", "HV GFN tracking design", choices=tuple(DESIGNS)),
+}
+
+HostProgram = Callable[[Host], Awaitable[None]]
+
+
+class SvmMachine:
+    def __init__(self, m: Machine, *, design: str = "gfn-states", quirks: tuple[str, ...] = (),
+                 esm_pagein: str = "necessary", secure_pages: int = 1 << 16,
+                 copy_ns: int = COPY_NS) -> None:
+        self.m = m
+        self.design = design
+        self.quirks = tuple(q for q in quirks if q in QUIRKS)
+        self.esm_pagein = esm_pagein
+        self.memory = PhysicalMemory()
+        self.memctl = MemoryController(m, copy_ns)
+        self.uv = Ultravisor(m, self.memory, self.memctl, design)
+        self.hv = Hypervisor(m)
+        self.uv.hv = self.hv
+        self.dev = UvmemDevice(secure_pages)
+        self.vcpus: list[VCpu] = []
+        self._guest_memory: dict[int, GuestMemory] = {}
+        m.invariant("never device-backed and shared", self._shared_not_device)
+        m.invariant("no vCPU in the guest during SVM_OFF", self._teardown_alone)
+
+    def vm(self, lpid: int = 1, slots: tuple[tuple[int, int], ...] = ((0, 32),)) -> KVM:
+        """A VM with memslots (base GFN, pages), ids 0, 1, ... in order."""
+        kvm = self.hv.add(KVM(self.m, lpid, self.memory, self.dev, self.uv,
+                              quirks=self.quirks, design=self.design))
+        for slot_id, (base, npages) in enumerate(slots):
+            kvm.add_memslot(slot_id, base, npages)
+        return kvm
+
+    def vcpu(self, kvm: KVM, program: GuestProgram, start: Completion | None = None) -> VCpu:
+        """A vCPU running ``program``; with ``start`` it enters the guest only then."""
+        vcpu = VCpu(self, kvm, sum(v.kvm is kvm for v in self.vcpus), program, start)
+        self.vcpus.append(vcpu)
+        self.m.spawn(vcpu.name, vcpu.run, group=f"vm{kvm.lpid}")
+        return vcpu
+
+    def host(self, program: HostProgram, name: str = "qemu") -> None:
+        host = Host(self)
+
+        async def run() -> None:
+            await program(host)
+
+        self.m.spawn(name, run, group="host")
+
+    def guest_memory(self, lpid: int) -> GuestMemory:
+        return self._guest_memory.setdefault(lpid, GuestMemory())
+
+    # ------------------------------------------------------------------ invariants
+    def _shared_not_device(self) -> str | None:
+        for lpid, svm in self.uv.svms.items():
+            kvm = self.hv.kvms[lpid]
+            for gfn in svm.shared:
+                hva = kvm.gfn_to_hva(gfn)
+                if hva is not None and kvm.mm.get_pte(hva) < 0:
+                    return (f"GFN {gfn:#x} of VM {lpid} is shared with the HV but backed by a "
+                            "device (secure) page")
+        return None
+
+    def _teardown_alone(self) -> str | None:
+        for vcpu in self.vcpus:
+            if vcpu.in_guest and self.hv.teardown.get(vcpu.kvm.lpid):
+                return f"{vcpu.name} runs in the guest while SVM_OFF tears its VM down"
+        return None
