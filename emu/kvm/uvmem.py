@@ -67,7 +67,7 @@ from .hvcall import (
     PAGE_SIZE,
     U_SUCCESS,
 )
-from .vm import KVM, Memslot, is_error_noslot_pfn
+from .vm import KVM, Memslot, is_error_noslot_pfn, no_faults
 
 if TYPE_CHECKING:
     from ..hw.hostmm import VMA
@@ -508,6 +508,49 @@ async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
     return ret
 
 
+def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM, limit: int) -> int:
+    """``kvmppc_svm_page_in(pagein=false)`` for the run of consecutive GFNs from ``gfn`` that
+    have no state yet (at most ``limit``), done as array operations.
+
+    The kernel migrates these pages one by one under uvmem_lock and mmap_lock with no yield
+    between two cond_resched() calls, so doing a run at once is observably the same; the
+    per-page function stays the one that copies. Returns how many GFNs moved (0: the first
+    could not: a device page where a normal one was expected, an injected migrate_vma_setup
+    failure, or no free device page)."""
+    p = _uvmem_slot(kvm, gfn)
+    dev = kvm.uvmem_dev
+    i0, v0 = gfn - p.base_pfn, vma.index(start)
+    n = min(limit, p.nr_pfns - i0, len(vma.pte) - v0)
+    words, ptes = p.pfns[i0:i0 + n], vma.pte[v0:v0 + n]
+    inject = kvm.fail_migrate_setup is not no_faults
+    run = 0
+    for word, pte in zip(words, ptes, strict=True):
+        if word or pte < 0 or (inject and kvm.fail_migrate_setup(
+                MigrateVma(vma, start + run * PAGE_SIZE, MIGRATE_VMA_SELECT_SYSTEM))):
+            break
+        run += 1
+    done, b, bitmap = 0, dev._hint, dev.bitmap
+    while done < run and (b := bitmap.find(0, b)) >= 0:  # kvmppc_uvmem_get_page, in runs
+        e = bitmap.find(1, b, b + run - done)
+        e = b + run - done if e < 0 else e
+        k = e - b
+        bitmap[b:e] = b"\x01" * k
+        gpa = (gfn + done) << PAGE_SHIFT
+        dev.pvt_gpa[b:e] = array("Q", range(gpa, gpa + (k << PAGE_SHIFT), PAGE_SIZE))
+        dev.pvt_lpid[b:e] = array("L", [kvm.lpid]) * k
+        dev.pvt_flags[b:e] = bytes([PVT_VALID]) * k
+        p.pfns[i0 + done:i0 + done + k] = array(
+            "Q", range(KVMPPC_GFN_UVMEM_PFN + b + 1, KVMPPC_GFN_UVMEM_PFN + e + 1))
+        vma.pte[v0 + done:v0 + done + k] = array("q", range(-(b + 1), -(e + 1), -1))
+        done += k
+        b = e
+        dev._hint = e
+    for src in ptes[:done]:  # migrate_vma_finalize frees the normal pages that moved
+        if src > 0:
+            kvm.memory.normal.free(src)
+    return done
+
+
 async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
     """Move every GFN of the slot that has no state yet to a device page. The gfn-states
     design does it without UV_PAGE_IN (dfaa973ae960); the two-state design pages each one in
@@ -527,15 +570,21 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
         vma = kvm.mm.find_vma_intersection(start, end)
         if vma is None or vma.start > start or vma.end < end:
             break
-        ret = await kvmppc_svm_page_in(vma, start, end, gfn << PAGE_SHIFT, kvm, PAGE_SHIFT,
-                                       two_state)
-        if ret and not (two_state and ret == H_PARAMETER):
-            ret = H_STATE
-            break
-        ret = 0  # (two-state: the UV refused a shared GFN, which stays shared)
-        gfn += 1
-        batch += 1
-        if batch == RESCHED_BATCH:  # cond_resched()
+        if two_state:
+            ret = await kvmppc_svm_page_in(vma, start, end, gfn << PAGE_SHIFT, kvm,
+                                           PAGE_SHIFT, True)
+            if ret and ret != H_PARAMETER:  # H_PARAMETER: the UV refused a shared GFN
+                ret = H_STATE
+                break
+            moved = 1
+        else:
+            moved = kvmppc_svm_page_in_run(vma, start, gfn, kvm, RESCHED_BATCH - batch)
+            if not moved:
+                break
+        ret = 0
+        gfn += moved
+        batch += moved
+        if batch >= RESCHED_BATCH:  # cond_resched()
             batch = 0
             await kvm.m.point(f"cond_resched (migrating slot {memslot.id})")
     kvm.uvmem_lock.unlock()

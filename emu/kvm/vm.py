@@ -28,6 +28,11 @@ KVM_PFN_NOSLOT = -1
 KVM_PFN_ERR_FAULT = -2
 
 
+def no_faults(mig: Any) -> bool:
+    """The default fault injector: migrate_vma_setup never fails."""
+    return False
+
+
 def is_error_noslot_pfn(pfn: int) -> bool:
     return pfn < 0
 
@@ -65,7 +70,7 @@ class KVM:
     """kvm->arch.uvmem_pfns; list_add puts new slots at the head."""
     pfn_refs: dict[str, int] = attrs.Factory(dict)
     """Outstanding gfn_to_pfn references per actor."""
-    fail_migrate_setup: Callable[[Any], bool] = lambda mig: False
+    fail_migrate_setup: Callable[[Any], bool] = no_faults
     """Fault injection: migrate_vma_setup fails for this struct migrate_vma."""
     srcu: Any = None
     mm: HostMM = None  # type: ignore[assignment]

@@ -28,6 +28,10 @@ QUIRK_SCENARIO = {
 }
 
 
+IMAGE_PAGES = 64
+"""The guest image UV_ESM pages in (4 MiB at most): "the necessary and sufficient GFNs"."""
+
+
 def svm_scenario(name: str, extra: dict[str, Param] | None = None, max_steps: int = 20_000):
     return scenario(name, params={**COMMON_PARAMS, **(extra or {})}, quirks=QUIRKS,
                     max_steps=max_steps)
@@ -43,11 +47,13 @@ class Boot:
     def __init__(self, m: Machine, mem_mb: int, design: str, slots: int = 1,
                  esm: str = "necessary") -> None:
         self.m = m
-        self.sm = SvmMachine(m, design=design, quirks=m.quirks, esm_pagein=esm)
         per_slot = mem_mb * 16
-        self.kvm = self.sm.vm(1, tuple((i * per_slot, per_slot) for i in range(slots)))
         self.npages = per_slot * slots
-        self.image = max(2, self.npages // 8)
+        # device pages for the guest twice over (room for a hot-plugged DIMM and reboots)
+        self.sm = SvmMachine(m, design=design, quirks=m.quirks, esm_pagein=esm,
+                             secure_pages=2 * self.npages + 64)
+        self.kvm = self.sm.vm(1, tuple((i * per_slot, per_slot) for i in range(slots)))
+        self.image = max(2, min(self.npages // 8, IMAGE_PAGES))
         self.booted: Completion = m.completion("SVM booted")
 
     def data_gfn(self, i: int) -> int:
