@@ -222,17 +222,36 @@ class Ultravisor:
         return "Normal"
 
     # ------------------------------------------------------------------ firmware on a vCPU
+    async def issue(self, lpid: int, req: int, *args: int) -> int:
+        """The UV issues an H_SVM_* hcall on the SVM's behalf, keeping its own books: it
+        starts ESM only for a VM it does not know, finishes it only for one in transition
+        (the HV does not check either, so the UV refuses with U_STATE), issues nothing for a
+        VM it does not know, and issues
+        H_SVM_INIT_ABORT from the not-yet-secure VM's context (MSR_S clear, B4)."""
+        hv, svm = self.hv, self.svms.get(lpid)
+        if req == H_SVM_INIT_START:
+            if svm is not None:
+                return U_STATE
+            self.svms[lpid] = SvmState(lpid)
+        elif svm is None or (req == H_SVM_INIT_DONE and svm.secure):
+            return U_STATE  # the UV acts only for SVMs it knows
+        elif req == H_SVM_PAGE_IN and len(args) > 1 and args[1] == H_PAGE_IN_SHARED:
+            return await self.share(lpid, args[0] >> PAGE_SHIFT)
+        if req == H_SVM_INIT_ABORT:
+            return await hv.hcall(lpid, req, *args, msr_s=False, via_uv=True)
+        rc = await hv.hcall(lpid, req, *args, msr_s=True)
+        if req == H_SVM_INIT_DONE and rc == H_SUCCESS:
+            self.svms[lpid].secure = True
+        return rc
+
     async def esm(self, lpid: int, necessary: list[int], shares: list[int] = ()) -> int:
         """UV_ESM: INIT_START, page in the GFNs the SVM needs, share the ones it asks for,
         INIT_DONE; abort on failure. Returns what the guest's UV_ESM returns."""
-        hv = self.hv
         if lpid in self.svms:
             return U_STATE
-        svm = self.svms[lpid] = SvmState(lpid)
-        rc = await hv.hcall(lpid, H_SVM_INIT_START, msr_s=True)
+        rc = await self.issue(lpid, H_SVM_INIT_START)
         for gfn in necessary if rc == H_SUCCESS else []:
-            rc = await hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
-                                msr_s=True)
+            rc = await self.issue(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT)
             if rc != H_SUCCESS:
                 break
         for gfn in shares if rc == H_SUCCESS else []:
@@ -240,13 +259,9 @@ class Ultravisor:
             if rc != H_SUCCESS:
                 break
         if rc == H_SUCCESS:
-            rc = await hv.hcall(lpid, H_SVM_INIT_DONE, msr_s=True)
-            if rc == H_SUCCESS:
-                svm.secure = True
-                return U_SUCCESS
-            return rc  # INIT_DONE failed: the VM stays Transient, to be terminated
-        # the UV aborts from the context of the VM, which is not secure yet (MSR_S clear)
-        return await hv.hcall(lpid, H_SVM_INIT_ABORT, msr_s=False, via_uv=True)
+            # INIT_DONE failing leaves the VM Transient, for its owner to terminate
+            return await self.issue(lpid, H_SVM_INIT_DONE)
+        return await self.issue(lpid, H_SVM_INIT_ABORT)
 
     async def share(self, lpid: int, gfn: int) -> int:
         """UV_SHARE_PAGE for one page: the HV provides a normal page the UV maps shared."""

@@ -112,9 +112,10 @@ class Guest:
         return await self._machine.hv.hcall(self.lpid, _number(call), *args, msr_s=False)
 
     async def uv_hcall(self, call: int | str, *args: int) -> int:
-        """An hcall as the Ultravisor issues it on this SVM's behalf (MSR_S set): to drive
-        the H_SVM_* life cycle step by step from a test or a scripted boot."""
-        return await self._machine.hv.hcall(self.lpid, _number(call), *args, msr_s=True)
+        """Have the Ultravisor issue an H_SVM_* hcall on this SVM's behalf (MSR_S set, the
+        UV's books kept): to drive the life cycle step by step from a test or a scripted
+        boot."""
+        return await self._machine.uv.issue(self.lpid, _number(call), *args)
 
     async def ucall(self, call: int | str, *args: int) -> int:
         """A ucall to the Ultravisor. UV_ESM(first, npages, share_first, share_npages): the

@@ -75,6 +75,7 @@ class Hypervisor:
         ops[1] += 1
         started = ops[1]
 
+        mine = self._registered_by(kvm, actor.name)
         rc = await self._dispatch(kvm, req, regs, msr_s)
         ops[0] -= 1
         if overlapped or ops[1] != started:
@@ -92,18 +93,22 @@ class Hypervisor:
         if via_uv:
             self._conformance(kvm, req, rc, vm_before, gfn_op, gfn, gfn_before, shared_before)
         if req == H_SVM_INIT_START:
-            self._check_slots(kvm, rolled_back_by=actor.name if rc != H_SUCCESS else None)
+            leaked = self._registered_by(kvm, actor.name) - mine if rc != H_SUCCESS else set()
+            self._check_slots(kvm, leaked)
         return rc
 
-    def _check_slots(self, kvm: KVM, rolled_back_by: str | None = None) -> None:
+    @staticmethod
+    def _registered_by(kvm: KVM, who: str) -> set[int]:
+        svm = kvm.uv.svms.get(kvm.lpid)
+        return {i for i, by in svm.registered_by.items() if by == who} if svm else set()
+
+    def _check_slots(self, kvm: KVM, leaked: set[int] = frozenset()) -> None:
         """The UV's registered slots equal the HV's uvmem slots; a failed INIT_START has
-        unregistered every slot it registered (its rollback is complete)."""
+        unregistered every slot it registered (``leaked``: those it did not)."""
         svm = kvm.uv.svms.get(kvm.lpid)
         uv_ids = sorted(svm.slots) if svm else []
         live = {(s.id, s.base_gfn) for s in kvm.memslots}
         hv_ids = sorted({p.id for p in kvm.uvmem_pfns if (p.id, p.base_pfn) in live})
-        leaked = [i for i, who in svm.registered_by.items() if who == rolled_back_by] \
-            if svm is not None and rolled_back_by else []
         if leaked:
             self.m.fail("slots", f"H_SVM_INIT_START failed but left the slots it registered "
                         f"{sorted(leaked)} registered with the UV (incomplete rollback)")
