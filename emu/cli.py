@@ -23,6 +23,7 @@ from .sim.perfetto import write_perfetto
 from .sim.runner import HuntResult, RunResult, hunt, run
 from .sim.scenario import builtin_scenarios
 from .sim.strategies import pct_bound
+from .study import SIZES_GB, STUDIES, esm_scaling, plot, table
 
 CLEAN, VIOLATION, USAGE = 0, 1, 2
 
@@ -207,6 +208,31 @@ def replay_cmd(file: str, trace_path: str | None, show: bool, timeline: int) -> 
     else:
         click.echo(f"trace hash {r.trace_hash}: MISMATCH (the file records {rep.expected_hash})")
     return VIOLATION if r.violations or not rep.matched else CLEAN
+
+
+@cli.command("study")
+@click.argument("name")
+@click.option("--sizes", default=",".join(map(str, SIZES_GB)), show_default=True,
+              help="VM sizes in GB, comma-separated.")
+@click.option("--max-full-gb", default=8.0, show_default=True,
+              help="Largest size simulated page by page when the UV pages in every GFN.")
+@click.option("--out", default="emu-out", show_default=True, type=click.Path(file_okay=False),
+              help="Where the plot goes.")
+def study_cmd(name: str, sizes: str, max_full_gb: float, out: str) -> int:
+    """Run a scripted measurement: esm-scaling."""
+    if name not in STUDIES:
+        raise EmuError(f"unknown study {name!r} (known: {', '.join(STUDIES)})")
+    try:
+        gbs = tuple(float(x) for x in sizes.split(","))
+    except ValueError:
+        raise EmuError(f"bad --sizes {sizes!r}: expected numbers separated by commas") from None
+    if not gbs or min(gbs) <= 0:
+        raise EmuError(f"bad --sizes {sizes!r}: sizes must be positive")
+    click.echo(f"{name}: {STUDIES[name]}")
+    points = esm_scaling(gbs, max_full_gb, progress=lambda line: click.echo("  " + line))
+    click.echo(table(points))
+    click.echo(f"plot: {plot(points, Path(out) / f'{name}.png')}")
+    return CLEAN
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -265,3 +265,20 @@ def test_100_gb_svm_goes_through_esm_and_init_done():
     result = emu.run("svm-boot", params={"mem_mb": 100 * 1024, "vcpus": 1})
     assert result.ok
     assert result.steps > 1_638_400 // 512  # one cond_resched per 512 migrated pages
+
+
+# --------------------------------------------------------------------------- the ESM study
+def test_esm_scaling_study(cli, tmp_path):
+    r = cli("study", "esm-scaling", "--sizes", "0.0625,0.125,100", "--max-full-gb", "0.125",
+            "--out", str(tmp_path))
+    assert r.status == 0, r.err
+    row = next(line for line in r.out.splitlines() if line.strip().startswith("100 GB"))
+    every, necessary = row.split("|")[1:]
+    assert "(  7.0 min) *" in every  # seed 004: about 7 minutes, extrapolated
+    assert float(necessary.split()[0]) < 10  # seconds: nearly flat
+    assert (tmp_path / "esm-scaling.png").stat().st_size > 10_000
+
+
+def test_study_bad_input(cli):
+    assert cli("study", "nope").status == 2
+    assert cli("study", "esm-scaling", "--sizes", "a,b").status == 2

@@ -12,9 +12,6 @@ from ..hw.memory import Frame
 from ..sim import Machine
 from ..sim.channel import Completion
 
-COPY_NS = 2_000
-"""Default virtual time of one 64 KiB copy (the ESM study calibrates its own)."""
-
 
 @attrs.define(eq=False)
 class CopyRequest:
@@ -28,7 +25,7 @@ class CopyRequest:
 
 
 class MemoryController:
-    def __init__(self, m: Machine, copy_ns: int = COPY_NS) -> None:
+    def __init__(self, m: Machine, copy_ns: int) -> None:
         self.m = m
         self.copy_ns = copy_ns
         self.requests = m.channel("memctl", capacity=8)

@@ -82,8 +82,9 @@ class Ucall:
 
 class Ultravisor:
     def __init__(self, m: Machine, memory: PhysicalMemory, memctl: MemoryController,
-                 design: str = "gfn-states") -> None:
+                 design: str = "gfn-states", hcall_ns: int = 0) -> None:
         self.m = m
+        self.hcall_ns = hcall_ns
         self.memory = memory
         self.memctl = memctl
         self.design = design
@@ -237,6 +238,8 @@ class Ultravisor:
             return U_STATE  # the UV acts only for SVMs it knows
         elif req == H_SVM_PAGE_IN and len(args) > 1 and args[1] == H_PAGE_IN_SHARED:
             return await self.share(lpid, args[0] >> PAGE_SHIFT)
+        if self.hcall_ns:  # the cost model: the round trip through the UV and the HV
+            await self.m.sleep(self.hcall_ns)
         if req == H_SVM_INIT_ABORT:
             return await hv.hcall(lpid, req, *args, msr_s=False, via_uv=True)
         rc = await hv.hcall(lpid, req, *args, msr_s=True)
@@ -299,7 +302,7 @@ class Ultravisor:
                 self.m.fail("svm-access", f"the UV cannot page GFN {gfn:#x} back in for the "
                             f"SVM: H_SVM_PAGE_IN returned {rc}")
         if gfn in svm.shared:
-            return self.memory.normal.frames.get(svm.shared[gfn]), True
+            return self.memory.normal.get(svm.shared[gfn]), True
         if gfn not in svm.frames:
             svm.frames[gfn] = self.memory.secure.alloc()
         return self.memory.secure[svm.frames[gfn]], False

@@ -581,6 +581,8 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
             moved = kvmppc_svm_page_in_run(vma, start, gfn, kvm, RESCHED_BATCH - batch)
             if not moved:
                 break
+            if kvm.migrate_ns:  # the cost model: the time those migrations take
+                await kvm.m.sleep(kvm.migrate_ns * moved)
         ret = 0
         gfn += moved
         batch += moved

@@ -9,6 +9,7 @@ reference it returns must be dropped by exactly one ``kvm_release_pfn_clean``.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,8 @@ class KVM:
     uv: Ultravisor
     quirks: tuple[str, ...] = ()
     design: str = "gfn-states"
+    migrate_ns: int = 0
+    """Virtual time per page INIT_DONE moves without a copy (the cost model)."""
     svm_enabled: bool = True
     radix: bool = True
     secure_guest: int = 0
@@ -96,9 +99,14 @@ class KVM:
         self.mm.mmap(VMA.anonymous(hva, npages))
         return Memslot(slot_id, base_gfn, npages, hva)
 
-    def add_memslot(self, slot_id: int, base_gfn: int, npages: int) -> Memslot:
-        """A slot present from boot (no SRCU dance: nothing runs yet)."""
+    def add_memslot(self, slot_id: int, base_gfn: int, npages: int,
+                    prealloc: bool = False) -> Memslot:
+        """A slot present from boot (no SRCU dance: nothing runs yet); with ``prealloc``
+        QEMU populates every page up front (-mem-prealloc)."""
         slot = self.new_memslot(slot_id, base_gfn, npages)
+        if prealloc:
+            vma = self.mm.vma_lookup(slot.userspace_addr)
+            vma.pte[:] = array("q", self.memory.normal.alloc_range(npages))
         self.memslots = [*self.memslots, slot]
         return slot
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..actors.host import Host
 from ..actors.vcpu import Guest
+from ..hw.costs import COST_MODELS
 from ..kvm.hvcall import EBUSY, H_PARAMETER, H_SUCCESS, PAGE_SHIFT, rc_name
 from ..kvm.uvmem import MIGRATE_VMA_SELECT_DEVICE_PRIVATE, QUIRKS
 from ..sim import Machine, Param, scenario
@@ -28,6 +29,7 @@ QUIRK_SCENARIO = {
 }
 
 
+ESM_COUNTER = "UV_ESM returned at (ns)"
 IMAGE_PAGES = 64
 """The guest image UV_ESM pages in (4 MiB at most): "the necessary and sufficient GFNs"."""
 
@@ -45,14 +47,15 @@ class Boot:
     """A VM with one memslot per ``slots`` entry, and the boot protocol of its first vCPU."""
 
     def __init__(self, m: Machine, mem_mb: int, design: str, slots: int = 1,
-                 esm: str = "necessary") -> None:
+                 esm: str = "necessary", costs: str = "unit", prealloc: bool = False) -> None:
         self.m = m
         per_slot = mem_mb * 16
         self.npages = per_slot * slots
         # device pages for the guest twice over (room for a hot-plugged DIMM and reboots)
         self.sm = SvmMachine(m, design=design, quirks=m.quirks, esm_pagein=esm,
-                             secure_pages=2 * self.npages + 64)
-        self.kvm = self.sm.vm(1, tuple((i * per_slot, per_slot) for i in range(slots)))
+                             secure_pages=2 * self.npages + 64, costs=COST_MODELS[costs])
+        self.kvm = self.sm.vm(1, tuple((i * per_slot, per_slot) for i in range(slots)),
+                              prealloc)
         self.image = max(2, min(self.npages // 8, IMAGE_PAGES))
         self.booted: Completion = m.completion("SVM booted")
 
@@ -67,6 +70,7 @@ class Boot:
         for gfn in range(self.image):
             await g.write(gpa(gfn), 0x1000 + gfn)
         rc = await g.ucall("UV_ESM", 0, self.image, *share)
+        self.m.counter(ESM_COUNTER, self.m.now)
         if expect is not None and rc != expect:
             self.m.fail("esm", f"UV_ESM returned {rc_name(rc)}, expected {rc_name(expect)}")
         for gfn in range(self.image):
@@ -75,12 +79,15 @@ class Boot:
         return rc
 
 
-@svm_scenario("svm-boot", {"esm": Param("necessary", "what UV_ESM pages in",
-                                        choices=("necessary", "all"))})
-def svm_boot(m: Machine, vcpus: int, mem_mb: int, design: str, esm: str) -> None:
+@svm_scenario("svm-boot", {
+    "esm": Param("necessary", "what UV_ESM pages in", choices=("necessary", "all")),
+    "costs": Param("unit", "virtual-time cost model", choices=tuple(COST_MODELS)),
+    "prealloc": Param(False, "QEMU populates all guest memory before boot (-mem-prealloc)")})
+def svm_boot(m: Machine, vcpus: int, mem_mb: int, design: str, esm: str, costs: str,
+             prealloc: bool) -> None:
     """An SVM boots: its image is paged in by UV_ESM, INIT_DONE secures the rest; then every
     vCPU writes and reads back its own pages."""
-    b = Boot(m, mem_mb, design, esm=esm)
+    b = Boot(m, mem_mb, design, esm=esm, costs=costs, prealloc=prealloc)
 
     async def boot(g: Guest) -> None:
         await b.boot(g)

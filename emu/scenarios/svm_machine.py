@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ..actors.host import Host
-from ..actors.memctl import COPY_NS, MemoryController
+from ..actors.memctl import MemoryController
 from ..actors.ultravisor import Ultravisor
 from ..actors.vcpu import GuestMemory, GuestProgram, VCpu
+from ..hw.costs import UNIT, CostModel
 from ..hw.memory import PhysicalMemory
 from ..kvm.hv import Hypervisor
 from ..kvm.uvmem import QUIRKS, UvmemDevice
@@ -41,14 +42,15 @@ HostProgram = Callable[[Host], Awaitable[None]]
 class SvmMachine:
     def __init__(self, m: Machine, *, design: str = "gfn-states", quirks: tuple[str, ...] = (),
                  esm_pagein: str = "necessary", secure_pages: int = 1 << 16,
-                 copy_ns: int = COPY_NS) -> None:
+                 costs: CostModel = UNIT) -> None:
         self.m = m
         self.design = design
         self.quirks = tuple(q for q in quirks if q in QUIRKS)
         self.esm_pagein = esm_pagein
         self.memory = PhysicalMemory()
-        self.memctl = MemoryController(m, copy_ns)
-        self.uv = Ultravisor(m, self.memory, self.memctl, design)
+        self.costs = costs
+        self.memctl = MemoryController(m, costs.copy_ns)
+        self.uv = Ultravisor(m, self.memory, self.memctl, design, costs.hcall_ns)
         self.hv = Hypervisor(m)
         self.uv.hv = self.hv
         self.dev = UvmemDevice(secure_pages)
@@ -57,12 +59,15 @@ class SvmMachine:
         m.invariant("never device-backed and shared", self._shared_not_device)
         m.invariant("no vCPU in the guest during SVM_OFF", self._teardown_alone)
 
-    def vm(self, lpid: int = 1, slots: tuple[tuple[int, int], ...] = ((0, 32),)) -> KVM:
-        """A VM with memslots (base GFN, pages), ids 0, 1, ... in order."""
+    def vm(self, lpid: int = 1, slots: tuple[tuple[int, int], ...] = ((0, 32),),
+           prealloc: bool = False) -> KVM:
+        """A VM with memslots (base GFN, pages), ids 0, 1, ... in order; ``prealloc``:
+        QEMU populates all of its memory before it boots."""
         kvm = self.hv.add(KVM(self.m, lpid, self.memory, self.dev, self.uv,
-                              quirks=self.quirks, design=self.design))
+                              quirks=self.quirks, design=self.design,
+                              migrate_ns=self.costs.migrate_ns))
         for slot_id, (base, npages) in enumerate(slots):
-            kvm.add_memslot(slot_id, base, npages)
+            kvm.add_memslot(slot_id, base, npages, prealloc)
         return kvm
 
     def vcpu(self, kvm: KVM, program: GuestProgram, start: Completion | None = None) -> VCpu:
