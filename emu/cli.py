@@ -21,7 +21,7 @@ from .sim import replay as replay_file
 from .sim.explain import explain
 from .sim.perfetto import write_perfetto
 from .sim.runner import HuntResult, RunResult, hunt, run
-from .sim.scenario import builtin_scenarios
+from .sim.scenario import builtin_scenarios, suites
 from .sim.strategies import pct_bound
 from .study import SIZES_GB, STUDIES, esm_scaling, plot, table
 
@@ -60,7 +60,7 @@ def _pct_line(strategy: dict[str, Any], n: int, k: int) -> str:
             f"= {bound:.3g} (n={n} actors, k={k} steps measured)")
 
 
-DEFAULT_SCENARIO = "lost-update"
+DEFAULT_SCENARIO = "svm"
 
 scenario_options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.argument("scenario", default=DEFAULT_SCENARIO),
@@ -94,16 +94,23 @@ def cli(verbose: bool) -> None:
 
 @cli.command("list")
 def list_cmd() -> int:
-    """List the scenarios with their parameters and quirks."""
+    """List the suites, scenarios (parameters, quirks) and what each quirk is."""
+    described: dict[str, str] = {}
+    for suite, (text, names) in suites().items():
+        click.echo(click.style(f"suite {suite}", bold=True) + f": {text}: {', '.join(names)}")
     for name, sc in builtin_scenarios().items():
         summary = " ".join(sc.description.split("\n\n")[0].split())
-        click.echo(click.style(name, bold=True) + f": {summary}")
+        click.echo("\n" + click.style(name, bold=True) + f": {summary}")
         for pname, p in sc.params.items():
             default = str(p.default).lower() if isinstance(p.default, bool) else p.default
             choices = f" (one of: {', '.join(map(str, p.choices))})" if p.choices else ""
             click.echo(f"    {'-p ' + pname + '=' + str(default):<28} {p.help}{choices}")
-        for qname, text in sc.quirks.items():
-            click.echo(f"    {'--quirk ' + qname:<28} {text}")
+        if sc.quirks:
+            click.echo(f"    --quirk {', '.join(sc.quirks)}")
+            described.update(sc.quirks)
+    click.echo("\n" + click.style("quirks", bold=True))
+    for qname, text in described.items():
+        click.echo(f"  {qname}: {text}")
     return CLEAN
 
 
@@ -115,7 +122,10 @@ def list_cmd() -> int:
 def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], strategy: str,
             depth: int, seed: int, max_steps: int | None, trace_path: str | None,
             timeline: int) -> int:
-    """Run one schedule of SCENARIO (default: lost-update)."""
+    if scenario in suites():
+        raise EmuError(f"{scenario!r} is a suite: 'emu run' takes one scenario "
+                       f"({', '.join(suites()[scenario][1])})")
+    """Run one schedule of SCENARIO."""
     result = run(scenario, seed=seed, params=_params(params), quirks=quirks, strategy=strategy,
                  depth=depth, max_steps=max_steps)
     click.echo(f"{result.scenario} seed {seed} ({result.strategy['name']}): {result.steps} "
@@ -141,23 +151,26 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], str
 def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], strategy: str,
              depth: int, seed: int, max_steps: int | None, schedules: int, out: str,
              check_determinism: bool, keep_going: bool, timeline: int) -> int:
-    """Run up to N schedules of SCENARIO (default: lost-update), stopping at the first
-    violation."""
-    with tqdm(total=schedules, unit="sched", file=sys.stderr, disable=None, leave=False,
-              desc=scenario) as bar:
-        def progress(done: int, result: RunResult) -> None:
-            bar.update(1)
-            logger.debug("seed {}: {} steps, hash {}, {}", result.seed, result.steps,
-                         result.trace_hash, _verdict(result))
+    """Run up to N schedules of SCENARIO, stopping at the first violation. SCENARIO may be
+    a suite (svm, engine: each of its scenarios in turn); the default is the svm suite."""
+    names = suites().get(scenario, ("", [scenario]))[1]
+    status = CLEAN
+    for name in names:
+        with tqdm(total=schedules, unit="sched", file=sys.stderr, disable=None, leave=False,
+                  desc=name) as bar:
+            def progress(done: int, result: RunResult) -> None:
+                bar.update(1)
+                logger.debug("seed {}: {} steps, hash {}, {}", result.seed, result.steps,
+                             result.trace_hash, _verdict(result))
 
-        found = hunt(scenario, schedules=schedules, seed=seed, params=_params(params),
-                     quirks=quirks, strategy=strategy, depth=depth, max_steps=max_steps,
-                     check_determinism=check_determinism, keep_going=keep_going,
-                     progress=progress)
-    _hunt_report(found, out, timeline, check_determinism)
-    if found.mismatches or found.found is not None:
-        return VIOLATION
-    return CLEAN
+            found = hunt(name, schedules=schedules, seed=seed, params=_params(params),
+                         quirks=quirks, strategy=strategy, depth=depth, max_steps=max_steps,
+                         check_determinism=check_determinism, keep_going=keep_going,
+                         progress=progress)
+        _hunt_report(found, out, timeline, check_determinism)
+        if found.mismatches or found.found is not None:
+            status = VIOLATION
+    return status
 
 
 def _hunt_report(h: HuntResult, out: str, timeline: int, checked: bool) -> None:

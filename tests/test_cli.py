@@ -141,3 +141,12 @@ def test_bad_scenario_file(cli, tmp_path):
     _one_line_error(cli("run", f"{f}:oops"), "cannot load")
     f.write_text("x = 1\n")
     _one_line_error(cli("run", f"{f}:race"), "has no scenario function 'race'")
+
+
+def test_hunt_a_suite_runs_each_scenario(cli, tmp_path):
+    r = cli("hunt", "engine", "--schedules", "200", "--out", str(tmp_path))
+    assert r.status == 1
+    for name in ("abba", "lost-update", "srcu-uaf"):
+        assert f"hunt {name} (random)" in r.out
+    assert "suite svm" in cli("list").out
+    _one_line_error(cli("run", "svm"), "'svm' is a suite")

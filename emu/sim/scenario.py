@@ -129,6 +129,14 @@ def builtin_scenarios() -> dict[str, Scenario]:
             if sc.build.__module__.startswith("emu.scenarios")}
 
 
+def suites() -> dict[str, tuple[str, list[str]]]:
+    """Suite name -> (what it is, its scenarios' names)."""
+    module = importlib.import_module("emu.scenarios")
+    known = builtin_scenarios()
+    return {name: (text, [n for n, sc in known.items() if sc.build.__module__ == mod.__name__])
+            for name, (mod, text) in module.SUITES.items()}
+
+
 def resolve(spec: str) -> Scenario:
     """A scenario by registered name, or from ``path/to/file.py:function``."""
     path, sep, func = spec.rpartition(":")
