@@ -268,25 +268,27 @@ def test_srcu_misuse():
     assert v.kind == "deadlock" and "inside its own read-side critical section" in v.message
 
 
+def srcu_vs_mutex(m):
+    """A reader takes a mutex inside its SRCU section; the updater synchronizes under it."""
+    srcu, mu = m.srcu("srcu"), m.mutex("M")
+
+    async def reader():
+        idx = await srcu.read_lock()
+        await mu.lock()
+        mu.unlock()
+        srcu.read_unlock(idx)
+
+    async def updater():
+        await mu.lock()
+        await srcu.synchronize()
+        mu.unlock()
+    m.spawn("r", reader)
+    m.spawn("u", updater)
+
+
 def test_lockdep_srcu_reader_lock_vs_synchronize_under_lock():
-    def build(m):
-        srcu, uvmem = m.srcu("kvm->srcu"), m.mutex("uvmem_lock")
-
-        async def reader():
-            idx = await srcu.read_lock()
-            await uvmem.lock()
-            uvmem.unlock()
-            srcu.read_unlock(idx)
-
-        async def updater():
-            await uvmem.lock()
-            await srcu.synchronize()
-            uvmem.unlock()
-        m.spawn("reader", reader)
-        m.spawn("updater", updater)
-
-    sc = emu.scenario(name="srcu-lockdep")(build)
-    h = emu.hunt(sc, schedules=200, keep_going=True)
+    h = emu.hunt(emu.scenario(name="srcu-lockdep")(srcu_vs_mutex), schedules=200,
+                 keep_going=True)
     assert h.found is not None
     kinds = {v.kind for v in h.found.violations}
     assert "lockdep" in kinds or "deadlock" in kinds
@@ -485,23 +487,7 @@ def test_sleep_under_spinlock_is_a_bug():
 
 
 def test_srcu_deadlock_names_reader_and_updater():
-    def build(m):
-        srcu, mu = m.srcu("srcu"), m.mutex("M")
-
-        async def reader():
-            idx = await srcu.read_lock()
-            await mu.lock()
-            mu.unlock()
-            srcu.read_unlock(idx)
-
-        async def updater():
-            await mu.lock()
-            await srcu.synchronize()
-            mu.unlock()
-        m.spawn("r", reader)
-        m.spawn("u", updater)
-
-    sc = emu.scenario(name="srcu-cycle")(build)
+    sc = emu.scenario(name="srcu-cycle")(srcu_vs_mutex)
     deadlocks = [v for s in range(40) for v in emu.run(sc, seed=s).violations
                  if v.kind == "deadlock"]
     assert deadlocks

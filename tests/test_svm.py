@@ -61,7 +61,7 @@ def test_two_state_design_is_clean(scenario):
 def test_hotplug_during_esm_finds_the_double_registration_race():
     """A candidate race of the modelled kernel (README, 'Findings'): the hot-plugged slot is
     registered twice and its device pages outlive their state."""
-    found = emu.hunt("hotplug-during-esm", schedules=200, seed=0).found
+    found = emu.hunt("hotplug-during-esm", schedules=400, seed=0).found
     assert found is not None and found.violation.kind == "fault-livelock"
 
 

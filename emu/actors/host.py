@@ -66,9 +66,11 @@ class Host:
         return slot
 
     async def unplug(self, lpid: int, slot_id: int) -> None:
+        """device_del: KVM_SET_USER_MEMORY_REGION removes the slot, then QEMU unmaps it."""
         kvm = self._kvm(lpid)
         slot = next(s for s in kvm.memslots if s.id == slot_id)
         await self._machine.hv.set_memory_region(kvm, slot, delete=True)
+        kvm.munmap_memslot(slot)
 
     async def svm_off(self, lpid: int) -> int:
         """Machine reset: KVM_PPC_SVM_OFF (0 or -EBUSY / -EINVAL)."""

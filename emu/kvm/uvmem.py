@@ -37,6 +37,9 @@ other GFN to the UV with UV_PAGE_IN, which the UV refuses for a shared GFN (that
 stays shared).
 
 Quirks (historic bugs switched back on) are tested where the kernel had them; see QUIRKS.
+``init-start-rollback`` is the exception: that bug is still in the kernel, and the default
+model is its evident fix. Memslots are walked as ``kvm_for_each_memslot`` did before 5.17,
+by descending base GFN.
 """
 
 from __future__ import annotations
@@ -98,9 +101,10 @@ QUIRKS = {
         "B6: KVM_PPC_SVM_OFF without the mmu_ready / vcpus_running guard tears the VM down "
         "under a running vCPU. Caught by: no vCPU in the guest during teardown.",
     "init-start-rollback":
-        "B8 (candidate, U1): the INIT_START error path deletes the failing memslot once per "
-        "earlier slot instead of each earlier slot, leaking their UV registrations. Caught "
-        "by: the UV's registered slots equal the HV's.",
+        "B8 (a candidate, never fixed upstream: U1 and later kernels still have it): the "
+        "INIT_START error path deletes the failing memslot once per earlier slot instead of "
+        "each earlier slot, leaking their UV registrations and uvmem slots; without the quirk "
+        "the model runs the evident fix. Caught by: a failed INIT_START rolls back.",
     "share-no-recheck":
         "kvmppc_share_page without the recheck after retaking uvmem_lock: a racing page-in "
         "leaves the GFN device-backed and marked shared. Caught by: never device-backed and "
@@ -171,7 +175,8 @@ class UvmemDevice:
 
 
 # ---------------------------------------------------------------------- GFN state words
-def _uvmem_slot(kvm: KVM, gfn: int) -> UvmemSlot | None:
+def uvmem_slot(kvm: KVM, gfn: int) -> UvmemSlot | None:
+    """The uvmem slot covering ``gfn`` (the first on the list, as every lookup takes)."""
     for p in kvm.uvmem_pfns:
         if p.contains(gfn):
             return p
@@ -180,12 +185,12 @@ def _uvmem_slot(kvm: KVM, gfn: int) -> UvmemSlot | None:
 
 def kvmppc_uvmem_slot_lookup(kvm: KVM, gfn: int) -> int:
     """The pfns[] word of a GFN (0 if no uvmem slot covers it)."""
-    p = _uvmem_slot(kvm, gfn)
+    p = uvmem_slot(kvm, gfn)
     return p.pfns[gfn - p.base_pfn] if p else 0
 
 
 def kvmppc_mark_gfn(gfn: int, kvm: KVM, flag: int, uvmem_pfn: int) -> None:
-    p = _uvmem_slot(kvm, gfn)
+    p = uvmem_slot(kvm, gfn)
     if p is None:
         return
     if kvm.design == "two-state" or kvm.quirk("single-flag-gfn-tracking"):
@@ -219,7 +224,7 @@ def kvmppc_next_nontransitioned_gfn(memslot: Memslot, kvm: KVM, gfn: int) -> int
     """The first GFN from ``gfn`` on with no flag set (uvmem_lock held); None if none or if
     no uvmem slot covers ``gfn`` (300981abddcb: the cursor of a failed search is not a
     slot)."""
-    p = _uvmem_slot(kvm, gfn)
+    p = uvmem_slot(kvm, gfn)
     if p is None:
         return None
     pfns, base = p.pfns, p.base_pfn
@@ -241,6 +246,14 @@ def vm_state(kvm: KVM) -> str:
     if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
         return "Secure"
     return "Transient" if kvm.secure_guest & KVMPPC_SECURE_INIT_START else "Normal"
+
+
+def _vma_covering(kvm: KVM, start: int, end: int) -> VMA | None:
+    """find_vma_intersection, and the checks every caller makes: one VMA covers it all."""
+    vma = kvm.mm.find_vma_intersection(start, end)
+    if vma is None or vma.start > start or vma.end < end:
+        return None
+    return vma
 
 
 # ---------------------------------------------------------------------- slots
@@ -508,31 +521,37 @@ async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
     return ret
 
 
-def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM, limit: int) -> int:
+def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
+                           limit: int) -> tuple[int, bool]:
     """``kvmppc_svm_page_in(pagein=false)`` for the run of consecutive GFNs from ``gfn`` that
     have no state yet (at most ``limit``), done as array operations.
 
     The kernel migrates these pages one by one under uvmem_lock and mmap_lock with no yield
     between two cond_resched() calls, so doing a run at once is observably the same; the
-    per-page function stays the one that copies. Returns how many GFNs moved (0: the first
-    could not: a device page where a normal one was expected, an injected migrate_vma_setup
-    failure, or no free device page)."""
-    p = _uvmem_slot(kvm, gfn)
+    per-page function stays the one that copies. Returns (GFNs moved, ok): ok is False if
+    the page after the moved ones failed as kvmppc_svm_page_in would (an injected
+    migrate_vma_setup failure, or no free device page); a run that ends at a GFN with state
+    or at a device page ends without failing."""
+    p = uvmem_slot(kvm, gfn)
     dev = kvm.uvmem_dev
     i0, v0 = gfn - p.base_pfn, vma.index(start)
     n = min(limit, p.nr_pfns - i0, len(vma.pte) - v0)
     words, ptes = p.pfns[i0:i0 + n], vma.pte[v0:v0 + n]
     inject = kvm.fail_migrate_setup is not no_faults
-    run = 0
+    run, ok = 0, True
     for word, pte in zip(words, ptes, strict=True):
-        if word or pte < 0 or (inject and kvm.fail_migrate_setup(
+        if word:
+            break
+        if pte < 0 or (inject and kvm.fail_migrate_setup(
                 MigrateVma(vma, start + run * PAGE_SIZE, MIGRATE_VMA_SELECT_SYSTEM))):
+            ok = False  # not migratable (a device page) or setup failed: the kernel's -1
             break
         run += 1
     done, b, bitmap = 0, dev._hint, dev.bitmap
     while done < run and (b := bitmap.find(0, b)) >= 0:  # kvmppc_uvmem_get_page, in runs
-        e = bitmap.find(1, b, b + run - done)
-        e = b + run - done if e < 0 else e
+        want = min(b + run - done, dev.npages)
+        e = bitmap.find(1, b, want)
+        e = want if e < 0 else e
         k = e - b
         bitmap[b:e] = b"\x01" * k
         gpa = (gfn + done) << PAGE_SHIFT
@@ -545,10 +564,12 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM, limit: int)
         done += k
         b = e
         dev._hint = e
+    if done < run:
+        ok = False  # out of device pages: kvmppc_uvmem_get_page returned NULL
     for src in ptes[:done]:  # migrate_vma_finalize frees the normal pages that moved
         if src > 0:
             kvm.memory.normal.free(src)
-    return done
+    return done, ok
 
 
 async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
@@ -567,8 +588,8 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
         if start is None:
             break
         end = start + PAGE_SIZE
-        vma = kvm.mm.find_vma_intersection(start, end)
-        if vma is None or vma.start > start or vma.end < end:
+        vma = _vma_covering(kvm, start, end)
+        if vma is None:
             break
         if two_state:
             ret = await kvmppc_svm_page_in(vma, start, end, gfn << PAGE_SHIFT, kvm,
@@ -578,11 +599,11 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
                 break
             moved = 1
         else:
-            moved = kvmppc_svm_page_in_run(vma, start, gfn, kvm, RESCHED_BATCH - batch)
-            if not moved:
-                break
-            if kvm.migrate_ns:  # the cost model: the time those migrations take
+            moved, ok = kvmppc_svm_page_in_run(vma, start, gfn, kvm, RESCHED_BATCH - batch)
+            if kvm.migrate_ns and moved:  # the cost model: the time those migrations take
                 await kvm.m.sleep(kvm.migrate_ns * moved)
+            if not ok:
+                break
         ret = 0
         gfn += moved
         batch += moved
@@ -669,9 +690,9 @@ async def kvmppc_h_svm_page_in(kvm: KVM, gpa: int, flags: int, page_shift: int) 
         await kvm.uvmem_lock.lock()
         if kvmppc_gfn_is_uvmem_pfn(gfn, kvm) is None:  # fail an already paged-in page
             end = start + (1 << page_shift)
-            vma = kvm.mm.find_vma_intersection(start, end)
-            if vma is not None and vma.start <= start and vma.end >= end and \
-                    not await kvmppc_svm_page_in(vma, start, end, gpa, kvm, page_shift, True):
+            vma = _vma_covering(kvm, start, end)
+            if vma and not await kvmppc_svm_page_in(vma, start, end, gpa, kvm, page_shift,
+                                                    True):
                 ret = H_SUCCESS
         kvm.uvmem_lock.unlock()
     kvm.mm.mmap_lock.mmap_read_unlock()
@@ -694,9 +715,8 @@ async def kvmppc_h_svm_page_out(kvm: KVM, gpa: int, flags: int, page_shift: int)
     start = kvm.gfn_to_hva(gfn)
     if start is not None:
         end = start + (1 << page_shift)
-        vma = kvm.mm.find_vma_intersection(start, end)
-        if vma is not None and vma.start <= start and vma.end >= end and \
-                not await kvmppc_svm_page_out(vma, start, end, page_shift, kvm, gpa):
+        vma = _vma_covering(kvm, start, end)
+        if vma and not await kvmppc_svm_page_out(vma, start, end, page_shift, kvm, gpa):
             ret = H_SUCCESS
     kvm.mm.mmap_lock.mmap_read_unlock()
     kvm.srcu.read_unlock(srcu_idx)

@@ -99,6 +99,11 @@ class KVM:
         self.mm.mmap(VMA.anonymous(hva, npages))
         return Memslot(slot_id, base_gfn, npages, hva)
 
+    def publish(self, slot: Memslot) -> None:
+        """Install a memslot; kvm_for_each_memslot (before 5.17) walks them by descending
+        base GFN."""
+        self.memslots = sorted([*self.memslots, slot], key=lambda s: -s.base_gfn)
+
     def add_memslot(self, slot_id: int, base_gfn: int, npages: int,
                     prealloc: bool = False) -> Memslot:
         """A slot present from boot (no SRCU dance: nothing runs yet); with ``prealloc``
@@ -107,14 +112,24 @@ class KVM:
         if prealloc:
             vma = self.mm.vma_lookup(slot.userspace_addr)
             vma.pte[:] = array("q", self.memory.normal.alloc_range(npages))
-        self.memslots = [*self.memslots, slot]
+        self.publish(slot)
         return slot
 
     def remove_memslot(self, slot: Memslot) -> None:
         self.memslots = [s for s in self.memslots if s is not slot]
+
+    def munmap_memslot(self, slot: Memslot) -> None:
+        """QEMU unmaps a removed slot's backing: zapping frees every page still mapped
+        (a device page through its page_free callback)."""
         vma = self.mm.vma_lookup(slot.userspace_addr)
-        if vma is not None:
-            self.mm.munmap(vma)
+        if vma is None:
+            return
+        self.mm.munmap(vma)
+        for pte in vma.pte:
+            if pte > 0:
+                self.memory.normal.free(pte)
+            elif pte < 0:
+                self.uvmem_dev.page_free(-pte)
 
     def gfn_to_memslot(self, gfn: int) -> Memslot | None:
         for slot in self.memslots:

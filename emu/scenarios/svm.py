@@ -269,8 +269,9 @@ def svm_reboot(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
 
 @svm_scenario("abort-on-register-failure", {
     "slots": Param(2, "memslots of the VM", minimum=2),
-    "fail_slot": Param(1, "the slot whose UV_REGISTER_MEM_SLOT runs out of secure memory",
-                       minimum=0)})
+    "fail_slot": Param(0, "the slot whose UV_REGISTER_MEM_SLOT runs out of secure memory "
+                          "(slots are walked from the highest base GFN down, so slot 0 "
+                          "fails last)", minimum=0)})
 def abort_on_register_failure(m: Machine, vcpus: int, mem_mb: int, design: str, slots: int,
                               fail_slot: int) -> None:
     """UV_REGISTER_MEM_SLOT fails for one slot during H_SVM_INIT_START: the UV aborts ESM

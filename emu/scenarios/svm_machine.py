@@ -5,6 +5,9 @@ Invariants checked before every step (cheap ones; the per-hcall checks live in
 ``kvm/hv.py``, the per-access ones in the guest and host handles):
 - a GFN is never device-backed on the HV side while the Ultravisor maps it as shared;
 - no vCPU of a VM is in the guest while KVM_PPC_SVM_OFF tears that VM down.
+And once a schedule ends:
+- a GFN is UVMEM exactly when a device page with its bitmap bit set and pvt.gpa equal to
+  that GFN stands for it, and no device page is left standing for nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from ..actors.vcpu import GuestMemory, GuestProgram, VCpu
 from ..hw.costs import UNIT, CostModel
 from ..hw.memory import PhysicalMemory
 from ..kvm.hv import Hypervisor
-from ..kvm.uvmem import QUIRKS, UvmemDevice
+from ..kvm.hvcall import KVMPPC_GFN_PFN_MASK, KVMPPC_GFN_UVMEM_PFN, PAGE_SHIFT
+from ..kvm.uvmem import QUIRKS, UvmemDevice, uvmem_slot
 from ..kvm.vm import KVM
 from ..sim import Machine, Param
 from ..sim.channel import Completion
@@ -58,6 +62,7 @@ class SvmMachine:
         self._guest_memory: dict[int, GuestMemory] = {}
         m.invariant("never device-backed and shared", self._shared_not_device)
         m.invariant("no vCPU in the guest during SVM_OFF", self._teardown_alone)
+        m.final("device pages match the GFN states", self._device_pages_match)
 
     def vm(self, lpid: int = 1, slots: tuple[tuple[int, int], ...] = ((0, 32),),
            prealloc: bool = False) -> KVM:
@@ -97,6 +102,26 @@ class SvmMachine:
                 if hva is not None and kvm.mm.get_pte(hva) < 0:
                     return (f"GFN {gfn:#x} of VM {lpid} is shared with the HV but backed by a "
                             "device (secure) page")
+        return None
+
+    def _device_pages_match(self) -> str | None:
+        dev, words = self.dev, 0
+        for lpid, kvm in self.hv.kvms.items():
+            for slot in kvm.memslots:
+                p = uvmem_slot(kvm, slot.base_gfn)  # the slot lookups find first
+                for i, word in enumerate(p.pfns if p else ()):
+                    if not word & KVMPPC_GFN_UVMEM_PFN:
+                        continue
+                    words += 1
+                    bit = (word & KVMPPC_GFN_PFN_MASK) - 1
+                    gfn = p.base_pfn + i
+                    if not (0 <= bit < dev.npages and dev.bitmap[bit]
+                            and dev.pvt_gpa[bit] >> PAGE_SHIFT == gfn
+                            and dev.pvt_lpid[bit] == lpid):
+                        return f"GFN {gfn:#x} of VM {lpid} is UVMEM but device page " \
+                               f"{bit + 1} does not stand for it"
+        if dev.in_use() != words:
+            return f"{dev.in_use()} device pages in use for {words} UVMEM GFNs (leaked)"
         return None
 
     def _teardown_alone(self) -> str | None:
