@@ -34,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--schedules", type=int, default=300, help="per hunt")
     args = ap.parse_args()
-    print(f"{'quirk (scenario)':<52} " + " ".join(f"{d:>24}" for d in DESIGNS))
+    print(f"{'quirk (scenario)':<56} " + " ".join(f"{d:>24}" for d in DESIGNS))
     for quirk, scenario in QUIRK_SCENARIO.items():
         cells = []
         for design in DESIGNS:
@@ -42,18 +42,18 @@ def main() -> None:
                          schedules=args.schedules)
             cells.append(f"caught: {h.found.violation.kind} (seed {h.found.seed})"
                          if h.found else "not caught")
-        print(f"{quirk + ' (' + scenario + ')':<52} " + " ".join(f"{c:>24}" for c in cells))
+        print(f"{quirk + ' (' + scenario + ')':<56} " + " ".join(f"{c:>24}" for c in cells))
     scenarios = sorted({*QUIRK_SCENARIO.values(), "share-storm", "svm-reboot"})
     for design in DESIGNS:
         dirty = [s for s in scenarios
                  if not emu.hunt(s, params={"design": design}, schedules=args.schedules).ok]
         print(f"{design}: fixed model over {len(scenarios)} scenarios x {args.schedules} "
               f"schedules: {'clean' if not dirty else 'violations in ' + ', '.join(dirty)}")
-    print(f"\n{'ESM cost (seed-004 costs, memory preallocated)':<52} "
+    print(f"\n{'ESM cost (seed-004 costs, memory preallocated)':<56} "
           + " ".join(f"{d:>24}" for d in DESIGNS))
     for gb in (0.25, 1):
         cells = [f"{s:7.2f} s, {c:>6} copies" for s, c in (esm_cost(d, gb) for d in DESIGNS)]
-        print(f"{gb:>6g} GB{'':<43} " + " ".join(f"{c:>24}" for c in cells))
+        print(f"{gb:>6g} GB{'':<47} " + " ".join(f"{c:>24}" for c in cells))
 
 
 if __name__ == "__main__":

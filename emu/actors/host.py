@@ -58,6 +58,14 @@ class Host:
         frame.value, frame.secret, frame.encrypted = value, False, False
         return H_SUCCESS
 
+    async def reclaim(self, lpid: int, gfn: int) -> None:
+        """The host reclaims (or KSM scans, or migrates) a regular page of the guest: the MMU
+        notifier invalidates it in KVM (kvm_unmap_radix)."""
+        kvm = self._kvm(lpid)
+        hva = kvm.gfn_to_hva(gfn)
+        if hva is not None and kvm.mm.get_pte(hva) > 0:  # device pages are not reclaimed
+            await self._machine.hv.kvm_unmap_radix(kvm, gfn)
+
     async def hotplug(self, lpid: int, slot_id: int, base_gfn: int, npages: int) -> Memslot:
         """device_add of a DIMM: QEMU maps it and KVM_SET_USER_MEMORY_REGION adds it."""
         kvm = self._kvm(lpid)

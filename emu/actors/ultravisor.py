@@ -17,6 +17,7 @@ checked against.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,9 @@ class SvmState:
     paged_out: dict[int, bool] = attrs.Factory(dict)
     shared: dict[int, int] = attrs.Factory(dict)
     """GFN -> the HV's normal pfn the UV maps as shared."""
+    invalidated: dict[int, bool] = attrs.Factory(dict)
+    """Shared GFNs whose mapping the HV invalidated (UV_PAGE_INVAL): the next access faults
+    to the HV, which sends the page again (kvmppc_send_page_to_uv)."""
 
     def registered(self, gfn: int) -> bool:
         return any(base <= gfn < base + n for base, n in self.slots.values())
@@ -93,8 +97,9 @@ class Ultravisor:
         self._caller = ""
         self.fail_register: Callable[[int, int], bool] = lambda lpid, slot_id: False
         """Fault injection: UV_REGISTER_MEM_SLOT runs out of secure memory."""
-        self.sharing: dict[str, int] = {}
-        """Thread -> the GFN whose share that thread's H_SVM_PAGE_IN is carrying out."""
+        self.request: dict[str, tuple[str, int]] = {}
+        """Thread -> the UV request it is carrying out ("share" or "fault", GFN): what a
+        UV_PAGE_IN nested in that thread's hcall or fault is for."""
         self.mailbox = m.channel("ucall", capacity=4)
         m.spawn("ultravisor", self.serve, group="ultravisor", daemon=True)
 
@@ -107,9 +112,11 @@ class Ultravisor:
             call.done.complete()
 
     async def _ucall(self, name: str, *args: int) -> int:
+        """A synchronous firmware call: the CPU is in the UV, not asleep (so it is legal
+        under a spinlock, as UV_PAGE_INVAL under mmu_lock is)."""
         call = Ucall(name, args, self.m.ctl.current.name, self.m.completion(name))
-        await self.mailbox.send(call)
-        await call.done.wait_for_completion()
+        await self.mailbox.send(call, sleeps=False)
+        await call.done.wait_for_completion(sleeps=False)
         return call.rc
 
     async def uv_register_mem_slot(self, lpid: int, start_gpa: int, size: int, flags: int,
@@ -166,7 +173,12 @@ class Ultravisor:
         if svm is None:
             return U_PARAMETER
         gfn, src = dst_gpa >> PAGE_SHIFT, src_ra >> PAGE_SHIFT
-        if self.sharing.get(self._caller) == gfn:  # the page the SVM asks to share: map it
+        request = self.request.get(self._caller)
+        if request == ("fault", gfn) and gfn in svm.shared:  # send_page_to_uv: map it again
+            svm.invalidated.pop(gfn, None)
+            svm.shared[gfn] = src
+            return U_SUCCESS
+        if request == ("share", gfn):  # the page the SVM asks to share: map it
             self._drop_secure(svm, gfn)
             svm.shared[gfn] = src
             return U_SUCCESS
@@ -177,6 +189,7 @@ class Ultravisor:
                                into_secure=True)
         svm.frames[gfn] = spfn
         svm.shared.pop(gfn, None)
+        svm.invalidated.pop(gfn, None)
         svm.paged_out.pop(gfn, None)
         return U_SUCCESS
 
@@ -194,7 +207,12 @@ class Ultravisor:
         return U_SUCCESS
 
     async def _uv_page_inval(self, lpid: int, gpa: int, page_shift: int) -> int:
-        return U_SUCCESS if self._page_args(lpid, gpa, 0, page_shift) else U_PARAMETER
+        svm = self._page_args(lpid, gpa, 0, page_shift)
+        if svm is None:
+            return U_PARAMETER
+        if gpa >> PAGE_SHIFT in svm.shared:
+            svm.invalidated[gpa >> PAGE_SHIFT] = True
+        return U_SUCCESS
 
     async def _uv_svm_terminate(self, lpid: int) -> int:
         svm = self.svms.pop(lpid, None)
@@ -271,13 +289,18 @@ class Ultravisor:
         svm = self.svms.get(lpid)
         if svm is None or not svm.registered(gfn):
             return U_PARAMETER
-        me = self.m.ctl.current.name
-        self.sharing[me] = gfn
-        try:
+        async with self._requesting("share", gfn):
             return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, H_PAGE_IN_SHARED,
                                        PAGE_SHIFT, msr_s=True)
+
+    @contextlib.asynccontextmanager
+    async def _requesting(self, what: str, gfn: int):
+        me = self.m.ctl.current.name
+        self.request[me] = (what, gfn)
+        try:
+            yield
         finally:
-            del self.sharing[me]
+            del self.request[me]
 
     async def unshare(self, lpid: int, gfn: int) -> int:
         """UV_UNSHARE_PAGE for one page: page the shared page back into secure memory."""
@@ -286,6 +309,17 @@ class Ultravisor:
             return U_PARAMETER
         return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
                                    msr_s=True)
+
+    async def unshare_all_pages(self, lpid: int) -> int:
+        """UV_UNSHARE_ALL_PAGES (the guest's kexec path): unshare every shared page."""
+        svm = self.svms.get(lpid)
+        if svm is None:
+            return U_PARAMETER
+        for gfn in sorted(svm.shared):
+            rc = await self.unshare(lpid, gfn)
+            if rc != H_SUCCESS and gfn in svm.shared:
+                return rc
+        return U_SUCCESS
 
     async def touch(self, lpid: int, gfn: int) -> tuple[Frame | None, bool]:
         """The frame an SVM access to ``gfn`` lands on, and whether it is normal memory the
@@ -301,6 +335,12 @@ class Ultravisor:
             if rc != H_SUCCESS and gfn in svm.paged_out and gfn not in svm.shared:
                 self.m.fail("svm-access", f"the UV cannot page GFN {gfn:#x} back in for the "
                             f"SVM: H_SVM_PAGE_IN returned {rc}")
+        if gfn in svm.shared and gfn in svm.invalidated:  # a fault the UV reflects to the HV
+            async with self._requesting("fault", gfn):
+                rc = await self.hv.radix_page_fault(self.hv.kvms[lpid], gfn)
+            if gfn in svm.shared and gfn in svm.invalidated:
+                self.m.fail("svm-access", f"the HV could not send shared GFN {gfn:#x} back to "
+                            f"the UV after UV_PAGE_INVAL: the fault returned {rc}")
         if gfn in svm.shared:
             return self.memory.normal.get(svm.shared[gfn]), True
         if gfn not in svm.frames:

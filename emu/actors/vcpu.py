@@ -1,8 +1,9 @@
 """vCPUs and the handle their guest programs use.
 
-A vCPU actor enters the guest the way ``kvmppc_vcpu_run_hv`` does (count itself in
-``vcpus_running``, full barrier, set the MMU up under ``mmu_setup_lock`` if it is not ready)
-and then runs its guest program: an ``async def program(g: Guest)``. The program reads and
+A vCPU actor runs its guest program, an ``async def program(g: Guest)``, and does everything
+a CPU does on its pCPU (``pcpu.py``): it enters the guest the way ``kvmppc_vcpu_run_hv`` does
+(count itself in ``vcpus_running``, full barrier, set the MMU up under ``mmu_setup_lock`` if
+it is not ready), and each guest load, store, hcall and ucall runs there. The program reads and
 writes guest memory, issues hcalls and ucalls by name or number with raw integer arguments,
 and gets raw return codes back; a bad argument gets the kernel's code, never an exception.
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from ..kvm.vm import KVM
     from ..scenarios.svm_machine import SvmMachine
     from ..sim.channel import Completion
+    from .pcpu import PCpu
 
 GuestProgram = Callable[["Guest"], Awaitable[None]]
 
@@ -61,6 +63,7 @@ class VCpu:
     kvm: KVM
     index: int
     program: GuestProgram
+    pcpu: PCpu
     start: Completion | None = None
     """If set, the vCPU enters the guest (KVM_RUN) only once this completes."""
     in_guest: bool = False
@@ -70,9 +73,21 @@ class VCpu:
         return f"vm{self.kvm.lpid}.vcpu{self.index}"
 
     async def run(self) -> None:
-        kvm, m = self.kvm, self.machine.m
         if self.start is not None:
             await self.start.wait_for_completion()
+        await self.on_cpu(self._enter)
+        try:
+            await self.program(Guest(self))
+        finally:
+            self.in_guest = False
+            self.kvm.vcpus_running -= 1
+
+    async def on_cpu(self, op: Callable[[], Awaitable]):
+        return await self.pcpu.execute(self.name, op)
+
+    async def _enter(self) -> None:
+        """KVM_RUN's entry path, on the pCPU."""
+        kvm, m = self.kvm, self.machine.m
         kvm.vcpus_running += 1  # atomic_inc
         await m.point("smp_mb (vcpus_running vs mmu_ready)")
         if not kvm.mmu_ready:
@@ -81,11 +96,6 @@ class VCpu:
                 kvm.mmu_ready = 1  # kvmhv_setup_mmu
             kvm.mmu_setup_lock.unlock()
         self.in_guest = True
-        try:
-            await self.program(Guest(self))
-        finally:
-            self.in_guest = False
-            kvm.vcpus_running -= 1
 
 
 class Guest:
@@ -109,20 +119,25 @@ class Guest:
     async def hcall(self, call: int | str, *args: int) -> int:
         """A raw hcall from the guest (never with MSR_S: only the UV's own hcalls carry
         it)."""
-        return await self._machine.hv.hcall(self.lpid, _number(call), *args, msr_s=False)
+        nr, hv = _number(call), self._machine.hv
+        return await self._vcpu.on_cpu(lambda: hv.hcall(self.lpid, nr, *args, msr_s=False))
 
     async def uv_hcall(self, call: int | str, *args: int) -> int:
         """Have the Ultravisor issue an H_SVM_* hcall on this SVM's behalf (MSR_S set, the
         UV's books kept): to drive the life cycle step by step from a test or a scripted
         boot."""
-        return await self._machine.uv.issue(self.lpid, _number(call), *args)
+        nr, uv = _number(call), self._machine.uv
+        return await self._vcpu.on_cpu(lambda: uv.issue(self.lpid, nr, *args))
 
     async def ucall(self, call: int | str, *args: int) -> int:
+        return await self._vcpu.on_cpu(lambda: self._ucall(_number(call), *args))
+
+    async def _ucall(self, nr: int, *args: int) -> int:
         """A ucall to the Ultravisor. UV_ESM(first, npages, share_first, share_npages): the
         model's reading of the ESM blob, which names the pages to page in and the pages the
-        UV shares during the transition. UV_SHARE_PAGE(gfn, npages) and
-        UV_UNSHARE_PAGE(gfn, npages). Any other ucall is the HV's: a guest gets H_FUNCTION."""
-        nr = _number(call)
+        UV shares during the transition. UV_SHARE_PAGE(gfn, npages),
+        UV_UNSHARE_PAGE(gfn, npages) and UV_UNSHARE_ALL_PAGES() (before a kexec). Any other
+        ucall is the HV's: a guest gets H_FUNCTION."""
         uv, lpid = self._machine.uv, self.lpid
         a = [*args, 0, 0, 0, 0][:4]
         if nr == hvcall.UV_ESM:
@@ -136,6 +151,11 @@ class Guest:
             for gfn in shares if rc == U_SUCCESS else []:
                 self.memory.shared[gfn] = True
                 self.memory.forget(gfn)
+            return rc
+        if nr == hvcall.UV_UNSHARE_ALL_PAGES:
+            rc = await uv.unshare_all_pages(lpid)
+            if rc == U_SUCCESS:
+                self.memory.shared.clear()
             return rc
         if nr in (hvcall.UV_SHARE_PAGE, hvcall.UV_UNSHARE_PAGE):
             if a[1] <= 0:
@@ -178,6 +198,13 @@ class Guest:
     async def write(self, gpa: int, value: int) -> int:
         """Store ``value`` in the page at ``gpa``: H_SUCCESS, or H_PARAMETER for an address
         outside the guest's memory."""
+        return await self._vcpu.on_cpu(lambda: self._write(gpa, value))
+
+    async def read(self, gpa: int) -> int | None:
+        """The value of the page at ``gpa`` (None outside the guest's memory)."""
+        return await self._vcpu.on_cpu(lambda: self._read(gpa))
+
+    async def _write(self, gpa: int, value: int) -> int:
         gfn = gpa >> PAGE_SHIFT
         frame, normal = await self._frame(gfn, "store")
         if frame is None:
@@ -193,8 +220,7 @@ class Guest:
                                  f"{gfn:#x} landed in normal memory the HV can read")
         return H_SUCCESS
 
-    async def read(self, gpa: int) -> int | None:
-        """The value of the page at ``gpa`` (None outside the guest's memory)."""
+    async def _read(self, gpa: int) -> int | None:
         gfn = gpa >> PAGE_SHIFT
         frame, _ = await self._frame(gfn, "load")
         if frame is None:

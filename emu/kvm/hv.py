@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from . import lifecycle, uvmem
 from .hvcall import (
     EBUSY,
+    EFAULT,
     EINVAL,
     H_FUNCTION,
     H_PAGE_IN_SHARED,
@@ -25,6 +26,7 @@ from .hvcall import (
     H_SVM_PAGE_IN,
     H_SVM_PAGE_OUT,
     H_UNSUPPORTED,
+    KVMPPC_SECURE_INIT_DONE,
     KVMPPC_SECURE_INIT_START,
     NAMES,
     PAGE_SHIFT,
@@ -88,11 +90,7 @@ class Hypervisor:
             gfn_before = ""  # another operation overlapped: only a success is checked
 
         name = NAMES.get(req, hex(req))
-        if actor.held != held:
-            extra = ", ".join(h.lock.name for h in actor.held if h not in held)
-            self.m.fail("lock-leak", f"{name} returns with {extra} held")
-        if kvm.pfn_refs.get(actor.name, 0) != refs:
-            self.m.fail("pfn-refcount", f"{name} returns with a gfn_to_pfn reference leaked")
+        self._no_leaks(kvm, name, held, refs)
         if msr_s and not kvm.secure_guest:
             self.m.fail("return-path", f"{name} came from the Ultravisor but returns with rfid "
                         "(secure_guest is 0), not UV_RETURN, into a context that does not exist")
@@ -121,6 +119,39 @@ class Hypervisor:
         elif svm is not None and uv_ids != hv_ids and not self.slot_ops.get(kvm.lpid):
             self.m.fail("slots", f"the UV has slots {uv_ids} registered, the HV's uvmem slots "
                         f"are {hv_ids}")
+
+    def _no_leaks(self, kvm: KVM, name: str, held: list, refs: int) -> None:
+        """What must hold whenever an hcall or a fault returns: no lock still held that
+        was not held on entry, no gfn_to_pfn reference leaked."""
+        actor = self.m.ctl.current
+        if actor.held != held:
+            extra = ", ".join(h.lock.name for h in actor.held if h not in held)
+            self.m.fail("lock-leak", f"{name} returns with {extra} held")
+        if kvm.pfn_refs.get(actor.name, 0) != refs:
+            self.m.fail("pfn-refcount", f"{name} returns with a gfn_to_pfn reference leaked")
+
+    # ------------------------------------------------------------------ the radix MMU
+    async def radix_page_fault(self, kvm: KVM, gfn: int) -> int:
+        """kvmppc_book3s_radix_page_fault for a VM past INIT_DONE (R): the page goes to
+        the UV (kvmppc_send_page_to_uv). 0 is RESUME_GUEST."""
+        actor = self.m.ctl.current
+        held, refs = list(actor.held), kvm.pfn_refs.get(actor.name, 0)
+        self.m.note(f"radix page fault on GFN {gfn:#x}")
+        srcu_idx = await kvm.srcu.read_lock()
+        ret = -EFAULT
+        if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
+            ret = await uvmem.kvmppc_send_page_to_uv(kvm, gfn)
+        kvm.srcu.read_unlock(srcu_idx)
+        self._no_leaks(kvm, "the radix page fault", held, refs)
+        return ret
+
+    async def kvm_unmap_radix(self, kvm: KVM, gfn: int) -> None:
+        """An MMU notifier (reclaim, KSM, migration) invalidates one host page: under
+        mmu_lock, a VM past INIT_DONE only tells the UV (UV_PAGE_INVAL) and returns."""
+        await kvm.mmu_lock.lock()
+        if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
+            await kvm.uv.uv_page_inval(kvm.lpid, gfn << PAGE_SHIFT, PAGE_SHIFT)
+        kvm.mmu_lock.unlock()
 
     def _gfn_op(self, kvm: KVM, req: int, regs: list[int]
                 ) -> tuple[str | None, int, str, list[int]]:

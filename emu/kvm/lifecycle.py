@@ -90,19 +90,23 @@ def check_gfn(kvm: KVM, op: str, gfn: int, before: str, rc: int) -> str | None:
 
 
 def check_init_done(kvm: KVM, shared_before: list[int]) -> str | None:
-    """After H_SVM_INIT_DONE succeeded: every registered GFN Secure, except the shared ones,
-    which stay Shared. Scans the page tables in bulk (a 100 GB guest has 1.6 M GFNs)."""
+    """After H_SVM_INIT_DONE succeeded: every GFN of a slot registered with the UV is
+    Secure, except the shared ones, which stay Shared. (A slot being hot-plugged and not
+    registered yet is not the SVM's memory.) Scans the page tables in bulk: a 100 GB guest
+    has 1.6 M GFNs."""
     svm = kvm.uv.svms.get(kvm.lpid)
     for gfn in shared_before:
         if svm is None or gfn not in svm.shared:
             return f"GFN {gfn:#x} Shared --init_done--> {true_gfn_state(kvm, gfn)}: the table " \
                    "says Shared"
     shared = set(shared_before)
-    for slot in kvm.memslots:
-        vma = kvm.mm.vma_lookup(slot.userspace_addr)
-        pte = vma.pte if vma is not None else None
-        for i in range(slot.npages) if pte is None else _non_device(pte):
-            gfn = slot.base_gfn + i
+    for base, npages in svm.slots.values() if svm else ():
+        hva = kvm.gfn_to_hva(base)
+        vma = kvm.mm.vma_lookup(hva) if hva is not None else None
+        first = vma.index(hva) if vma is not None else 0
+        pte = vma.pte[first:first + npages] if vma is not None else None
+        for i in range(npages) if pte is None else _non_device(pte):
+            gfn = base + i
             if gfn not in shared and true_gfn_state(kvm, gfn) == "Normal":
                 return (f"GFN {gfn:#x} Normal --init_done--> Normal: after H_SVM_INIT_DONE "
                         "succeeds no registered GFN may be Normal (the table says Secure)")

@@ -80,6 +80,7 @@ class KVM:
     uvmem_lock: Any = None
     mmu_setup_lock: Any = None
     slots_lock: Any = None
+    mmu_lock: Any = None
 
     def __attrs_post_init__(self) -> None:
         m = self.m
@@ -88,6 +89,7 @@ class KVM:
         self.uvmem_lock = m.mutex("uvmem_lock")
         self.mmu_setup_lock = m.mutex("mmu_setup_lock")
         self.slots_lock = m.mutex("slots_lock")
+        self.mmu_lock = m.spinlock("mmu_lock")
 
     def quirk(self, name: str) -> bool:
         return name in self.quirks

@@ -47,13 +47,15 @@ class Boot:
     """A VM with one memslot per ``slots`` entry, and the boot protocol of its first vCPU."""
 
     def __init__(self, m: Machine, mem_mb: int, design: str, slots: int = 1,
-                 esm: str = "necessary", costs: str = "unit", prealloc: bool = False) -> None:
+                 esm: str = "necessary", costs: str = "unit", prealloc: bool = False,
+                 pcpus: int = 0) -> None:
         self.m = m
         per_slot = mem_mb * 16
         self.npages = per_slot * slots
         # device pages for the guest twice over (room for a hot-plugged DIMM and reboots)
         self.sm = SvmMachine(m, design=design, quirks=m.quirks, esm_pagein=esm,
-                             secure_pages=2 * self.npages + 64, costs=COST_MODELS[costs])
+                             secure_pages=2 * self.npages + 64, costs=COST_MODELS[costs],
+                             pcpus=pcpus)
         self.kvm = self.sm.vm(1, tuple((i * per_slot, per_slot) for i in range(slots)),
                               prealloc)
         self.image = max(2, min(self.npages // 8, IMAGE_PAGES))
@@ -83,11 +85,11 @@ class Boot:
     "esm": Param("necessary", "what UV_ESM pages in", choices=("necessary", "all")),
     "costs": Param("unit", "virtual-time cost model", choices=tuple(COST_MODELS)),
     "prealloc": Param(False, "QEMU populates all guest memory before boot (-mem-prealloc)")})
-def svm_boot(m: Machine, vcpus: int, mem_mb: int, design: str, esm: str, costs: str,
+def svm_boot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, esm: str, costs: str,
              prealloc: bool) -> None:
     """An SVM boots: its image is paged in by UV_ESM, INIT_DONE secures the rest; then every
     vCPU writes and reads back its own pages."""
-    b = Boot(m, mem_mb, design, esm=esm, costs=costs, prealloc=prealloc)
+    b = Boot(m, mem_mb, design, pcpus=pcpus, esm=esm, costs=costs, prealloc=prealloc)
 
     async def boot(g: Guest) -> None:
         await b.boot(g)
@@ -107,12 +109,15 @@ def svm_boot(m: Machine, vcpus: int, mem_mb: int, design: str, esm: str, costs: 
 
 @svm_scenario("share-storm", {"rounds": Param(2, "share/unshare rounds per vCPU", minimum=1),
                               "pool": Param(3, "GFNs the vCPUs share among", minimum=1)})
-def share_storm(m: Machine, vcpus: int, mem_mb: int, design: str, rounds: int,
+def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, rounds: int,
                 pool: int) -> None:
     """After boot, vCPUs share and unshare pages of a small pool concurrently (virtio bounce
-    buffers), writing and reading them, while QEMU reads the pool."""
-    b = Boot(m, mem_mb, design)
+    buffers), writing and reading them, while QEMU reads the pool and the host reclaims its
+    pages (UV_PAGE_INVAL, then a fault sends them to the UV again); finally a vCPU unshares
+    everything (UV_UNSHARE_ALL_PAGES, as before a kexec)."""
+    b = Boot(m, mem_mb, design, pcpus=pcpus)
     gfns = [b.data_gfn(i) for i in range(pool)]
+    done = m.completion("storm done")
 
     async def storm(g: Guest) -> None:
         if g.vcpu == 0:
@@ -122,13 +127,21 @@ def share_storm(m: Machine, vcpus: int, mem_mb: int, design: str, rounds: int,
             gfn = gfns[(g.vcpu + r) % pool]
             if await g.share(gfn) == H_SUCCESS:
                 await g.write(gpa(gfn), 0x5A00 + g.vcpu)
+                await g.read(gpa(gfn))
                 await g.unshare(gfn)
             await g.read(gpa(gfn))
+        done.complete()
+        if g.vcpu == 0:
+            for _ in range(vcpus):
+                await done.wait_for_completion()
+            await g.share(gfns[0])
+            await g.ucall("UV_UNSHARE_ALL_PAGES")
 
     async def qemu(h: Host) -> None:
         await b.booted.wait_for_completion()
         for gfn in gfns:
             await h.read(1, gfn)
+            await h.reclaim(1, gfn)
 
     for _ in range(vcpus):
         b.sm.vcpu(b.kvm, storm)
@@ -138,12 +151,12 @@ def share_storm(m: Machine, vcpus: int, mem_mb: int, design: str, rounds: int,
 @svm_scenario("share-vs-pageout", {
     "setup_fail_pct": Param(30, "chance in percent that migrate_vma_setup fails when a "
                                 "device page is paged out", minimum=0)})
-def share_vs_pageout(m: Machine, vcpus: int, mem_mb: int, design: str,
+def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
                      setup_fail_pct: int) -> None:
     """vCPU 0 keeps secrets in a few pages; QEMU touches them, so host faults page them out
     (migrate_vma_setup sometimes failing); then vCPU 0 reads them back (a first touch pages
     each one in again) while vCPU 1 shares one of them."""
-    b = Boot(m, mem_mb, design)
+    b = Boot(m, mem_mb, design, pcpus=pcpus)
     pages = [b.data_gfn(i) for i in range(3)]
     written = m.completion("secrets written")
     touched = m.completion("QEMU touched them")
@@ -177,10 +190,10 @@ def share_vs_pageout(m: Machine, vcpus: int, mem_mb: int, design: str,
 
 
 @svm_scenario("init-done-vs-share")
-def init_done_vs_share(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
+def init_done_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """The UV shares a page during ESM (a boot-time buffer) while another vCPU's request to
     share a second page races H_SVM_INIT_DONE's migration of the remaining GFNs."""
-    b = Boot(m, mem_mb, design)
+    b = Boot(m, mem_mb, design, pcpus=pcpus)
     early, racing = b.data_gfn(0), b.data_gfn(1)
 
     async def boot(g: Guest) -> None:
@@ -200,7 +213,7 @@ def init_done_vs_share(m: Machine, vcpus: int, mem_mb: int, design: str) -> None
 
 
 @svm_scenario("hotplug-during-esm")
-def hotplug_during_esm(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
+def hotplug_during_esm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """QEMU hot-plugs a DIMM while the SVM goes through ESM; afterwards the SVM uses both
     its boot memory and the new memory.
 
@@ -209,7 +222,7 @@ def hotplug_during_esm(m: Machine, vcpus: int, mem_mb: int, design: str) -> None
     refused and, if it is INIT_START's, ESM aborts and the guest runs as a normal VM. That is
     a spurious boot failure of the modelled kernel (and UV), not a breach, so it is noted in
     the trace rather than reported."""
-    b = Boot(m, mem_mb, design)
+    b = Boot(m, mem_mb, design, pcpus=pcpus)
     base = b.npages
     plugged = m.completion("DIMM plugged")
 
@@ -232,10 +245,10 @@ def hotplug_during_esm(m: Machine, vcpus: int, mem_mb: int, design: str) -> None
 
 
 @svm_scenario("svm-reboot")
-def svm_reboot(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
+def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """An SVM boots, keeps secrets, shares a page; QEMU resets it (KVM_PPC_SVM_OFF, the UV
     terminates it) and it boots again as a secure VM."""
-    b = Boot(m, mem_mb, design)
+    b = Boot(m, mem_mb, design, pcpus=pcpus)
     reset = m.completion("reset done")
     shared = b.data_gfn(1)
 
@@ -272,11 +285,11 @@ def svm_reboot(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
     "fail_slot": Param(0, "the slot whose UV_REGISTER_MEM_SLOT runs out of secure memory "
                           "(slots are walked from the highest base GFN down, so slot 0 "
                           "fails last)", minimum=0)})
-def abort_on_register_failure(m: Machine, vcpus: int, mem_mb: int, design: str, slots: int,
-                              fail_slot: int) -> None:
+def abort_on_register_failure(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
+                              slots: int, fail_slot: int) -> None:
     """UV_REGISTER_MEM_SLOT fails for one slot during H_SVM_INIT_START: the UV aborts ESM
     (H_SVM_INIT_ABORT), the guest's UV_ESM fails, and it goes on as a normal VM."""
-    b = Boot(m, mem_mb, design, slots=slots)
+    b = Boot(m, mem_mb, design, pcpus=pcpus, slots=slots)
     b.sm.uv.fail_register = lambda lpid, slot_id: slot_id == fail_slot % slots
 
     async def boot(g: Guest) -> None:
@@ -294,10 +307,10 @@ def abort_on_register_failure(m: Machine, vcpus: int, mem_mb: int, design: str, 
 
 
 @svm_scenario("svm-off-vs-entry")
-def svm_off_vs_entry(m: Machine, vcpus: int, mem_mb: int, design: str) -> None:
+def svm_off_vs_entry(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """Once the SVM has booted, a vCPU enters the guest while QEMU resets the VM with
     KVM_PPC_SVM_OFF: either the reset is refused (-EBUSY) or the vCPU waits for it."""
-    b = Boot(m, mem_mb, design)
+    b = Boot(m, mem_mb, design, pcpus=pcpus)
 
     async def boot(g: Guest) -> None:
         await b.boot(g)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from ..actors.host import Host
 from ..actors.memctl import MemoryController
+from ..actors.pcpu import PCpu
 from ..actors.ultravisor import Ultravisor
 from ..actors.vcpu import GuestMemory, GuestProgram, VCpu
 from ..hw.costs import UNIT, CostModel
@@ -36,6 +37,7 @@ DESIGNS = {
 
 COMMON_PARAMS = {
     "vcpus": Param(2, "vCPUs of the SVM", minimum=1),
+    "pcpus": Param(0, "pCPUs the vCPUs run on (0: one each)", minimum=0),
     "mem_mb": Param(2, "guest memory in MiB (16 GFNs of 64 KiB per MiB)", minimum=1),
     "design": Param("gfn-states", "HV GFN tracking design", choices=tuple(DESIGNS)),
 }
@@ -46,7 +48,7 @@ HostProgram = Callable[[Host], Awaitable[None]]
 class SvmMachine:
     def __init__(self, m: Machine, *, design: str = "gfn-states", quirks: tuple[str, ...] = (),
                  esm_pagein: str = "necessary", secure_pages: int = 1 << 16,
-                 costs: CostModel = UNIT) -> None:
+                 costs: CostModel = UNIT, pcpus: int = 0) -> None:
         self.m = m
         self.design = design
         self.quirks = tuple(q for q in quirks if q in QUIRKS)
@@ -59,6 +61,8 @@ class SvmMachine:
         self.uv.hv = self.hv
         self.dev = UvmemDevice(secure_pages)
         self.vcpus: list[VCpu] = []
+        self.pcpus: list[PCpu] = []
+        self._npcpus = pcpus
         self._guest_memory: dict[int, GuestMemory] = {}
         m.invariant("never device-backed and shared", self._shared_not_device)
         m.invariant("no vCPU in the guest during SVM_OFF", self._teardown_alone)
@@ -76,8 +80,13 @@ class SvmMachine:
         return kvm
 
     def vcpu(self, kvm: KVM, program: GuestProgram, start: Completion | None = None) -> VCpu:
-        """A vCPU running ``program``; with ``start`` it enters the guest only then."""
-        vcpu = VCpu(self, kvm, sum(v.kvm is kvm for v in self.vcpus), program, start)
+        """A vCPU running ``program`` on the next pCPU (round robin over ``pcpus``; a new
+        one each if 0); with ``start`` it enters the guest only then."""
+        n = len(self.vcpus)
+        if not self._npcpus or n < self._npcpus:
+            self.pcpus.append(PCpu(self.m, n))
+        pcpu = self.pcpus[n % len(self.pcpus)]
+        vcpu = VCpu(self, kvm, sum(v.kvm is kvm for v in self.vcpus), program, pcpu, start)
         self.vcpus.append(vcpu)
         self.m.spawn(vcpu.name, vcpu.run, group=f"vm{kvm.lpid}")
         return vcpu

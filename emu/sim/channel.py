@@ -1,7 +1,9 @@
 """Bounded channels (actor mailboxes) and completions.
 
 ``send`` is disabled while the channel is full, ``receive`` while it is empty; both may
-sleep. Every message gets a flow id, so the Perfetto trace draws an arrow from the send to
+sleep, unless told ``sleeps=False``: a hardware hand-off such as a ucall, where the calling
+CPU spins in firmware rather than sleeping, and which is therefore legal under a spinlock.
+Every message gets a flow id, so the Perfetto trace draws an arrow from the send to
 the receive. A completion is the kernel's ``struct completion``: ``complete`` adds one
 "done", ``complete_all`` makes every present and future wait pass, and
 ``wait_for_completion`` consumes one "done".
@@ -36,9 +38,10 @@ class Channel:
     def holders(self) -> list[Actor]:
         return []
 
-    async def send(self, message: Any) -> None:
+    async def send(self, message: Any, *, sleeps: bool = True) -> None:
         ctl = self._ctl
-        ctl.might_sleep(f"send({self.name})")
+        if sleeps:
+            ctl.might_sleep(f"send({self.name})")
         await ctl.point(f"send {self.name}", lambda: len(self._queue) < self.capacity, self)
         flow = ctl.next_flow()
         self._queue.append((flow, message))
@@ -82,9 +85,10 @@ class Completion:
     def reinit(self) -> None:
         self.done = 0
 
-    async def wait_for_completion(self) -> None:
+    async def wait_for_completion(self, *, sleeps: bool = True) -> None:
         ctl = self._ctl
-        ctl.might_sleep(f"wait_for_completion({self.name})")
+        if sleeps:
+            ctl.might_sleep(f"wait_for_completion({self.name})")
         await ctl.point(f"wait_for_completion {self.name}", lambda: self.done > 0, self)
         self.done -= 1
 
