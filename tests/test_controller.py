@@ -119,24 +119,18 @@ def test_virtual_time_advances_only_when_nobody_can_run():
     assert res.virtual_time == 300
 
 
-def test_raw_trio_primitive_is_named():
+@pytest.mark.parametrize("raw, named", [
+    (lambda: trio.Event().wait(), r"actor 'rogue-vcpu' is blocked in trio Event.wait"),
+    (lambda: trio.sleep(5), r"actor 'rogue-vcpu' is blocked in trio sleep"),
+])
+def test_raw_trio_primitive_is_named(raw, named):
     def build(m):
         async def bad():
-            await trio.Event().wait()
+            await raw()
         m.spawn("rogue-vcpu", bad)
 
-    with pytest.raises(ScenarioError, match=r"actor 'rogue-vcpu' is blocked in trio Event.wait"):
+    with pytest.raises(ScenarioError, match=named):
         run(build, name="raw")
-
-
-def test_raw_trio_sleep_is_named_too():
-    def build(m):
-        async def bad():
-            await trio.sleep(5)
-        m.spawn("napper", bad)
-
-    with pytest.raises(ScenarioError, match="napper"):
-        run(build, name="raw-sleep")
 
 
 def test_sleeping_under_spinlock_is_a_bug():

@@ -70,9 +70,6 @@ class FramePool:
             frame = self.frames[pfn] = Frame()
         return frame
 
-    def allocated(self) -> int:
-        return self._live.count(1)
-
 
 class PhysicalMemory:
     def __init__(self) -> None:

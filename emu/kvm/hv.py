@@ -19,6 +19,7 @@ from .hvcall import (
     EINVAL,
     H_FUNCTION,
     H_PAGE_IN_SHARED,
+    H_PARAMETER,
     H_SUCCESS,
     H_SVM_INIT_ABORT,
     H_SVM_INIT_DONE,
@@ -169,6 +170,8 @@ class Hypervisor:
         problem = None
         if req in VM_OPS:
             problem = lifecycle.check_vm(kvm, VM_OPS[req], vm_before, rc)
+        if problem is None and req == H_SVM_INIT_ABORT and rc == H_PARAMETER:
+            problem = lifecycle.check_terminated(kvm, "abort")
         if problem is None and gfn_op in ("share", "unshare"):
             problem = lifecycle.check_gfn(kvm, gfn_op, gfn, gfn_before, rc)
         if problem is None and gfn_op == "init_done" and rc == H_SUCCESS:
@@ -227,7 +230,8 @@ class Hypervisor:
         self.teardown[kvm.lpid] = False
         kvm.mmu_setup_lock.unlock()
         if ret == 0:
-            problem = lifecycle.check_vm(kvm, "TERMINATE", vm_before, H_SUCCESS)
+            problem = lifecycle.check_vm(kvm, "TERMINATE", vm_before, H_SUCCESS) or \
+                lifecycle.check_terminated(kvm, "terminate")
             if problem:
                 self.m.fail("life-cycle", problem)
         return ret

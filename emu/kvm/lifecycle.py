@@ -113,6 +113,19 @@ def check_init_done(kvm: KVM, shared_before: list[int]) -> str | None:
     return None
 
 
+def check_terminated(kvm: KVM, op: str) -> str | None:
+    """After an abort or a terminate every GFN of the VM is Normal: no device page left in
+    QEMU's page tables, nothing the UV still holds."""
+    if kvm.uv.svms.get(kvm.lpid) is not None:
+        return f"the UV still knows VM {kvm.lpid} after {op}"
+    for slot in kvm.memslots:
+        vma = kvm.mm.vma_lookup(slot.userspace_addr)
+        if vma is not None and len(vma.pte) and min(vma.pte) < 0:
+            gfn = slot.base_gfn + next(i for i, v in enumerate(vma.pte) if v < 0)
+            return f"GFN {gfn:#x} Secure --{op}--> Secure: the table says Normal"
+    return None
+
+
 def _non_device(pte) -> list[int]:
     """Indices of the pages not backed by a device page."""
     return [i for i, v in enumerate(pte) if v >= 0]
