@@ -188,7 +188,8 @@ def _hunt_report(h: HuntResult, out: str, timeline: int, checked: bool) -> None:
         click.echo("no violation found")
         return
     if h.violating > 1:
-        click.echo(f"violations in {h.violating} of {h.schedules} schedules; the first:")
+        which = "the first fatal one" if h.found.violation.fatal else "the first"
+        click.echo(f"violations in {h.violating} of {h.schedules} schedules; {which}:")
     r = h.found
     click.echo(f"FOUND in seed {r.seed}:")
     _show_found(r, timeline)

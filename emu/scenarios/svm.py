@@ -244,6 +244,44 @@ def hotplug_during_esm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: 
     b.sm.host(qemu)
 
 
+@svm_scenario("dimm-hotplug")
+def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
+    """QEMU plugs a DIMM into a booted SVM (its memory goes straight to Secure), one vCPU
+    uses it, then QEMU unplugs it (drop_pages, UV_UNREGISTER_MEM_SLOT, munmap) while another
+    vCPU shares, unshares and touches its boot memory."""
+    b = Boot(m, mem_mb, design, pcpus=pcpus)
+    base, dimm = b.npages, mem_mb * 16
+    plugged, used = m.completion("DIMM plugged"), m.completion("DIMM used")
+
+    async def user(g: Guest) -> None:
+        await b.boot(g)
+        await plugged.wait_for_completion()
+        for gfn in (base, base + dimm - 1):
+            await g.write(gpa(gfn), 0xD1 + gfn)
+            await g.read(gpa(gfn))
+        used.complete_all()  # the guest offlines the DIMM before QEMU removes it
+
+    async def busy(g: Guest) -> None:
+        await used.wait_for_completion()
+        gfn = b.data_gfn(g.vcpu)
+        await g.write(gpa(gfn), 0xB5)
+        if await g.share(gfn) == H_SUCCESS:
+            await g.unshare(gfn)
+        await g.read(gpa(gfn))
+
+    async def qemu(h: Host) -> None:
+        await b.booted.wait_for_completion()
+        await h.hotplug(1, 1, base, dimm)
+        plugged.complete_all()
+        await used.wait_for_completion()
+        await h.unplug(1, 1)
+
+    b.sm.vcpu(b.kvm, user)
+    for _ in range(1, max(vcpus, 2)):
+        b.sm.vcpu(b.kvm, busy)
+    b.sm.host(qemu)
+
+
 @svm_scenario("svm-reboot")
 def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """An SVM boots, keeps secrets, shares a page; QEMU resets it (KVM_PPC_SVM_OFF, the UV
