@@ -217,6 +217,7 @@ class Hypervisor:
                 kvm.mmu_setup_lock.unlock()
                 return -EBUSY
         self.teardown[kvm.lpid] = True
+        self.slot_ops[kvm.lpid] = self.slot_ops.get(kvm.lpid, 0) + 1
         srcu_idx = await kvm.srcu.read_lock()
         for memslot in kvm.memslots:
             await uvmem.kvmppc_uvmem_drop_pages(memslot, kvm, True)
@@ -227,6 +228,7 @@ class Hypervisor:
         else:
             kvm.secure_guest = 0
             kvm.mmu_ready = mmu_was_ready
+        self.slot_ops[kvm.lpid] -= 1
         self.teardown[kvm.lpid] = False
         kvm.mmu_setup_lock.unlock()
         if ret == 0:
