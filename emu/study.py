@@ -14,6 +14,7 @@ the simulated points, and marked so.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import attrs
@@ -70,12 +71,10 @@ def esm_scaling(sizes: tuple[float, ...] = SIZES_GB, max_full_gb: float = 8,
 
 
 def _fit(xy: list[tuple[float, float]]) -> tuple[float, float]:
-    n = len(xy)
-    if n < 2:
+    """Least squares (slope, intercept); with one point, the line through the origin."""
+    if len(xy) < 2:
         return (xy[0][1] / xy[0][0], 0.0) if xy else (0.0, 0.0)
-    mx, my = sum(x for x, _ in xy) / n, sum(y for _, y in xy) / n
-    slope = sum((x - mx) * (y - my) for x, y in xy) / sum((x - mx) ** 2 for x, _ in xy)
-    return slope, my - slope * mx
+    return tuple(statistics.linear_regression([x for x, _ in xy], [y for _, y in xy]))
 
 
 def table(points: list[Point]) -> str:

@@ -34,9 +34,7 @@ class Host:
         if hva is None:
             return None
         actor = self.m.ctl.current
-        await kvm.mm.mmap_lock.down_read()
-        pfn = await kvm.fault_in(hva)
-        kvm.mm.mmap_lock.up_read()
+        pfn = await kvm.host_fault(hva)
         if actor.held:
             self.m.fail("lock-leak", "the host page fault returns with "
                         + ", ".join(h.lock.name for h in actor.held) + " held")

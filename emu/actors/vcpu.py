@@ -245,9 +245,5 @@ class Guest:
         hva = kvm.gfn_to_hva(gfn)
         if hva is None:
             return None, False
-        await kvm.mm.mmap_lock.down_read()
-        try:
-            pfn = await kvm.fault_in(hva)
-        finally:
-            kvm.mm.mmap_lock.up_read()
+        pfn = await kvm.host_fault(hva)
         return (kvm.memory.normal[pfn], True) if pfn > 0 else (None, False)

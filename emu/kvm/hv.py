@@ -81,8 +81,8 @@ class Hypervisor:
         ops[1] += 1
         started = ops[1]
 
-        mine = self._registered_by(kvm, actor.name)
         slot_op = req == H_SVM_INIT_START
+        mine = self._registered_by(kvm, actor.name) if slot_op else set()
         self.slot_ops[lpid] = self.slot_ops.get(lpid, 0) + slot_op
         rc = await self._dispatch(kvm, req, regs, msr_s)
         self.slot_ops[lpid] -= slot_op

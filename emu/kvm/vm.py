@@ -153,16 +153,20 @@ class KVM:
         hva = self.gfn_to_hva(gfn)
         if hva is None:
             return KVM_PFN_NOSLOT
-        mm = self.mm
-        await mm.mmap_lock.down_read()
-        try:
-            pfn = await self.fault_in(hva)
-        finally:
-            mm.mmap_lock.up_read()
+        pfn = await self.host_fault(hva)
         if pfn > 0:
             actor = self.m.ctl.current.name
             self.pfn_refs[actor] = self.pfn_refs.get(actor, 0) + 1
         return pfn
+
+    async def host_fault(self, hva: int) -> int:
+        """A host access to ``hva`` (get_user_pages, QEMU, a guest's radix access): take
+        mmap_lock for read and fault the page in. The normal pfn, or KVM_PFN_ERR_FAULT."""
+        await self.mm.mmap_lock.down_read()
+        try:
+            return await self.fault_in(hva)
+        finally:
+            self.mm.mmap_lock.up_read()
 
     async def fault_in(self, hva: int) -> int:
         """handle_mm_fault for one host page (mmap_lock held): the normal pfn now backing

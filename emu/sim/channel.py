@@ -93,6 +93,4 @@ class Completion:
         self.done -= 1
 
     def _note(self, what: str) -> None:
-        ctl = self._ctl
-        actor = ctl.current.index if ctl.current is not None else -1
-        ctl.trace.add(ctl.step, actor, "note", f"{what}({self.name})")
+        self._ctl.annotate("note", f"{what}({self.name})")

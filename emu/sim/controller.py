@@ -122,6 +122,10 @@ class Controller:
         self._workers += not daemon
         return actor
 
+    def annotate(self, kind: str, text: str, data: Any = None) -> None:
+        """A trace event by the current actor (the controller's own, -1, between actors)."""
+        self.trace.add(self.step, self.current.index if self.current else -1, kind, text, data)
+
     def next_flow(self) -> int:
         self._flow += 1
         return self._flow

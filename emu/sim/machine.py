@@ -87,9 +87,7 @@ class Machine:
 
     # trace annotations
     def counter(self, name: str, value: int | float) -> None:
-        ctl = self.ctl
-        ctl.trace.add(ctl.step, ctl.current.index if ctl.current else -1, "counter", name, value)
+        self.ctl.annotate("counter", name, value)
 
     def note(self, text: str) -> None:
-        ctl = self.ctl
-        ctl.trace.add(ctl.step, ctl.current.index if ctl.current else -1, "note", text)
+        self.ctl.annotate("note", text)
