@@ -1,14 +1,15 @@
-"""The ``emu`` command: list, run, hunt, replay.
+"""The ``emu`` command: list, run, hunt, replay, study.
 
-Exit status: 0 clean, 1 violation found, 2 usage or input error (one line, no traceback).
+Exit status: 0 clean, 1 violation found, 2 usage or input error (one line, no traceback),
+128 + the signal's number when interrupted (130 for Ctrl-C, 143 for SIGTERM); a hunt's
+findings are on disk before they are announced, so an interrupt loses none of them.
 """
 
 from __future__ import annotations
 
-import re
+import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -19,13 +20,18 @@ from . import __version__
 from .errors import EmuError
 from .sim import replay as replay_file
 from .sim.explain import explain
+from .sim.files import check_dir, check_file
+from .sim.findings import FindingLog
+from .sim.interrupt import Interrupted, handle_signals
 from .sim.perfetto import write_perfetto
-from .sim.runner import HuntResult, RunResult, hunt, run
+from .sim.replay import MAX_SEED
+from .sim.runner import MAX_DEPTH, HuntResult, RunResult, hunt, run
 from .sim.scenario import builtin_scenarios, suites
 from .sim.strategies import pct_bound
 from .study import SIZES_GB, STUDIES, esm_scaling, plot, table
 
 CLEAN, VIOLATION, USAGE = 0, 1, 2
+VERBOSE = {"on": False}
 
 
 def _params(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -36,10 +42,6 @@ def _params(pairs: tuple[str, ...]) -> dict[str, str]:
             raise EmuError(f"bad -p {pair!r}: expected NAME=VALUE")
         out[name.strip()] = value.strip()
     return out
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
 def _verdict(result: RunResult) -> str:
@@ -53,11 +55,10 @@ def _show_found(result: RunResult, last: int) -> None:
     click.echo(explain(result, last))
 
 
-def _pct_line(strategy: dict[str, Any], n: int, k: int) -> str:
-    d = strategy["depth"]
-    bound = pct_bound(n, k, d)
+def _pct_line(strategy: dict[str, Any], n: int) -> str:
+    d, k = strategy["depth"], strategy["k"]
     return (f"PCT depth {d}: per-run probability bound 1/(n*k^(d-1)) = 1/({n}*{k}^{d - 1}) "
-            f"= {bound:.3g} (n={n} actors, k={k} steps measured)")
+            f"= {pct_bound(n, k, d)} (n={n} actors, k={k}: the calibration schedule's steps)")
 
 
 DEFAULT_SCENARIO = "svm"
@@ -69,11 +70,17 @@ scenario_options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--quirk", "quirks", multiple=True, metavar="Q",
                  help="Switch a historic bug back on (repeatable)."),
     click.option("--strategy", default="random", show_default=True, help="random or pct."),
-    click.option("--depth", default=3, show_default=True, help="PCT bug depth d."),
-    click.option("--seed", default=0, show_default=True, help="Seed (first seed of a hunt)."),
-    click.option("--max-steps", type=int, default=None,
-                 help="Step budget per schedule (default: the scenario's)."),
+    click.option("--depth", default=3, show_default=True, type=click.IntRange(1, MAX_DEPTH),
+                 help="PCT bug depth d."),
+    click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED - 1),
+                 help="Seed (first seed of a hunt)."),
+    click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                 help="Step budget per schedule (default: the scenario's, which grows with "
+                      "its parameters)."),
 ]
+timeline_option = click.option("--timeline", default=30, show_default=True,
+                               type=click.IntRange(min=0),
+                               help="Steps of the interleaving shown (0: none).")
 
 
 def with_scenario_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,6 +94,7 @@ def with_scenario_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-v", "--verbose", is_flag=True, help="Log every schedule.")
 def cli(verbose: bool) -> None:
     """emu: hunt races in hypervisor memory management."""
+    VERBOSE["on"] = verbose
     logger.remove()
     logger.add(sys.stderr, level="DEBUG" if verbose else "WARNING",
                format="<level>{level: <7}</level> {message}")
@@ -118,68 +126,106 @@ def list_cmd() -> int:
 @with_scenario_options
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
               help="Write the Perfetto trace JSON here.")
-@click.option("--timeline", default=30, show_default=True, help="Steps shown on a violation.")
+@timeline_option
 def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], strategy: str,
             depth: int, seed: int, max_steps: int | None, trace_path: str | None,
             timeline: int) -> int:
+    """Run one schedule of SCENARIO and explain what it found."""
     if scenario in suites():
         raise EmuError(f"{scenario!r} is a suite: 'emu run' takes one scenario "
                        f"({', '.join(suites()[scenario][1])})")
-    """Run one schedule of SCENARIO."""
+    if trace_path is not None:
+        check_file(trace_path, "--trace")
     result = run(scenario, seed=seed, params=_params(params), quirks=quirks, strategy=strategy,
                  depth=depth, max_steps=max_steps)
     click.echo(f"{result.scenario} seed {seed} ({result.strategy['name']}): {result.steps} "
                f"steps, trace hash {result.trace_hash}: {_verdict(result)}")
     if result.strategy["name"] == "pct":
-        click.echo(_pct_line(result.strategy, len(result.trace.actors), result.steps))
+        click.echo(_pct_line(result.strategy, len(result.trace.actors)))
+    if trace_path is not None:
+        click.echo(f"trace: {write_perfetto(result.trace, trace_path, result.scenario)}")
     if not result.ok:
         _show_found(result, timeline)
-    if trace_path:
-        click.echo(f"trace: {write_perfetto(result.trace, trace_path, result.scenario)}")
     return VIOLATION if result.violations else CLEAN
 
 
 @cli.command("hunt")
 @with_scenario_options
-@click.option("--schedules", default=1000, show_default=True, help="How many schedules.")
+@click.option("--schedules", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="How many schedules.")
 @click.option("--out", default="emu-out", show_default=True, type=click.Path(file_okay=False),
-              help="Where the replay file and trace of a finding go.")
+              help="Where findings go: replay files, traces and the findings.jsonl index.")
 @click.option("--check-determinism", is_flag=True,
               help="Run every seed twice and compare trace hashes (implies --keep-going).")
-@click.option("--keep-going", is_flag=True, help="Do not stop at the first violation.")
-@click.option("--timeline", default=30, show_default=True, help="Steps shown on a violation.")
+@click.option("--keep-going", is_flag=True,
+              help="Do not stop at the first violation: save and print each one as found.")
+@timeline_option
 def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], strategy: str,
              depth: int, seed: int, max_steps: int | None, schedules: int, out: str,
              check_determinism: bool, keep_going: bool, timeline: int) -> int:
     """Run up to N schedules of SCENARIO, stopping at the first violation. SCENARIO may be
-    a suite (svm, engine: each of its scenarios in turn); the default is the svm suite."""
+    a suite (svm, engine: each of its scenarios in turn); the default is the svm suite.
+    Every finding is written to --out the moment it is found. Ctrl-C or SIGTERM stops the
+    hunt after the schedule in flight (exit 130 or 143); a second one stops it at once."""
     names = suites().get(scenario, ("", [scenario]))[1]
+    log = FindingLog(out)
     status = CLEAN
-    for name in names:
-        with tqdm(total=schedules, unit="sched", file=sys.stderr, disable=None, leave=False,
-                  desc=name) as bar:
-            def progress(done: int, result: RunResult) -> None:
-                bar.update(1)
-                logger.debug("seed {}: {} steps, hash {}, {}", result.seed, result.steps,
-                             result.trace_hash, _verdict(result))
-
-            found = hunt(name, schedules=schedules, seed=seed, params=_params(params),
-                         quirks=quirks, strategy=strategy, depth=depth, max_steps=max_steps,
-                         check_determinism=check_determinism, keep_going=keep_going,
-                         progress=progress)
-        _hunt_report(found, out, timeline, check_determinism)
-        if found.mismatches or found.found is not None:
-            status = VIOLATION
+    done: list[HuntResult] = []
+    try:
+        for name in names:
+            found = _hunt_one(name, log, params=_params(params), quirks=quirks,
+                              strategy=strategy, depth=depth, seed=seed, max_steps=max_steps,
+                              schedules=schedules, check_determinism=check_determinism,
+                              keep_going=keep_going)
+            done.append(found)
+            _hunt_report(found, log, timeline, check_determinism)
+            if found.mismatches or found.found is not None:
+                status = VIOLATION
+            if found.interrupted is not None:
+                return _interrupted(found.interrupted, done, log)
+    except KeyboardInterrupt:  # a second signal: stop at once
+        return _interrupted(signal.SIGINT, done, log)
     return status
 
 
-def _hunt_report(h: HuntResult, out: str, timeline: int, checked: bool) -> None:
+def _hunt_one(name: str, log: FindingLog, *, schedules: int, **options: Any) -> HuntResult:
+    with tqdm(total=schedules, unit="sched", file=sys.stderr, disable=None, leave=False,
+              desc=name) as bar:
+        def progress(done: int, result: RunResult) -> None:
+            bar.update(1)
+            logger.debug("seed {}: {} steps, hash {}, {}", result.seed, result.steps,
+                         result.trace_hash, _verdict(result))
+
+        def on_finding(result: RunResult) -> None:
+            saved = log.save(result)  # on disk before it is announced
+            tqdm.write(f"finding: {result.scenario} seed {result.seed}: {_verdict(result)} "
+                       f"(saved {saved.replay})", file=sys.stdout)
+
+        return hunt(name, schedules=schedules, progress=progress, on_finding=on_finding,
+                    **options)
+
+
+def _interrupted(signum: int, done: list[HuntResult], log: FindingLog) -> int:
+    ran = sum(h.schedules for h in done)
+    where = (f"every one is saved in {log.out}/ (index {log.index})" if log.saved
+             else "nothing was found")
+    resume = ""
+    if done and done[-1].interrupted is not None:
+        h = done[-1]
+        resume = (f" To go on where it stopped: emu hunt {h.scenario} --seed "
+                  f"{h.seed + h.schedules} (plus the same options).")
+    click.echo(f"interrupted by {signal.Signals(signum).name}: {ran} schedules ran in "
+               f"{len(done)} hunt(s), {len(log.saved)} finding(s); {where}.{resume}")
+    return 128 + signum
+
+
+def _hunt_report(h: HuntResult, log: FindingLog, timeline: int, checked: bool) -> None:
     last = h.seed + h.schedules - 1
     click.echo(f"hunt {h.scenario} ({h.strategy['name']}): {h.schedules} schedules, seeds "
                f"{h.seed}..{last}; steps max {h.steps_max}, total {h.steps_total}; "
                f"{h.decisions_per_second:,.0f} decisions/s")
-    if h.strategy["name"] == "pct":
-        click.echo(_pct_line(h.strategy, h.actors, h.steps_max))
+    if h.strategy["name"] == "pct" and "k" in h.strategy:
+        click.echo(_pct_line(h.strategy, h.actors))
     if checked:
         click.echo(f"determinism: every seed run twice, {len(h.mismatches)} mismatches")
         for s, a, b in h.mismatches:
@@ -191,13 +237,12 @@ def _hunt_report(h: HuntResult, out: str, timeline: int, checked: bool) -> None:
         which = "the first fatal one" if h.found.violation.fatal else "the first"
         click.echo(f"violations in {h.violating} of {h.schedules} schedules; {which}:")
     r = h.found
+    saved = log.get(r) or log.save(r)
     click.echo(f"FOUND in seed {r.seed}:")
     _show_found(r, timeline)
-    stem = Path(out) / f"{_slug(r.scenario)}-seed{r.seed}"
-    rfile = replay_file.save(stem.with_suffix(".replay.json"), r)
-    tfile = write_perfetto(r.trace, stem.with_suffix(".trace.json"), r.scenario)
-    click.echo(f"replay file: {rfile}\ntrace:       {tfile} (open in ui.perfetto.dev)\n"
-               f"replay with: emu replay {rfile} --explain")
+    click.echo(f"replay file: {saved.replay}\ntrace:       {saved.trace} (open in "
+               f"ui.perfetto.dev)\nall findings: {log.index}\n"
+               f"replay with: emu replay {saved.replay} --explain")
 
 
 @cli.command("replay")
@@ -205,17 +250,25 @@ def _hunt_report(h: HuntResult, out: str, timeline: int, checked: bool) -> None:
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
               help="Write the Perfetto trace JSON here.")
 @click.option("--explain", "show", is_flag=True, help="Explain the violation step by step.")
-@click.option("--timeline", default=40, show_default=True, help="Steps shown by --explain.")
-def replay_cmd(file: str, trace_path: str | None, show: bool, timeline: int) -> int:
+@click.option("--accept-edits", is_flag=True,
+              help="Replay a file that was edited after emu wrote it, as it now reads.")
+@timeline_option
+def replay_cmd(file: str, trace_path: str | None, show: bool, accept_edits: bool,
+               timeline: int) -> int:
     """Re-run a replay FILE and check that the trace hash matches."""
-    data = replay_file.load(file)
-    rep = replay_file.replay(data)
+    if trace_path is not None:
+        check_file(trace_path, "--trace")
+    data = replay_file.load(file, accept_edits=accept_edits)
+    spec, note = replay_file.scenario_spec(data, file)
+    if note:
+        click.echo(note)
+    rep = replay_file.replay(data, spec)
     r = rep.result
     click.echo(f"replay {r.scenario} seed {r.seed} ({r.strategy['name']}): {r.steps} steps: "
                f"{_verdict(r)}")
     if show:
         _show_found(r, timeline)
-    if trace_path:
+    if trace_path is not None:
         click.echo(f"trace: {write_perfetto(r.trace, trace_path, r.scenario)}")
     if rep.matched:
         click.echo(f"trace hash {r.trace_hash}: matched")
@@ -242,30 +295,70 @@ def study_cmd(name: str, sizes: str, max_full_gb: float, out: str) -> int:
         raise EmuError(f"bad --sizes {sizes!r}: expected numbers separated by commas") from None
     if not gbs or min(gbs) <= 0:
         raise EmuError(f"bad --sizes {sizes!r}: sizes must be positive")
+    out_dir = check_dir(out, "--out")
     click.echo(f"{name}: {STUDIES[name]}")
     points = esm_scaling(gbs, max_full_gb, progress=lambda line: click.echo("  " + line))
     click.echo(table(points))
-    click.echo(f"plot: {plot(points, Path(out) / f'{name}.png')}")
+    click.echo(f"plot: {plot(points, out_dir / f'{name}.png')}")
     return CLEAN
+
+
+USAGE_TEXT = """usage: emu COMMAND [ARGS]...    hunt races in hypervisor memory management
+commands: list, run, hunt, replay, study (emu COMMAND --help); emu --help for more"""
+
+
+def _one_line(message: str) -> str:
+    """The first line of ``message``; the rest is shown only with ``emu -v``."""
+    first, *rest = message.strip().splitlines() or [""]
+    if not rest:
+        return first
+    if VERBOSE["on"]:
+        return "\n".join([first, *rest])
+    return f"{first} [{len(rest)} more line(s): emu -v shows them]"
+
+
+def _error(message: str) -> None:
+    click.echo(f"emu: error: {_one_line(message)}", err=True)
+    sys.exit(USAGE)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """A KeyboardInterrupt, alone or inside what Trio wraps it in."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt | click.Abort):
+            return True
+        if isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[0] is not None:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every user error is one line and exit status 2."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        click.echo(USAGE_TEXT, err=True)
+        sys.exit(USAGE)
+    VERBOSE["on"] = False
+    logger.remove()
     try:
-        status = cli.main(args=argv, prog_name="emu", standalone_mode=False)
+        with handle_signals():
+            status = cli.main(args=args, prog_name="emu", standalone_mode=False)
     except click.UsageError as exc:
         hint = f" (see 'emu {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
-        click.echo(f"emu: error: {exc.format_message()}{hint}", err=True)
-        sys.exit(USAGE)
+        _error(f"{_one_line(exc.format_message())}{hint}")
     except click.ClickException as exc:
-        click.echo(f"emu: error: {exc.format_message()}", err=True)
-        sys.exit(USAGE)
+        _error(exc.format_message())
+    except Interrupted as exc:
+        click.echo(f"emu: {exc}", err=True)
+        sys.exit(128 + exc.signum)
     except EmuError as exc:
-        click.echo(f"emu: error: {exc}", err=True)
-        sys.exit(USAGE)
-    except click.Abort:
+        _error(str(exc))
+    except BaseException as exc:
+        if not _is_interrupt(exc):
+            raise
         click.echo("emu: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGINT)
     sys.exit(status if isinstance(status, int) else CLEAN)
 
 

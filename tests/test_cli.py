@@ -101,7 +101,7 @@ def _one_line_error(r, text):
     (["run", "lost-update", "-p", "actors=0"], "at least 1"),
     (["run", "lost-update", "-p", "color=red"], "unknown parameter 'color'"),
     (["run", "lost-update", "--strategy", "dfs"], "unknown strategy 'dfs'"),
-    (["hunt", "lost-update", "--schedules", "0"], "at least 1"),
+    (["hunt", "lost-update", "--schedules", "0"], "0 is not in the range x>=1"),
     (["run", "lost-update", "--seed", "x"], "'x' is not a valid integer"),
     (["run", "missing.py:f"], "no scenario file 'missing.py'"),
     (["replay", "/nonexistent/r.json"], "no replay file"),
@@ -129,10 +129,12 @@ def test_replay_file_from_another_scenario(cli, tmp_path):
     data = json.loads(path.read_text())
     data["scenario"] = "abba"
     path.write_text(json.dumps(data))
-    _one_line_error(cli("replay", str(path)), "unknown parameter 'actors' for scenario abba")
+    _one_line_error(cli("replay", str(path)), "was edited after emu wrote it")
+    _one_line_error(cli("replay", str(path), "--accept-edits"),
+                    "unknown parameter 'actors' for scenario abba")
     data["params"] = {}
     path.write_text(json.dumps(data))
-    _one_line_error(cli("replay", str(path)), "the replay file chooses worker")
+    _one_line_error(cli("replay", str(path), "--accept-edits"), "the replay file chooses worker")
 
 
 def test_bad_scenario_file(cli, tmp_path):

@@ -15,9 +15,13 @@ def test_hunt_finds_lost_update_and_writes_replay(cli, tmp_path):
     assert "counter is 2 after 3 increments" in r.out
     assert "write-write conflict on counter" in r.out
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 2 and files[0].endswith(".replay.json")
-    data = json.loads((tmp_path / files[0]).read_text())
+    assert files == ["findings.jsonl", "lost-update-seed3.replay.json",
+                     "lost-update-seed3.trace.json"]
+    data = json.loads((tmp_path / files[1]).read_text())
     assert data["scenario"] == "lost-update" and data["violation"]["kind"] == "invariant"
+    index = [json.loads(line) for line in (tmp_path / files[0]).read_text().splitlines()]
+    assert [(f["seed"], f["kind"], f["replay"]) for f in index] == [
+        (3, "invariant", str(tmp_path / files[1]))]
 
 
 def test_replay_reproduces_hash_in_fresh_processes(tmp_path, emu_proc):

@@ -85,6 +85,9 @@ class Controller:
     def __init__(self, strategy: Any, *, max_steps: int = 10_000) -> None:
         self.strategy = strategy
         self.max_steps = max_steps
+        self._limit = max_steps
+        """The step at which the schedule ends: the budget, or now when a stop is asked."""
+        self._stop_error: EmuError | None = None
         self.trace = Trace()
         self.lockdep = Lockdep(self)
         self.actors: list[Actor] = []
@@ -197,6 +200,12 @@ class Controller:
         self._halt()
         raise Stop
 
+    def stop_soon(self, error: EmuError) -> None:
+        """End the run with ``error`` at the next decision (safe from a signal handler: it
+        only lowers the step limit that every decision compares against anyway)."""
+        self._stop_error = error
+        self._limit = -1
+
     def _check(self, checks: list[tuple[str, Check]]) -> None:
         for name, check in checks:
             try:
@@ -229,7 +238,9 @@ class Controller:
                 self._timers.pop(0)
         if not enabled:
             self._deadlock()
-        if self.step >= self.max_steps:
+        if self.step >= self._limit:
+            if self._stop_error is not None:
+                self.abort_run(self._stop_error)
             self.fail("liveness", f"no progress in {self.max_steps} steps",
                       details="\n".join("  " + a.describe() for a in self.live))
         chosen = self.strategy.choose(enabled, self)

@@ -42,6 +42,7 @@ def explain(result: RunResult, last: int = 40) -> str:
     conflicts = lost_updates(result)
     if conflicts:
         lines += ["", "conflicting accesses:"] + [f"  {c}" for c in conflicts]
-    lines += ["", f"interleaving (last {min(last, result.steps)} of {result.steps} steps):",
-              result.trace.timeline(last)]
+    if last > 0:
+        lines += ["", f"interleaving (last {min(last, result.steps)} of {result.steps} steps):",
+                  result.trace.timeline(last)]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomic
 from .trace import Trace
 
 
@@ -58,7 +59,5 @@ def to_perfetto(trace: Trace, title: str = "emu") -> dict[str, Any]:
 
 
 def write_perfetto(trace: Trace, path: str | Path, title: str = "emu") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_perfetto(trace, title), separators=(",", ":")) + "\n")
-    return path
+    """Write the trace whole or not at all (see ``files.write_atomic``)."""
+    return write_atomic(path, json.dumps(to_perfetto(trace, title), separators=(",", ":")) + "\n")

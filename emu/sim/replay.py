@@ -2,36 +2,65 @@
 
 JSON with a format tag and version, the emu version, the scenario and its parameters, the
 quirks, the strategy and seed, the step budget, the decision list ``[step, actor, op]``,
-the violation found and the trace hash. ``replay`` re-runs the decisions and says whether
-the trace hash matched.
+the violation found, the trace hash, and a checksum over all of it. A scenario loaded from
+a file is recorded by its path (relative to the working directory, to the replay file, and
+absolute) and the SHA-256 of its content, so the file is found from anywhere and a change
+to it is named before it can show up as a divergence.
+
+``load`` refuses, in one line, anything that is not a file this emu wrote and nobody
+edited (bounded size, nesting and numbers; steps counting 1, 2, 3...; the checksum), unless
+edits are accepted, in which case the file is replayed exactly as it now reads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from ..errors import EmuError
-from .runner import RunResult, run_decisions
+from .files import read_bounded, write_atomic
+from .runner import MAX_DEPTH, MAX_STEPS, RunResult, run_decisions
 
 FORMAT = "emu-replay"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)
+"""Format 1 (emu 0.1.0) has no checksum and no scenario-file record; it is still read."""
+MAX_BYTES = 256 * 2**20
+MAX_SEED = 2**64
 _REQUIRED = {"scenario": str, "params": dict, "quirks": list, "strategy": dict, "seed": int,
              "max_steps": int, "decisions": list, "trace_hash": str}
 
 
-def replay_data(result: RunResult) -> dict[str, Any]:
+def _checksum(data: dict[str, Any]) -> str:
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _scenario_file(result: RunResult, replay_path: Path) -> dict[str, str] | None:
+    if result.source is None:
+        return None
+    absolute, digest = result.source
+    return {"path": os.path.relpath(absolute), "from_replay_file":
+            os.path.relpath(absolute, replay_path.resolve().parent), "absolute": absolute,
+            "sha256": digest}
+
+
+def replay_data(result: RunResult, path: Path) -> dict[str, Any]:
     from .. import __version__
 
     v = result.violation
-    return {
+    data = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "emu_version": __version__,
         "scenario": result.scenario,
+        "scenario_file": _scenario_file(result, path),
         "params": result.params,
         "quirks": list(result.quirks),
         "strategy": result.strategy,
@@ -41,46 +70,108 @@ def replay_data(result: RunResult) -> dict[str, Any]:
         "trace_hash": result.trace_hash,
         "decisions": [list(d) for d in result.decisions],
     }
+    data["checksum"] = _checksum(data)
+    return data
 
 
 def save(path: str | Path, result: RunResult) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(replay_data(result), indent=1) + "\n")
-    return path
+    return write_atomic(path, json.dumps(replay_data(result, path), indent=1) + "\n")
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def load(path: str | Path, *, accept_edits: bool = False) -> dict[str, Any]:
     """Read and validate a replay file; every problem is one clear EmuError."""
     path = Path(path)
+    raw = read_bounded(path, MAX_BYTES, "replay file")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EmuError(f"no replay file {str(path)!r}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EmuError(f"cannot read replay file {str(path)!r}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise EmuError(f"{path} is not a replay file: invalid JSON ({exc})") from None
+        data = json.loads(raw)
+    except RecursionError:
+        raise EmuError(f"{path} is not a replay file: JSON nested too deeply") from None
+    except UnicodeDecodeError:
+        raise EmuError(f"{path} is not a replay file: not UTF-8 text") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of thousands of digits
+        raise EmuError(f"{path} is not a replay file: invalid JSON "
+                       f"({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise EmuError(f"{path} is not a replay file (no \"format\": \"{FORMAT}\")")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS:
         raise EmuError(f"{path} has replay format version {version!r}; this emu reads "
-                       f"version {FORMAT_VERSION}")
+                       f"versions {', '.join(map(str, READS))}")
+    edited = "checksum" in data and data["checksum"] != _checksum(data)
+    if edited and not accept_edits:
+        raise EmuError(f"{path} was edited after emu wrote it (its checksum does not match); "
+                       "'emu replay --accept-edits' replays it as it now reads")
+    _validate(path, data)
+    if version >= 2 and "checksum" not in data and not accept_edits:
+        raise _corrupt(path, "no checksum")
+    return data
+
+
+def _corrupt(path: Path, what: str) -> EmuError:
+    return EmuError(f"{path} is a corrupt replay file: {what}")
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _validate(path: Path, data: dict[str, Any]) -> None:
     for key, kind in _REQUIRED.items():
-        if not isinstance(data.get(key), kind):
-            raise EmuError(f"{path} is a corrupt replay file: {key!r} missing or not a "
-                           f"{kind.__name__}")
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise _corrupt(path, f"{key!r} missing or not a {kind.__name__}")
+    if not _int_in(data["seed"], 0, MAX_SEED - 1):
+        raise _corrupt(path, f"seed {data['seed']} out of range (0 to 2^64-1)")
+    if not _int_in(data["max_steps"], 1, MAX_STEPS):
+        raise _corrupt(path, f"max_steps {data['max_steps']} out of range")
     strategy = data["strategy"]
     if strategy.get("name") not in ("random", "pct") or (
-            strategy["name"] == "pct" and not all(isinstance(strategy.get(k), int) and
-                                                 strategy[k] >= 1 for k in ("depth", "k"))):
-        raise EmuError(f"{path} is a corrupt replay file: bad strategy {strategy!r}")
-    for d in data["decisions"]:
-        if not (isinstance(d, list) and len(d) == 3 and isinstance(d[0], int)
+            strategy["name"] == "pct" and not (_int_in(strategy.get("depth"), 1, MAX_DEPTH)
+                                               and _int_in(strategy.get("k"), 1, MAX_STEPS))):
+        raise _corrupt(path, f"bad strategy {json.dumps(strategy)[:80]}")
+    if not all(isinstance(q, str) for q in data["quirks"]):
+        raise _corrupt(path, "quirks must be names")
+    decisions = data["decisions"]
+    if len(decisions) > data["max_steps"]:
+        raise _corrupt(path, f"{len(decisions)} decisions, more than max_steps "
+                             f"{data['max_steps']}")
+    for i, d in enumerate(decisions, 1):
+        if not (isinstance(d, list) and len(d) == 3 and type(d[0]) is int
                 and isinstance(d[1], str) and isinstance(d[2], str)):
-            raise EmuError(f"{path} is a corrupt replay file: bad decision {d!r}")
-    return data
+            raise _corrupt(path, f"decision {i} is not [step, actor, operation]")
+        if d[0] != i:
+            raise _corrupt(path, f"decision {i} is numbered step {d[0]}")
+    digest = data["trace_hash"]
+    if len(digest) != 16 or any(c not in "0123456789abcdef" for c in digest):
+        raise _corrupt(path, f"trace_hash {digest[:40]!r} is not 16 hex digits")
+    record = data.get("scenario_file")
+    if record is not None and not (isinstance(record, dict) and all(
+            isinstance(record.get(k), str) for k in ("path", "absolute", "sha256"))):
+        raise _corrupt(path, "bad scenario_file record")
+
+
+def scenario_spec(data: dict[str, Any], path: str | Path) -> tuple[str, str | None]:
+    """The scenario to replay (a name, or ``file.py:function`` located afresh) and a note
+    when its file changed since the replay file was written."""
+    record = data.get("scenario_file")
+    if record is None:
+        return data["scenario"], None
+    func = data["scenario"].rpartition(":")[2]
+    here = Path(path).resolve().parent
+    candidates = [here / record.get("from_replay_file", record["path"]),
+                  Path(record["absolute"]), Path(record["path"])]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise EmuError(f"scenario file {record['path']!r} of this replay file is gone (looked "
+                       f"beside the replay file, at {record['absolute']}, and in the working "
+                       "directory)")
+    note = None
+    digest = hashlib.sha256(found.read_bytes()).hexdigest()
+    if digest != record["sha256"]:
+        note = (f"note: {found} changed since the replay file was written (SHA-256 "
+                f"{record['sha256'][:12]} then, {digest[:12]} now): a divergence may come "
+                "from that")
+    return f"{os.path.relpath(found)}:{func}", note
 
 
 @attrs.frozen
@@ -93,10 +184,10 @@ class ReplayResult:
         return self.result.trace_hash == self.expected_hash
 
 
-def replay(data: dict[str, Any]) -> ReplayResult:
-    """Re-run the decision list of a loaded replay file."""
+def replay(data: dict[str, Any], spec: str | None = None) -> ReplayResult:
+    """Re-run the decision list of a loaded replay file (against ``spec`` if given)."""
     decisions = [(d[0], d[1], d[2]) for d in data["decisions"]]
-    result = run_decisions(data["scenario"], decisions, seed=data["seed"],
+    result = run_decisions(spec or data["scenario"], decisions, seed=data["seed"],
                            params=data["params"], quirks=data["quirks"],
                            strategy=data["strategy"], max_steps=data["max_steps"])
     return ReplayResult(result, data["trace_hash"])

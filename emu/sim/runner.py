@@ -18,13 +18,17 @@ import trio
 
 from ..errors import EmuError, ReplayDivergence, ScenarioError
 from .controller import Controller
+from .interrupt import INTERRUPT, Interrupted
 from .machine import Machine
 from .scenario import Scenario, resolve
-from .strategies import RandomWalk, Replay, make_strategy, pct_bound
+from .strategies import RandomWalk, Replay, make_strategy
 from .trace import Trace
 from .violations import Stop, Violation
 
 STRATEGIES = ("random", "pct")
+MAX_DEPTH = 100
+"""PCT's depth limit: its guarantee 1/(n*k^(d-1)) is vanishing long before this."""
+MAX_STEPS = 1 << 40
 
 
 @attrs.define
@@ -41,6 +45,8 @@ class RunResult:
     trace: Trace
     steps: int
     virtual_time: int
+    source: tuple[str, str] | None = None
+    """The scenario file's absolute path and SHA-256, for a scenario loaded from a file."""
 
     @property
     def ok(self) -> bool:
@@ -84,6 +90,8 @@ class HuntResult:
     actors: int
     elapsed: float
     """Wall-clock seconds (statistics only; never feeds a decision)."""
+    interrupted: int | None = None
+    """The signal that ended the hunt early (SIGINT, SIGTERM), if one did."""
 
     @property
     def ok(self) -> bool:
@@ -93,21 +101,28 @@ class HuntResult:
     def decisions_per_second(self) -> float:
         return self.steps_total / self.elapsed if self.elapsed else 0.0
 
-    def pct_bound(self) -> float | None:
-        if self.strategy["name"] != "pct":
-            return None
-        return pct_bound(self.actors, self.steps_max, self.strategy["depth"])
-
 
 def _prepare(scenario: str | Scenario, params: Mapping[str, Any] | None,
              quirks: Iterable[str]) -> tuple[Scenario, dict[str, Any], tuple[str, ...]]:
     sc = resolve(scenario) if isinstance(scenario, str) else scenario
-    return sc, sc.resolve_params(params), sc.resolve_quirks(quirks)
+    values = sc.resolve_params(params)
+    sc.check_size(values)
+    return sc, values, sc.resolve_quirks(quirks)
+
+
+def step_budget(sc: Scenario, values: dict[str, Any], max_steps: int | None) -> int:
+    """``max_steps`` if given (at least 1), else the scenario's budget for these values."""
+    if max_steps is None:
+        return sc.step_budget(values)
+    if not 1 <= max_steps <= MAX_STEPS:
+        raise EmuError(f"bad --max-steps {max_steps} (between 1 and {MAX_STEPS:,})")
+    return max_steps
 
 
 async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
                        strategy: Any, seed: int, max_steps: int) -> RunResult:
     """Build the scenario on a fresh controller and run one schedule (inside trio.run)."""
+    INTERRUPT.check()
     ctl = Controller(strategy, max_steps=max_steps)
     machine = Machine(ctl, params, quirks, tuple(sc.quirks), seed)
     try:
@@ -120,11 +135,15 @@ async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, 
         raise ScenarioError(f"scenario {sc.name} failed to build: {type(exc).__name__}: {exc}") \
             from exc
     if not ctl.stopped:
-        await ctl.run()
+        INTERRUPT.attach(ctl)
+        try:
+            await ctl.run()
+        finally:
+            INTERRUPT.detach()
     if ctl.error is not None:
         raise ctl.error
     return RunResult(sc.name, params, quirks, strategy.spec(), seed, max_steps,
-                     ctl.violations, ctl.trace, ctl.step, ctl.now)
+                     ctl.violations, ctl.trace, ctl.step, ctl.now, sc.source)
 
 
 async def _calibrate(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
@@ -136,8 +155,8 @@ async def _calibrate(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ..
 def _strategy_spec(name: str, depth: int) -> dict[str, Any]:
     if name not in STRATEGIES:
         raise EmuError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
-    if name == "pct" and depth < 1:
-        raise EmuError(f"bad PCT depth {depth} (at least 1)")
+    if name == "pct" and not 1 <= depth <= MAX_DEPTH:
+        raise EmuError(f"bad PCT depth {depth} (between 1 and {MAX_DEPTH})")
     return {"name": "pct", "depth": depth} if name == "pct" else {"name": "random"}
 
 
@@ -153,7 +172,7 @@ def run(scenario: str | Scenario, *, seed: int = 0, params: Mapping[str, Any] | 
         max_steps: int | None = None) -> RunResult:
     """Run one schedule of ``scenario``."""
     sc, values, chosen = _prepare(scenario, params, quirks)
-    steps = max_steps or sc.max_steps
+    steps = step_budget(sc, values, max_steps)
     spec = _strategy_spec(strategy, depth)
 
     async def main() -> RunResult:
@@ -183,50 +202,68 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
          params: Mapping[str, Any] | None = None, quirks: Iterable[str] = (),
          strategy: str = "random", depth: int = 3, max_steps: int | None = None,
          check_determinism: bool = False, keep_going: bool = False,
-         progress: Callable[[int, RunResult], None] | None = None) -> HuntResult:
+         progress: Callable[[int, RunResult], None] | None = None,
+         on_finding: Callable[[RunResult], None] | None = None) -> HuntResult:
     """Run schedules with seeds ``seed, seed+1, ...`` until one finds a fatal violation.
 
     A schedule with only a warning (lockdep's *possible* deadlock) is remembered and the
     hunt goes on looking for a manifest failure; it is reported if none turns up.
     ``check_determinism`` runs every seed twice and counts the trace hashes that differ;
     it implies ``keep_going``, so every requested seed is checked.
+
+    ``on_finding`` is called the moment a schedule finds something worth keeping (the first
+    warning, every fatal violation the hunt reports; with ``keep_going`` every violating
+    schedule), before the next schedule runs, so a caller can save it at once. A stop
+    requested through ``INTERRUPT`` (SIGINT, SIGTERM) ends the hunt after the schedule in
+    flight, which is dropped; the result says ``interrupted``.
     """
     if schedules < 1:
         raise EmuError(f"bad number of schedules {schedules} (at least 1)")
     sc, values, chosen = _prepare(scenario, params, quirks)
-    steps = max_steps or sc.max_steps
+    steps = step_budget(sc, values, max_steps)
     spec = _strategy_spec(strategy, depth)
     keep_going = keep_going or check_determinism
 
     async def main() -> HuntResult:
-        full = await _complete_spec(spec, sc, values, chosen, steps)
+        full = spec
         fatal: RunResult | None = None
         warning: RunResult | None = None
         mismatches: list[tuple[int, str, str]] = []
         total = longest = actors = ran = violating = 0
+        interrupted: int | None = None
         start = time.perf_counter()
-        for i in range(schedules):
-            s = seed + i
-            result = await run_schedule(sc, values, chosen, make_strategy(full, s), s, steps)
-            if check_determinism:
-                again = await run_schedule(sc, values, chosen, make_strategy(full, s), s, steps)
-                if again.trace_hash != result.trace_hash:
-                    mismatches.append((s, result.trace_hash, again.trace_hash))
-            ran += 1
-            total += result.steps
-            longest = max(longest, result.steps)
-            actors = max(actors, len(result.trace.actors))
-            if progress is not None:
-                progress(ran, result)
-            violating += bool(result.violations)
-            if any(v.fatal for v in result.violations):
-                fatal = fatal or result
-                if not keep_going:
-                    break
-            elif result.violations and warning is None:
-                warning = result
+        try:
+            full = await _complete_spec(spec, sc, values, chosen, steps)
+            for i in range(schedules):
+                s = seed + i
+                result = await run_schedule(sc, values, chosen, make_strategy(full, s), s, steps)
+                if check_determinism:
+                    again = await run_schedule(sc, values, chosen, make_strategy(full, s), s,
+                                               steps)
+                    if again.trace_hash != result.trace_hash:
+                        mismatches.append((s, result.trace_hash, again.trace_hash))
+                ran += 1
+                total += result.steps
+                longest = max(longest, result.steps)
+                actors = max(actors, len(result.trace.actors))
+                if progress is not None:
+                    progress(ran, result)
+                violating += bool(result.violations)
+                is_fatal = any(v.fatal for v in result.violations)
+                if result.violations and on_finding is not None and (
+                        keep_going or is_fatal or warning is None):
+                    on_finding(result)
+                if is_fatal:
+                    fatal = fatal or result
+                    if not keep_going:
+                        break
+                elif result.violations and warning is None:
+                    warning = result
+                INTERRUPT.check()
+        except Interrupted as stop:
+            interrupted = stop.signum
         elapsed = time.perf_counter() - start
         return HuntResult(sc.name, values, chosen, full, seed, ran, fatal or warning, violating,
-                          mismatches, total, longest, actors, elapsed)
+                          mismatches, total, longest, actors, elapsed, interrupted)
 
     return trio.run(main)

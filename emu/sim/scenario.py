@@ -8,6 +8,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -29,6 +30,8 @@ class Param:
     help: str = ""
     choices: tuple = ()
     minimum: int | None = None
+    maximum: int | None = None
+    """The largest value the model honours (a kernel limit, or what fits in memory)."""
 
     def parse(self, name: str, text: str) -> Any:
         kind = type(self.default)
@@ -60,6 +63,8 @@ class Param:
                            f"(one of: {', '.join(map(str, self.choices))})")
         if self.minimum is not None and value < self.minimum:
             raise EmuError(f"bad value for parameter {name}: {value} (at least {self.minimum})")
+        if self.maximum is not None and value > self.maximum:
+            raise EmuError(f"bad value for parameter {name}: {value} (at most {self.maximum})")
         return value
 
 
@@ -71,7 +76,30 @@ class Scenario:
     params: Mapping[str, Param] = attrs.field(factory=dict)
     quirks: Mapping[str, str] = attrs.field(factory=dict)
     """quirk name -> what it puts back (commit, symptom, the invariant that catches it)."""
-    max_steps: int = 10_000
+    max_steps: int | Callable[[dict[str, Any]], int] = 10_000
+    """The step budget, or a function of the parameter values giving it: a schedule that
+    takes more steps is a livelock, so the budget must grow with the scenario's size."""
+    limits: Callable[[dict[str, Any]], str | None] | None = None
+    """Why these parameter values cannot be honoured together (None: they can)."""
+    memory: Callable[[dict[str, Any]], int] | None = None
+    """Estimated peak memory in bytes of one schedule with these parameter values."""
+    source: tuple[str, str] | None = None
+    """For a scenario loaded from a file: (its absolute path, the SHA-256 of its content)."""
+
+    def step_budget(self, values: dict[str, Any]) -> int:
+        return self.max_steps(values) if callable(self.max_steps) else self.max_steps
+
+    def check_size(self, values: dict[str, Any]) -> None:
+        """Refuse, up front, values the model cannot honour or that cannot fit in memory."""
+        problem = self.limits(values) if self.limits is not None else None
+        if problem:
+            raise EmuError(f"bad parameters for scenario {self.name}: {problem}")
+        need = self.memory(values) if self.memory is not None else 0
+        have = available_memory()
+        if need > have:
+            raise EmuError(f"scenario {self.name} with these parameters needs about "
+                           f"{need / 2**30:.1f} GiB of memory; {have / 2**30:.1f} GiB "
+                           "is available")
 
     def resolve_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Defaults overridden by ``given`` (strings from the CLI are parsed)."""
@@ -100,19 +128,37 @@ class Scenario:
 REGISTRY: dict[str, Scenario] = {}
 
 
+def available_memory() -> int:
+    """Bytes this process may still use: MemAvailable, else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def scenario(name: str | None = None, *, params: Mapping[str, Any] | None = None,
-             quirks: Mapping[str, str] | None = None, max_steps: int = 10_000,
+             quirks: Mapping[str, str] | None = None,
+             max_steps: int | Callable[[dict[str, Any]], int] = 10_000,
+             limits: Callable[[dict[str, Any]], str | None] | None = None,
+             memory: Callable[[dict[str, Any]], int] | None = None,
              description: str | None = None) -> Callable[[Callable[..., None]], Scenario]:
     """Declare a scenario: ``build(machine, **params)`` spawns actors and adds invariants.
 
-    ``params`` maps a name to a ``Param`` or to a bare default value.
+    ``params`` maps a name to a ``Param`` or to a bare default value. ``max_steps`` is the
+    step budget, a number or a function of the parameter values; ``limits`` says why values
+    cannot be honoured together; ``memory`` estimates a schedule's peak bytes (see
+    ``Scenario``).
     """
 
     def decorate(build: Callable[..., None]) -> Scenario:
         declared = {k: v if isinstance(v, Param) else Param(v) for k, v in (params or {}).items()}
         doc = description if description is not None else (inspect.getdoc(build) or "")
         sc = Scenario(name or build.__name__.replace("_", "-"), build, doc, declared,
-                      dict(quirks or {}), max_steps)
+                      dict(quirks or {}), max_steps, limits, memory)
         old = REGISTRY.get(sc.name)
         if old is not None and old.build.__qualname__ != build.__qualname__:
             raise ValueError(f"two scenarios named {sc.name!r}")
@@ -153,23 +199,35 @@ def resolve(spec: str) -> Scenario:
 def _from_file(path: Path, func: str, spec: str) -> Scenario:
     if not path.is_file():
         raise EmuError(f"no scenario file {str(path)!r}")
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    module_name = f"emu_user_{path.stem}_{digest}"
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise EmuError(f"cannot read {path}: {exc.strerror or exc}") from None
+    source = (str(path.resolve()), hashlib.sha256(content).hexdigest())
+    where = hashlib.sha256(source[0].encode()).hexdigest()[:8]
+    module_name = f"emu_user_{path.stem}_{where}_{source[1][:8]}"
     module = sys.modules.get(module_name)
     if module is None:
         loader = importlib.util.spec_from_file_location(module_name, path)
+        if loader is None or loader.loader is None:
+            raise EmuError(f"cannot load {path}: not a Python file")
         module = importlib.util.module_from_spec(loader)
         try:
             loader.loader.exec_module(module)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except SystemExit as exc:  # a scenario file must not end emu
+            raise EmuError(f"cannot load {path}: it called sys.exit({exc.code!r}) at import") \
+                from None
+        except BaseException as exc:
             raise EmuError(f"cannot load {path}: {type(exc).__name__}: {exc}") from None
         sys.modules[module_name] = module
     obj = getattr(module, func, None)
     if isinstance(obj, Scenario):
-        return attrs.evolve(obj, name=spec)
+        return attrs.evolve(obj, name=spec, source=source)
     if callable(obj):
         sig = inspect.signature(obj)
         params = {n: Param(p.default) for n, p in list(sig.parameters.items())[1:]
                   if p.default is not inspect.Parameter.empty}
-        return Scenario(spec, obj, inspect.getdoc(obj) or "", params)
+        return Scenario(spec, obj, inspect.getdoc(obj) or "", params, source=source)
     raise EmuError(f"{path} has no scenario function {func!r}")

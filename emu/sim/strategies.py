@@ -12,6 +12,7 @@ A strategy's choices depend only on its seed and on what the controller shows it
 
 from __future__ import annotations
 
+import math
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -62,9 +63,15 @@ class PCT:
         return max(enabled, key=lambda a: self.priority[a.index])
 
 
-def pct_bound(n: int, k: int, depth: int) -> float:
-    """PCT's guaranteed per-run probability of hitting a given depth-d bug."""
-    return 1.0 / (max(n, 1) * max(k, 1) ** (depth - 1))
+def pct_bound(n: int, k: int, depth: int) -> str:
+    """PCT's guaranteed per-run probability 1/(n*k^(d-1)) of hitting a given depth-d bug,
+    as text. Computed in log space: at depth 330 the bound is far below the smallest float,
+    and ``k ** (d-1)`` for a huge d would take forever."""
+    exponent = -(math.log10(max(n, 1)) + (depth - 1) * math.log10(max(k, 1)))
+    if exponent > -4:
+        return f"{10 ** exponent:.3g}"
+    whole = math.floor(exponent)
+    return f"{10 ** (exponent - whole):.3g}e{whole}"
 
 
 class Replay:

@@ -67,7 +67,8 @@ class Trace:
         return [e for e in self.events if e[2] == "step"]
 
     def timeline(self, last: int = 30, max_width: int = 44) -> str:
-        """The last ``last`` steps, one column per actor, one row per step."""
+        """The last ``last`` steps (at least one), one column per actor, one row per step."""
+        last = max(last, 1)
         rows: dict[int, list[str]] = {}
         order: list[int] = []
         for step, actor, kind, text, data in self.events:
