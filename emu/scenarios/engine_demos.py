@@ -11,8 +11,23 @@ from ..sim import Machine, Param, scenario
 from ..sim.locks import Mutex
 
 
-@scenario("lost-update", params={
-    "actors": Param(3, "workers incrementing the counter", minimum=1),
+MAX_ACTORS = 2048
+"""Each decision looks at every live actor, so a schedule's time grows with the square of
+their number: a few thousand take minutes."""
+
+
+def _trace_memory(steps: int, actors: int) -> int:
+    """40 MB for emu itself, 13 KB an actor, 300 bytes a step of trace."""
+    return 40 * 2**20 + 13 * 2**10 * actors + 300 * steps
+
+
+def _lost_update_steps(p: dict) -> int:
+    return p["actors"] * (1 + 4 * p["increments"])
+
+
+@scenario("lost-update", max_steps=lambda p: 10_000 + 4 * _lost_update_steps(p),
+          memory=lambda p: _trace_memory(_lost_update_steps(p), p["actors"]), params={
+    "actors": Param(3, "workers incrementing the counter", minimum=1, maximum=MAX_ACTORS),
     "increments": Param(1, "increments per worker", minimum=1),
     "locked": Param(False, "protect each read-modify-write with a mutex"),
 })
@@ -57,8 +72,9 @@ def abba(m: Machine, ordered: bool) -> None:
     m.spawn("cpu1", taker, *((a, b) if ordered else (b, a)))
 
 
-@scenario("srcu-uaf", params={
-    "readers": Param(2, "reader actors", minimum=1),
+@scenario("srcu-uaf", max_steps=lambda p: 10_000 + 20 * p["readers"],
+          memory=lambda p: _trace_memory(5 * p["readers"], p["readers"]), params={
+    "readers": Param(2, "reader actors", minimum=1, maximum=MAX_ACTORS),
 }, quirks={
     "no-synchronize": "the updater frees the old object without synchronize_srcu(), so a "
                       "reader still inside its read-side section dereferences freed memory "

@@ -8,6 +8,8 @@ normal VM, then UV_ESM pages exactly those in and H_SVM_INIT_DONE migrates the r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..actors.host import Host
 from ..actors.vcpu import Guest
 from ..hw.costs import COST_MODELS
@@ -15,7 +17,7 @@ from ..kvm.hvcall import EBUSY, H_PARAMETER, H_SUCCESS, PAGE_SHIFT, rc_name
 from ..kvm.uvmem import MIGRATE_VMA_SELECT_DEVICE_PRIVATE, QUIRKS
 from ..sim import Machine, Param, scenario
 from ..sim.channel import Completion
-from .svm_machine import COMMON_PARAMS, SvmMachine
+from .svm_machine import COMMON_PARAMS, KVM_USER_MEM_SLOTS, SvmMachine
 
 QUIRK_SCENARIO = {
     "page-out-lock-leak": "share-vs-pageout",
@@ -34,9 +36,40 @@ IMAGE_PAGES = 64
 """The guest image UV_ESM pages in (4 MiB at most): "the necessary and sufficient GFNs"."""
 
 
-def svm_scenario(name: str, extra: dict[str, Param] | None = None, max_steps: int = 20_000):
+def image_pages(mem_mb: int, slots: int = 1) -> int:
+    """The guest image: an eighth of memory, at most ``IMAGE_PAGES`` and at most half of slot
+    0 (whose other half holds the data pages)."""
+    per_slot = mem_mb * 16
+    return max(2, min(per_slot // 2, per_slot * slots // 8, IMAGE_PAGES))
+
+
+def svm_scenario(name: str, extra: dict[str, Param] | None = None, *, per_vcpu: float = 15,
+                 per_gfn: float = 1 / 256, more_steps: Callable[[dict], float] | None = None,
+                 limits: Callable[[dict], str | None] | None = None):
+    """A secure-VM scenario. Its step bound, measured over random and PCT schedules as the
+    parameters grow (see the README's "Budgets"), is ``200 + per_vcpu*vcpus + 20*image +
+    per_gfn*GFNs + more_steps(params)``, plus 3 steps per GFN when UV_ESM pages in every GFN
+    and 7 when every page is populated and paged in; the budget is four times that (a
+    schedule that exceeds it livelocks), the memory estimate 40 MB + 13 KB a vCPU + 53 bytes a
+    GFN + 300 bytes a step of trace."""
+
+    def steps(p: dict) -> float:
+        gfns = p["mem_mb"] * 16 * p.get("slots", 1)
+        total = (200 + per_vcpu * p["vcpus"] + 20 * image_pages(p["mem_mb"], p.get("slots", 1))
+                 + per_gfn * gfns + (more_steps(p) if more_steps else 0))
+        if p.get("esm") == "all":
+            total += 3 * gfns
+        if p.get("prealloc") and (p.get("esm") == "all" or p["design"] == "two-state"):
+            total += 7 * gfns
+        return total
+
+    def memory(p: dict) -> int:
+        gfns = p["mem_mb"] * 16 * p.get("slots", 1)
+        return int(40 * 2**20 + 13 * 2**10 * p["vcpus"] + 53 * gfns + 300 * steps(p))
+
     return scenario(name, params={**COMMON_PARAMS, **(extra or {})}, quirks=QUIRKS,
-                    max_steps=max_steps)
+                    max_steps=lambda p: 10_000 + 4 * int(steps(p)), memory=memory,
+                    limits=limits)
 
 
 def gpa(gfn: int) -> int:
@@ -58,7 +91,7 @@ class Boot:
                              pcpus=pcpus)
         self.kvm = self.sm.vm(1, tuple((i * per_slot, per_slot) for i in range(slots)),
                               prealloc)
-        self.image = max(2, min(self.npages // 8, IMAGE_PAGES))
+        self.image = image_pages(mem_mb, slots)
         self.booted: Completion = m.completion("SVM booted")
 
     def data_gfn(self, i: int) -> int:
@@ -107,8 +140,18 @@ def svm_boot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, esm: 
         b.sm.vcpu(b.kvm, secondary)
 
 
+def _pool_fits(p: dict) -> str | None:
+    data = p["mem_mb"] * 16 - image_pages(p["mem_mb"])
+    if p["pool"] > data:
+        return (f"pool {p['pool']} is more than the {data} data pages of a {p['mem_mb']} MiB "
+                "VM (raise mem_mb or lower pool)")
+    return None
+
+
 @svm_scenario("share-storm", {"rounds": Param(2, "share/unshare rounds per vCPU", minimum=1),
-                              "pool": Param(3, "GFNs the vCPUs share among", minimum=1)})
+                              "pool": Param(3, "GFNs the vCPUs share among", minimum=1)},
+              per_vcpu=8, more_steps=lambda p: 40 * p["rounds"] * p["vcpus"] + 16 * p["pool"],
+              limits=_pool_fits)
 def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, rounds: int,
                 pool: int) -> None:
     """After boot, vCPUs share and unshare pages of a small pool concurrently (virtio bounce
@@ -150,7 +193,8 @@ def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, ro
 
 @svm_scenario("share-vs-pageout", {
     "setup_fail_pct": Param(30, "chance in percent that migrate_vma_setup fails when a "
-                                "device page is paged out", minimum=0)})
+                                "device page is paged out", minimum=0, maximum=100)},
+              per_vcpu=25, per_gfn=1 / 128)
 def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
                      setup_fail_pct: int) -> None:
     """vCPU 0 keeps secrets in a few pages; QEMU touches them, so host faults page them out
@@ -189,7 +233,7 @@ def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: st
     b.sm.host(qemu)
 
 
-@svm_scenario("init-done-vs-share")
+@svm_scenario("init-done-vs-share", per_vcpu=800)
 def init_done_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """The UV shares a page during ESM (a boot-time buffer) while another vCPU's request to
     share a second page races H_SVM_INIT_DONE's migration of the remaining GFNs."""
@@ -212,7 +256,7 @@ def init_done_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: 
         b.sm.vcpu(b.kvm, sharer)
 
 
-@svm_scenario("hotplug-during-esm")
+@svm_scenario("hotplug-during-esm", per_vcpu=10, per_gfn=1 / 128)
 def hotplug_during_esm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """QEMU hot-plugs a DIMM while the SVM goes through ESM; afterwards the SVM uses both
     its boot memory and the new memory.
@@ -244,7 +288,7 @@ def hotplug_during_esm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: 
     b.sm.host(qemu)
 
 
-@svm_scenario("dimm-hotplug")
+@svm_scenario("dimm-hotplug", per_vcpu=40, per_gfn=1.1)
 def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """QEMU plugs a DIMM into a booted SVM (its memory goes straight to Secure), one vCPU
     uses it, then QEMU unplugs it (drop_pages, UV_UNREGISTER_MEM_SLOT, munmap) while another
@@ -282,7 +326,7 @@ def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -
     b.sm.host(qemu)
 
 
-@svm_scenario("svm-reboot")
+@svm_scenario("svm-reboot", per_vcpu=20, per_gfn=10)
 def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """An SVM boots, keeps secrets, shares a page; QEMU resets it (KVM_PPC_SVM_OFF, the UV
     terminates it) and it boots again as a secure VM."""
@@ -318,17 +362,25 @@ def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> 
     b.sm.host(qemu)
 
 
+def _fail_slot_exists(p: dict) -> str | None:
+    if p["fail_slot"] >= p["slots"]:
+        return (f"fail_slot {p['fail_slot']} is not a slot of the VM (slots={p['slots']}: "
+                f"0..{p['slots'] - 1})")
+    return None
+
+
 @svm_scenario("abort-on-register-failure", {
-    "slots": Param(2, "memslots of the VM", minimum=2),
+    "slots": Param(2, "memslots of the VM", minimum=2, maximum=KVM_USER_MEM_SLOTS),
     "fail_slot": Param(0, "the slot whose UV_REGISTER_MEM_SLOT runs out of secure memory "
                           "(slots are walked from the highest base GFN down, so slot 0 "
-                          "fails last)", minimum=0)})
+                          "fails last)", minimum=0)},
+              per_gfn=1.1, more_steps=lambda p: 12 * p["slots"], limits=_fail_slot_exists)
 def abort_on_register_failure(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
                               slots: int, fail_slot: int) -> None:
     """UV_REGISTER_MEM_SLOT fails for one slot during H_SVM_INIT_START: the UV aborts ESM
     (H_SVM_INIT_ABORT), the guest's UV_ESM fails, and it goes on as a normal VM."""
     b = Boot(m, mem_mb, design, pcpus=pcpus, slots=slots)
-    b.sm.uv.fail_register = lambda lpid, slot_id: slot_id == fail_slot % slots
+    b.sm.uv.fail_register = lambda lpid, slot_id: slot_id == fail_slot
 
     async def boot(g: Guest) -> None:
         await b.boot(g, expect=H_PARAMETER)
@@ -344,7 +396,7 @@ def abort_on_register_failure(m: Machine, vcpus: int, pcpus: int, mem_mb: int, d
         b.sm.vcpu(b.kvm, secondary)
 
 
-@svm_scenario("svm-off-vs-entry")
+@svm_scenario("svm-off-vs-entry", per_vcpu=20, per_gfn=1.1)
 def svm_off_vs_entry(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
     """Once the SVM has booted, a vCPU enters the guest while QEMU resets the VM with
     KVM_PPC_SVM_OFF: either the reset is refused (-EBUSY) or the vCPU waits for it."""

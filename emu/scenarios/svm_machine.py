@@ -35,10 +35,18 @@ DESIGNS = {
                  "pages every other GFN in with UV_PAGE_IN and the UV refuses shared ones",
 }
 
+NR_CPUS = 2048
+"""CONFIG_NR_CPUS of a ppc64 book3s kernel (the Kconfig default), and so KVM_MAX_VCPUS."""
+KVM_USER_MEM_SLOTS = 512
+"""arch/powerpc/include/asm/kvm_host.h."""
+MAX_MEM_MB = 1 << 32
+"""4 PiB: the 52-bit guest real address space of a radix guest."""
+
 COMMON_PARAMS = {
-    "vcpus": Param(2, "vCPUs of the SVM", minimum=1),
-    "pcpus": Param(0, "pCPUs the vCPUs run on (0: one each)", minimum=0),
-    "mem_mb": Param(2, "guest memory in MiB (16 GFNs of 64 KiB per MiB)", minimum=1),
+    "vcpus": Param(2, "vCPUs of the SVM", minimum=1, maximum=NR_CPUS),
+    "pcpus": Param(0, "pCPUs the vCPUs run on (0: one each)", minimum=0, maximum=NR_CPUS),
+    "mem_mb": Param(2, "guest memory in MiB (16 GFNs of 64 KiB per MiB)", minimum=1,
+                    maximum=MAX_MEM_MB),
     "design": Param("gfn-states", "HV GFN tracking design", choices=tuple(DESIGNS)),
 }
 
