@@ -112,6 +112,8 @@ def list_cmd() -> int:
         for pname, p in sc.params.items():
             default = str(p.default).lower() if isinstance(p.default, bool) else p.default
             choices = f" (one of: {', '.join(map(str, p.choices))})" if p.choices else ""
+            if p.maximum is not None:
+                choices = f" [{p.minimum if p.minimum is not None else ''}..{p.maximum}]"
             click.echo(f"    {'-p ' + pname + '=' + str(default):<28} {p.help}{choices}")
         if sc.quirks:
             click.echo(f"    --quirk {', '.join(sc.quirks)}")

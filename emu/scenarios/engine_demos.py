@@ -10,7 +10,6 @@ from __future__ import annotations
 from ..sim import Machine, Param, scenario
 from ..sim.locks import Mutex
 
-
 MAX_ACTORS = 2048
 """Each decision looks at every live actor, so a schedule's time grows with the square of
 their number: a few thousand take minutes."""
