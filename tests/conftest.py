@@ -45,3 +45,25 @@ def emu_proc():
                               text=True, env=env, cwd=cwd)
 
     return invoke
+
+
+RACE = (
+    "async def _w(c):\n"
+    "    v = await c.read()\n"
+    "    await c.write(v + 1)\n"
+    "def race(m, workers=2):\n"
+    "    c = m.shared('c', 0)\n"
+    "    for i in range(workers):\n"
+    "        m.spawn(f'w{i}', _w, c)\n"
+    "    m.final('sum', lambda: None if c.value == workers else f'c={c.value}')\n"
+    "def other(m, workers=2):\n"
+    "    race(m, workers)\n")
+
+
+@pytest.fixture
+def race_file(tmp_path) -> Path:
+    """A scenario file outside the package: ``race`` (and ``other``, the same race) lose an
+    update."""
+    path = tmp_path / "mine.py"
+    path.write_text(RACE)
+    return path

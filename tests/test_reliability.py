@@ -19,19 +19,6 @@ from emu.sim.findings import stem
 from emu.sim.runner import run
 
 ROOT = Path(__file__).resolve().parent.parent
-RACE = (
-    "async def _w(c):\n"
-    "    v = await c.read()\n"
-    "    await c.write(v + 1)\n"
-    "def race(m, workers=2):\n"
-    "    c = m.shared('c', 0)\n"
-    "    for i in range(workers):\n"
-    "        m.spawn(f'w{i}', _w, c)\n"
-    "    m.final('sum', lambda: None if c.value == workers else f'c={c.value}')\n"
-    "def other(m, workers=2):\n"
-    "    race(m, workers)\n")
-
-
 def _start_hunt(tmp_path: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "emu.cli", "hunt", "lost-update", "--keep-going",
@@ -101,10 +88,10 @@ def test_atomic_write_leaves_the_old_file_or_the_new(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
-def test_file_scenarios_get_distinct_names_and_replay_from_anywhere(cli, tmp_path):
+def test_file_scenarios_get_distinct_names_and_replay_from_anywhere(cli, race_file, tmp_path):
     src = tmp_path / "proj" / "mine.py"
     src.parent.mkdir()
-    src.write_text(RACE)
+    race_file.rename(src)
     out = tmp_path / "proj" / "out"
     for func in ("race", "other"):
         assert cli("hunt", f"{src}:{func}", "--out", str(out), "--keep-going",
@@ -131,12 +118,11 @@ def test_file_scenarios_get_distinct_names_and_replay_from_anywhere(cli, tmp_pat
     assert p.returncode == 1 and "matched" in p.stdout, p.stderr
 
 
-def test_replay_says_when_the_scenario_file_changed(cli, tmp_path):
-    src = tmp_path / "mine.py"
-    src.write_text(RACE)
+def test_replay_says_when_the_scenario_file_changed(cli, race_file, tmp_path):
+    src = race_file
     cli("hunt", f"{src}:race", "--out", str(tmp_path))
     path = next(tmp_path.glob("mine-race-seed*.replay.json"))
-    src.write_text(RACE.replace("workers=2", "workers=3"))
+    src.write_text(src.read_text().replace("workers=2", "workers=3"))
     r = cli("replay", str(path))
     note = r.out.splitlines()[0]
     assert note.startswith("note: ") and "changed since the replay file was written" in note
