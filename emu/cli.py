@@ -25,7 +25,7 @@ from .sim.findings import FindingLog
 from .sim.interrupt import Interrupted, handle_signals
 from .sim.perfetto import write_perfetto
 from .sim.replay import MAX_SEED
-from .sim.runner import MAX_DEPTH, HuntResult, RunResult, hunt, run
+from .sim.runner import MAX_DEPTH, HuntResult, RunResult, hunt, prepare, run
 from .sim.scenario import builtin_scenarios, suites
 from .sim.strategies import pct_bound
 from .study import SIZES_GB, STUDIES, esm_scaling, plot, table
@@ -170,6 +170,8 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], st
     Every finding is written to --out the moment it is found. Ctrl-C or SIGTERM stops the
     hunt after the schedule in flight (exit 130 or 143); a second one stops it at once."""
     names = suites().get(scenario, ("", [scenario]))[1]
+    for name in names:  # every scenario's options are checked before the first one runs
+        prepare(name, _params(params), quirks)
     log = FindingLog(out)
     status = CLEAN
     done: list[HuntResult] = []
@@ -209,15 +211,16 @@ def _hunt_one(name: str, log: FindingLog, *, schedules: int, **options: Any) -> 
 
 def _interrupted(signum: int, done: list[HuntResult], log: FindingLog) -> int:
     ran = sum(h.schedules for h in done)
-    where = (f"every one is saved in {log.out}/ (index {log.index})" if log.saved
+    what = (f"of {done[0].scenario}" if len(done) == 1 else f"across {len(done)} scenarios")
+    where = (f"all saved in {log.out}/ (index {log.index})" if log.saved
              else "nothing was found")
     resume = ""
     if done and done[-1].interrupted is not None:
         h = done[-1]
         resume = (f" To go on where it stopped: emu hunt {h.scenario} --seed "
                   f"{h.seed + h.schedules} (plus the same options).")
-    click.echo(f"interrupted by {signal.Signals(signum).name}: {ran} schedules ran in "
-               f"{len(done)} hunt(s), {len(log.saved)} finding(s); {where}.{resume}")
+    click.echo(f"interrupted by {signal.Signals(signum).name}: {ran} schedules {what} ran, "
+               f"{len(log.saved)} finding(s), {where}.{resume}")
     return 128 + signum
 
 

@@ -78,6 +78,7 @@ CASES = [
     (["run", "no-such-scenario"], "unknown scenario 'no-such-scenario'"),
     (["hunt", "lost-updat"], "did you mean lost-update?"),
     (["run", "svm"], "'svm' is a suite"),
+    (["hunt", "svm", "-p", "pool=5"], "unknown parameter 'pool' for scenario abort-on-register"),
     (["hunt", "srcu-uaf", "--quirk", "nope"], "unknown quirk 'nope' for scenario srcu-uaf"),
     (["run", "lost-update", "-p", "locked"], "bad -p 'locked': expected NAME=VALUE"),
     (["run", "lost-update", "-p", "=3"], "bad -p '=3'"),
@@ -192,7 +193,8 @@ def test_bad_input_is_one_line_exit_2(cli, tmp_path, hang_guard, make, text):
     argv = make(tmp_path) if callable(make) else make
     r = cli(*argv)
     assert r.status == 2, r
-    assert "Traceback" not in r.err + r.out
+    assert r.out == "", "a bad input must be refused before anything runs"
+    assert "Traceback" not in r.err
     lines = r.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("emu: error: "), r.err
     assert text in lines[0], lines[0]

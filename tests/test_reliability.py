@@ -76,7 +76,7 @@ def test_interrupt_is_not_a_finding_in_a_clean_hunt(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
-    assert "0 finding(s); nothing was found" in out
+    assert "0 finding(s), nothing was found" in out
 
 
 def test_atomic_write_leaves_the_old_file_or_the_new(tmp_path):

@@ -102,8 +102,9 @@ class HuntResult:
         return self.steps_total / self.elapsed if self.elapsed else 0.0
 
 
-def _prepare(scenario: str | Scenario, params: Mapping[str, Any] | None,
-             quirks: Iterable[str]) -> tuple[Scenario, dict[str, Any], tuple[str, ...]]:
+def prepare(scenario: str | Scenario, params: Mapping[str, Any] | None,
+            quirks: Iterable[str]) -> tuple[Scenario, dict[str, Any], tuple[str, ...]]:
+    """The scenario, its parameter values and quirks, checked (EmuError if they are bad)."""
     sc = resolve(scenario) if isinstance(scenario, str) else scenario
     values = sc.resolve_params(params)
     sc.check_size(values)
@@ -171,7 +172,7 @@ def run(scenario: str | Scenario, *, seed: int = 0, params: Mapping[str, Any] | 
         quirks: Iterable[str] = (), strategy: str = "random", depth: int = 3,
         max_steps: int | None = None) -> RunResult:
     """Run one schedule of ``scenario``."""
-    sc, values, chosen = _prepare(scenario, params, quirks)
+    sc, values, chosen = prepare(scenario, params, quirks)
     steps = step_budget(sc, values, max_steps)
     spec = _strategy_spec(strategy, depth)
 
@@ -186,7 +187,7 @@ def run_decisions(scenario: str | Scenario, decisions: list[tuple[int, str, str]
                   seed: int, params: Mapping[str, Any] | None, quirks: Iterable[str],
                   strategy: dict[str, Any], max_steps: int) -> RunResult:
     """Re-run a recorded decision list; the result reports the original strategy."""
-    sc, values, chosen = _prepare(scenario, params, quirks)
+    sc, values, chosen = prepare(scenario, params, quirks)
 
     async def main() -> RunResult:
         result = await run_schedule(sc, values, chosen, Replay(decisions), seed, max_steps)
@@ -219,7 +220,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     """
     if schedules < 1:
         raise EmuError(f"bad number of schedules {schedules} (at least 1)")
-    sc, values, chosen = _prepare(scenario, params, quirks)
+    sc, values, chosen = prepare(scenario, params, quirks)
     steps = step_budget(sc, values, max_steps)
     spec = _strategy_spec(strategy, depth)
     keep_going = keep_going or check_determinism
