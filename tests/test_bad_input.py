@@ -131,6 +131,7 @@ CASES = [
     (_scenario_file("import sys\nsys.exit(3)\n"), "called sys.exit(3)"),
     (_scenario_file("raise RuntimeError('first\\nsecond\\nthird')\n"), "2 more line(s)"),
     (_scenario_file("def race(m):\n    raise ValueError('no\\nway')\n"), "more line(s)"),
+    (_scenario_file("import sys\ndef race(m):\n    sys.exit(4)\n"), "failed to build: SystemExit"),
     (lambda tmp: (tmp / "d.py").mkdir() or ["run", f"{tmp / 'd.py'}:race"], "no scenario file"),
     # replay files: not a file, not JSON, not a replay file
     (["replay", "/nonexistent/r.json"], "no replay file"),

@@ -172,3 +172,14 @@ def test_pct_bound_uses_the_calibrated_k_and_never_overflows(cli, tmp_path):
     calibration = run("lost-update", params={"locked": True}, seed=0).steps
     assert f"k={calibration}:" in line and f"1/(3*{calibration}^99) = " in line
     assert "e-" in line
+
+
+def test_sys_exit_in_an_actor_is_a_crash_not_an_exit(cli, tmp_path):
+    f = tmp_path / "quits.py"
+    f.write_text("import sys\n"
+                 "async def quit():\n"
+                 "    sys.exit(5)\n"
+                 "def race(m):\n"
+                 "    m.spawn('quitter', quit)\n")
+    r = cli("run", f"{f}:race")
+    assert r.status == 1 and "exception: quitter raised SystemExit: 5" in r.out

@@ -321,12 +321,12 @@ class Controller:
                           + ", ".join(h.lock.name for h in actor.held))
         except Stop:
             return
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in model code is a crash too
             self._crash(actor, exc)
             return
         self._finish(actor)
 
-    def _crash(self, actor: Actor, exc: Exception) -> None:
+    def _crash(self, actor: Actor, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(exc))
         try:
             self.fail("exception", f"{actor.name} raised {type(exc).__name__}: {exc}", details=tb)

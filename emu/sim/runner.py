@@ -132,7 +132,7 @@ async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, 
         raise
     except Stop:  # the scenario found a violation while building (m.fail)
         ctl.actors.clear()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise ScenarioError(f"scenario {sc.name} failed to build: {type(exc).__name__}: {exc}") \
             from exc
     if not ctl.stopped:
