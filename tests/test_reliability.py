@@ -183,3 +183,14 @@ def test_sys_exit_in_an_actor_is_a_crash_not_an_exit(cli, tmp_path):
                  "    m.spawn('quitter', quit)\n")
     r = cli("run", f"{f}:race")
     assert r.status == 1 and "exception: quitter raised SystemExit: 5" in r.out
+
+
+def test_format_1_files_still_replay(cli, tmp_path):
+    cli("hunt", "lost-update", "--seed", "1", "--out", str(tmp_path))
+    path = next(tmp_path.glob("*.replay.json"))
+    data = json.loads(path.read_text())
+    for key in ("checksum", "scenario_file"):
+        del data[key]
+    path.write_text(json.dumps({**data, "format_version": 1}))
+    r = cli("replay", str(path))
+    assert r.status == 1 and "matched" in r.out
