@@ -208,8 +208,12 @@ def test_abort_returns_every_gfn_to_normal_with_contents():
 SVM_HCALLS = [hvcall.H_SVM_PAGE_IN, hvcall.H_SVM_PAGE_OUT, hvcall.H_SVM_INIT_START,
               hvcall.H_SVM_INIT_DONE, hvcall.H_SVM_INIT_ABORT]
 KNOWN = set(hvcall.RETURN_NAMES)
+MASK64 = (1 << 64) - 1
+UCALLS = [hvcall.UV_SHARE_PAGE, hvcall.UV_UNSHARE_PAGE, hvcall.UV_ESM,
+          hvcall.UV_UNSHARE_ALL_PAGES, hvcall.UV_PAGE_IN]
 word = st.one_of(st.integers(-2**63, 2**64 - 1), st.integers(0, 64),
-                 st.sampled_from([0, 1, 2, 16, 1 << 16, (31 << 16) + 3, 1 << 40]))
+                 st.integers(-2**80, 2**80),  # beyond a register: taken modulo 2**64
+                 st.sampled_from([0, 1, 2, 16, 1 << 16, (31 << 16) + 3, 1 << 40, MASK64]))
 call = st.tuples(st.sampled_from(["raw", "uv", "ucall", "mem"]),
                  st.one_of(st.sampled_from(SVM_HCALLS), st.integers(0, 0xFFFF)),
                  st.lists(word, max_size=4))
@@ -217,21 +221,27 @@ call = st.tuples(st.sampled_from(["raw", "uv", "ucall", "mem"]),
 
 def oracle(kind, nr, args, initialised):
     """The kernel's code where it does not depend on the GFN's state."""
-    a = [*args, 0, 0, 0][:3]
+    a = [x & MASK64 for x in [*args, 0, 0, 0][:3]]
     if kind == "raw" and nr != hvcall.H_SVM_INIT_ABORT:
         return H_UNSUPPORTED if nr in SVM_HCALLS else H_FUNCTION
     if kind == "uv" and nr in (hvcall.H_SVM_PAGE_IN, hvcall.H_SVM_PAGE_OUT) and \
             a[1] != H_PAGE_IN_SHARED and initialised:
         bad_flags = a[1] & ~H_PAGE_IN_SHARED if nr == hvcall.H_SVM_PAGE_IN else a[1]
         return H_P3 if a[2] != PAGE_SHIFT else H_P2 if bad_flags else None
+    if kind == "ucall" and UCALLS[nr % len(UCALLS)] == hvcall.UV_PAGE_IN:
+        return hvcall.H_PERMISSION  # the HV's ucall: U_PERMISSION from a guest
+    if kind == "ucall" and UCALLS[nr % len(UCALLS)] in (hvcall.UV_SHARE_PAGE,
+                                                       hvcall.UV_UNSHARE_PAGE):
+        return H_P2 if initialised and a[0] < 32 and not a[1] else None  # 0 pages
     return None
 
 
 @settings(max_examples=80, deadline=None, phases=[Phase.generate, Phase.shrink])
 @given(boot=st.booleans(), calls=st.lists(call, min_size=1, max_size=6))
 def test_bad_arguments_get_kernel_codes_never_exceptions(boot, calls):
-    """Unaligned or out-of-slot GPAs, wrong page shifts, unknown flags and calls, the wrong
-    VM state: the guest always gets a return code, and the model stays clean."""
+    """Unaligned or out-of-slot GPAs, wrong page shifts, unknown flags and calls, ESM blobs
+    naming any pages, arguments beyond 64 bits, the wrong VM state: the guest always gets a
+    return code, and the model stays clean. (tests/test_guest_fuzz.py fuzzes far more.)"""
     got = []
 
     async def guest(g):
@@ -244,9 +254,8 @@ def test_bad_arguments_get_kernel_codes_never_exceptions(boot, calls):
                 rc = await g.hcall(nr, *args)
             elif kind == "uv":
                 rc = await g.uv_hcall(nr, *args) if nr in SVM_HCALLS else await g.hcall(nr)
-            elif kind == "ucall":
-                rc = await g.ucall(hvcall.UV_SHARE_PAGE if nr % 2 else hvcall.UV_UNSHARE_PAGE,
-                                   *args)
+            elif kind == "ucall":  # UV_ESM too, with any blob
+                rc = await g.ucall(UCALLS[nr % len(UCALLS)], *args)
             else:
                 gpa = args[0] if args else nr
                 rc = await g.write(gpa, 1) if nr % 2 else (await g.read(gpa) and 0) or 0

@@ -53,7 +53,7 @@ class Host:
         frame = await self._page(lpid, gfn, "writes")
         if frame is None:
             return H_PARAMETER
-        frame.value, frame.secret, frame.encrypted = value, False, False
+        frame.value, frame.secret, frame.encrypted, frame.zero = value, False, False, False
         return H_SUCCESS
 
     async def reclaim(self, lpid: int, gfn: int) -> None:
@@ -83,8 +83,10 @@ class Host:
         kvm = self._kvm(lpid)
         rc = await self._machine.hv.kvmhv_svm_off(kvm)
         if rc == 0:
-            self._machine.guest_memory(lpid).expected.clear()  # contents now undefined
-            self._machine.guest_memory(lpid).shared.clear()
+            memory = self._machine.guest_memory(lpid)
+            memory.expected.clear()  # contents now undefined
+            memory.insecure.clear()
+            memory.shared.clear()
         return rc
 
     def gfn_state(self, lpid: int, gfn: int) -> str:

@@ -18,20 +18,23 @@ checked against.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ..hw.memory import Frame, PhysicalMemory
 from ..kvm.hvcall import (
+    H_BUSY,
     H_NO_MEM,
+    H_P2,
     H_PAGE_IN_SHARED,
     H_SUCCESS,
     H_SVM_INIT_ABORT,
     H_SVM_INIT_DONE,
     H_SVM_INIT_START,
     H_SVM_PAGE_IN,
+    NAMES,
     PAGE_SHIFT,
     U_SUCCESS,
 )
@@ -42,8 +45,11 @@ if TYPE_CHECKING:
     from ..kvm.hv import Hypervisor
 
 U_PARAMETER = -4
+U_P2 = H_P2
+U_BUSY = H_BUSY
 U_STATE = -75
 U_PERMISSION = -11
+LIFE_CYCLE = (H_SVM_INIT_START, H_SVM_INIT_DONE, H_SVM_INIT_ABORT)
 
 
 @attrs.define(eq=False)
@@ -65,9 +71,32 @@ class SvmState:
     invalidated: dict[int, bool] = attrs.Factory(dict)
     """Shared GFNs whose mapping the HV invalidated (UV_PAGE_INVAL): the next access faults
     to the HV, which sends the page again (kvmppc_send_page_to_uv)."""
+    transition: str = ""
+    """The life-cycle operation the UV is carrying out for this SVM (UV_ESM, or an
+    H_SVM_INIT_* it issues): the UV runs one at a time per SVM."""
+    aborting: bool = False
+    """The UV is aborting ESM (H_SVM_INIT_ABORT): it issues nothing more for this SVM."""
+    in_flight: int = 0
+    """Hcalls the UV has issued for this SVM and that have not returned yet."""
+    drained: Any = None
+    """Completed when ``in_flight`` drops to 0 (created by an abort waiting for that)."""
 
     def registered(self, gfn: int) -> bool:
         return any(base <= gfn < base + n for base, n in self.slots.values())
+
+    def covers(self, gfns: Iterable[int]) -> bool:
+        """Every GFN of ``gfns`` lies in registered memory. A range is checked slot by slot
+        (any length, even 2**64 pages, in O(slots**2)), anything else page by page."""
+        if not isinstance(gfns, range):
+            return all(self.registered(gfn) for gfn in gfns)
+        gfn = gfns.start
+        while gfn < gfns.stop:
+            end = next((base + n for base, n in self.slots.values()
+                        if base <= gfn < base + n), None)
+            if end is None:
+                return False
+            gfn = end
+        return True
 
 
 @attrs.define(eq=False)
@@ -199,11 +228,12 @@ class Ultravisor:
         gfn = src_gpa >> PAGE_SHIFT
         if svm is None or gfn in svm.shared:
             return U_PARAMETER
-        spfn = svm.frames.get(gfn)
-        src = self.memory.secure[spfn] if spfn else Frame(secret=True)
+        spfn = svm.frames.pop(gfn, None)  # unmapped from the SVM first: an access by the SVM
+        svm.paged_out[gfn] = True  # now faults and pages it back in (after this copy)
+        src = self.memory.secure[spfn] if spfn else Frame(secret=True, zero=True)
         await self.memctl.copy(src, self.memory.normal[dst_ra >> PAGE_SHIFT], into_secure=False)
-        self._drop_secure(svm, gfn)
-        svm.paged_out[gfn] = True
+        if spfn:
+            self.memory.secure.free(spfn)
         return U_SUCCESS
 
     async def _uv_page_inval(self, lpid: int, gpa: int, page_shift: int) -> int:
@@ -242,56 +272,120 @@ class Ultravisor:
 
     # ------------------------------------------------------------------ firmware on a vCPU
     async def issue(self, lpid: int, req: int, *args: int) -> int:
-        """The UV issues an H_SVM_* hcall on the SVM's behalf, keeping its own books: it
-        starts ESM only for a VM it does not know, finishes it only for one in transition
-        (the HV does not check either, so the UV refuses with U_STATE), issues nothing for a
-        VM it does not know, and issues
-        H_SVM_INIT_ABORT from the not-yet-secure VM's context (MSR_S clear, B4)."""
-        hv, svm = self.hv, self.svms.get(lpid)
+        """The UV issues an H_SVM_* hcall on the SVM's behalf (a guest's ``uv_hcall``),
+        keeping its own books: it starts ESM only for a VM it does not know, finishes it
+        only for one in transition (the HV does not check either, so the UV refuses with
+        U_STATE), issues nothing for a VM it does not know or is aborting (U_STATE), runs
+        one life-cycle operation per SVM at a time (U_BUSY while another is in progress),
+        shares a page through its own share path (H_PAGE_IN_SHARED with the right page
+        size), and issues H_SVM_INIT_ABORT from the not-yet-secure VM's context (MSR_S
+        clear, B4). Arguments are 64-bit registers."""
+        svm = self.svms.get(lpid)
         if req == H_SVM_INIT_START:
             if svm is not None:
                 return U_STATE
-            self.svms[lpid] = SvmState(lpid)
-        elif svm is None or (req == H_SVM_INIT_DONE and svm.secure):
+            svm = self.svms[lpid] = SvmState(lpid)
+        elif svm is None or svm.aborting or (req == H_SVM_INIT_DONE and svm.secure):
             return U_STATE  # the UV acts only for SVMs it knows
-        elif req == H_SVM_PAGE_IN and len(args) > 1 and args[1] == H_PAGE_IN_SHARED:
+        elif req in LIFE_CYCLE and svm.transition:
+            return U_BUSY
+        elif req == H_SVM_PAGE_IN and args[1:3] == (H_PAGE_IN_SHARED, PAGE_SHIFT):
             return await self.share(lpid, args[0] >> PAGE_SHIFT)
+        elif req == H_SVM_PAGE_IN and args[1:3] == (0, PAGE_SHIFT) and \
+                not svm.registered(args[0] >> PAGE_SHIFT):
+            return U_PARAMETER  # the UV pages in only memory registered for the SVM
+        if req not in LIFE_CYCLE:
+            return await self._issue(svm, req, *args)
+        svm.transition = NAMES[req]
+        try:
+            return await self._issue(svm, req, *args)
+        finally:
+            svm.transition = ""
+
+    async def _issue(self, svm: SvmState, req: int, *args: int) -> int:
+        """Issue one hcall for ``svm`` (which must still be the SVM the UV knows)."""
+        lpid, hv = svm.lpid, self.hv
+        if self.svms.get(lpid) is not svm or svm.aborting:
+            return U_STATE  # terminated (or being aborted) meanwhile
         if self.hcall_ns:  # the cost model: the round trip through the UV and the HV
             await self.m.sleep(self.hcall_ns)
         if req == H_SVM_INIT_ABORT:
-            return await hv.hcall(lpid, req, *args, msr_s=False, via_uv=True)
-        rc = await hv.hcall(lpid, req, *args, msr_s=True)
+            svm.aborting = True
+            try:
+                while svm.in_flight:  # its other hcalls for the SVM return first
+                    svm.drained = svm.drained or self.m.completion(f"SVM {lpid} hcalls done")
+                    await svm.drained.wait_for_completion()
+                return await hv.hcall(lpid, req, *args, msr_s=False, via_uv=True)
+            finally:
+                svm.aborting = False  # if the HV refused; else the SVM is gone
+        with self._in_flight(svm):
+            rc = await hv.hcall(lpid, req, *args, msr_s=True)
         if req == H_SVM_INIT_DONE and rc == H_SUCCESS:
-            self.svms[lpid].secure = True
+            svm.secure = True
         return rc
 
-    async def esm(self, lpid: int, necessary: list[int], shares: list[int] = ()) -> int:
-        """UV_ESM: INIT_START, page in the GFNs the SVM needs, share the ones it asks for,
-        INIT_DONE; abort on failure. Returns what the guest's UV_ESM returns."""
+    @staticmethod
+    @contextlib.contextmanager
+    def _in_flight(svm: SvmState):
+        """An hcall the UV issues for ``svm`` (an abort waits for these to return)."""
+        svm.in_flight += 1
+        try:
+            yield
+        finally:
+            svm.in_flight -= 1
+            if not svm.in_flight and svm.drained is not None:
+                svm.drained.complete_all()
+                svm.drained = None
+
+    async def esm(self, lpid: int, necessary: Iterable[int], shares: range = range(0)) -> int:
+        """UV_ESM: INIT_START, check the ESM blob against the VM's registered memory, page
+        in the GFNs the SVM needs, share the ones it asks for, INIT_DONE; abort on failure
+        (a blob naming pages outside the VM's memory aborts, and the guest gets the abort's
+        H_PARAMETER, i.e. U_PARAMETER). Returns what the guest's UV_ESM returns."""
         if lpid in self.svms:
             return U_STATE
-        rc = await self.issue(lpid, H_SVM_INIT_START)
-        for gfn in necessary if rc == H_SUCCESS else []:
-            rc = await self.issue(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT)
-            if rc != H_SUCCESS:
-                break
-        for gfn in shares if rc == H_SUCCESS else []:
-            rc = await self.share(lpid, gfn)
-            if rc != H_SUCCESS:
-                break
-        if rc == H_SUCCESS:
-            # INIT_DONE failing leaves the VM Transient, for its owner to terminate
-            return await self.issue(lpid, H_SVM_INIT_DONE)
-        return await self.issue(lpid, H_SVM_INIT_ABORT)
+        svm = self.svms[lpid] = SvmState(lpid, transition="UV_ESM")
+        try:
+            rc = await self._issue(svm, H_SVM_INIT_START)
+            if rc == H_SUCCESS and not (svm.covers(necessary) and svm.covers(shares)):
+                rc = U_PARAMETER
+            for gfn in necessary if rc == H_SUCCESS else ():
+                rc = await self._issue(svm, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT)
+                if rc != H_SUCCESS:
+                    break
+            for gfn in shares if rc == H_SUCCESS else ():
+                rc = await self.share(lpid, gfn)
+                if rc != H_SUCCESS:
+                    break
+            if rc == H_SUCCESS:
+                # INIT_DONE failing leaves the VM Transient, for its owner to terminate
+                return await self._issue(svm, H_SVM_INIT_DONE)
+            return await self._issue(svm, H_SVM_INIT_ABORT)
+        finally:
+            svm.transition = ""
+
+    def check_pages(self, lpid: int, gfn: int, npages: int) -> int:
+        """The checks of UV_SHARE_PAGE and UV_UNSHARE_PAGE(gfn, npages) before any page is
+        touched: U_PARAMETER if the UV does not know the VM or ``gfn`` is not its memory,
+        U_P2 if ``npages`` is 0 or the range runs past the VM's registered memory."""
+        svm = self.svms.get(lpid)
+        if svm is None or not svm.registered(gfn):
+            return U_PARAMETER
+        if not npages or not svm.covers(range(gfn, gfn + npages)):
+            return U_P2
+        return U_SUCCESS
 
     async def share(self, lpid: int, gfn: int) -> int:
         """UV_SHARE_PAGE for one page: the HV provides a normal page the UV maps shared."""
         svm = self.svms.get(lpid)
         if svm is None or not svm.registered(gfn):
             return U_PARAMETER
+        if svm.aborting:
+            return U_STATE
         async with self._requesting("share", gfn):
-            return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, H_PAGE_IN_SHARED,
-                                       PAGE_SHIFT, msr_s=True)
+            with self._in_flight(svm):
+                return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT,
+                                           H_PAGE_IN_SHARED, PAGE_SHIFT, msr_s=True)
 
     @contextlib.asynccontextmanager
     async def _requesting(self, what: str, gfn: int):
@@ -307,8 +401,11 @@ class Ultravisor:
         svm = self.svms.get(lpid)
         if svm is None or gfn not in svm.shared:
             return U_PARAMETER
-        return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
-                                   msr_s=True)
+        if svm.aborting:
+            return U_STATE
+        with self._in_flight(svm):
+            return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
+                                       msr_s=True)
 
     async def unshare_all_pages(self, lpid: int) -> int:
         """UV_UNSHARE_ALL_PAGES (the guest's kexec path): unshare every shared page."""
@@ -324,7 +421,9 @@ class Ultravisor:
     async def touch(self, lpid: int, gfn: int) -> tuple[Frame | None, bool]:
         """The frame an SVM access to ``gfn`` lands on, and whether it is normal memory the
         HV can read (a shared page). A paged-out page is paged back in first
-        (H_SVM_PAGE_IN); a page never filled is a zero page. (None, False): not the SVM's."""
+        (H_SVM_PAGE_IN); a page whose content never reached the UV (a GFN that
+        H_SVM_INIT_DONE moved without a copy) is a zero page. (None, False): not the
+        SVM's."""
         svm = self.svms[lpid]
         if not svm.registered(gfn):
             return None, False
@@ -345,4 +444,5 @@ class Ultravisor:
             return self.memory.normal.get(svm.shared[gfn]), True
         if gfn not in svm.frames:
             svm.frames[gfn] = self.memory.secure.alloc()
+            self.memory.secure[svm.frames[gfn]].zero = True
         return self.memory.secure[svm.frames[gfn]], False

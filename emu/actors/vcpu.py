@@ -15,14 +15,15 @@ integrity violation, and a secret landing in memory the HV can read is a confide
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import attrs
 
 from ..kvm import hvcall
-from ..kvm.hvcall import H_FUNCTION, H_SUCCESS, PAGE_SHIFT, U_SUCCESS
-from .ultravisor import U_PARAMETER
+from ..kvm.hvcall import H_FUNCTION, H_PAGE_IN_SHARED, H_SUCCESS, PAGE_SHIFT, U_SUCCESS
+from .ultravisor import U_PERMISSION
 
 if TYPE_CHECKING:
     from ..kvm.vm import KVM
@@ -33,13 +34,29 @@ if TYPE_CHECKING:
 GuestProgram = Callable[["Guest"], Awaitable[None]]
 
 
+MASK64 = (1 << 64) - 1
+GUEST_UCALLS = (hvcall.UV_ESM, hvcall.UV_SHARE_PAGE, hvcall.UV_UNSHARE_PAGE,
+                hvcall.UV_UNSHARE_ALL_PAGES)
+HV_UCALLS = frozenset(nr for nr, name in hvcall.NAMES.items()
+                      if name.startswith("UV_") and nr not in GUEST_UCALLS)
+"""The ucalls only the HV may make (UV_PAGE_IN, UV_REGISTER_MEM_SLOT, ...): from a guest,
+U_PERMISSION ("if called from context other than Hypervisor", ultravisor.rst)."""
+
+
 def _number(call: int | str) -> int:
+    """The call number in r3: a name of asm/hvcall.h or ultravisor-api.h, or any integer
+    (taken modulo 2**64). A name that names no call is a programming error: ValueError."""
     if isinstance(call, str):
-        value = getattr(hvcall, call, None)
-        if not isinstance(value, int):
+        value = getattr(hvcall, call, None) if call.startswith(("H_", "UV_")) else None
+        if not isinstance(value, int) or hvcall.NAMES.get(value) != call:
             raise ValueError(f"no hcall or ucall named {call!r}")
         return value
-    return call
+    return call & MASK64
+
+
+def _regs(args: tuple[int, ...]) -> list[int]:
+    """The argument registers r4, r5, ...: each argument modulo 2**64."""
+    return [a & MASK64 for a in args]
 
 
 @attrs.define(eq=False)
@@ -48,14 +65,41 @@ class GuestMemory:
 
     expected: dict[int, int] = attrs.Factory(dict)
     """GFN -> the value last written (absent: undefined, e.g. after a share)."""
+    insecure: dict[int, bool] = attrs.Factory(dict)
+    """GFNs whose expected value was written while the VM was not secure: if the UV never
+    received it (H_SVM_INIT_DONE moves the GFNs UV_ESM did not page in without a copy),
+    the secure VM finds the UV's zero page there (``Frame.zero``), and that is no
+    integrity violation."""
     shared: dict[int, bool] = attrs.Factory(dict)
     """GFNs the guest itself asked to share."""
-    sharing: dict[int, int] = attrs.Factory(dict)
-    """GFNs with a share in flight: their content is undefined from the moment a share
-    starts (it drops the secure content, even if the share then fails)."""
+    sharing: list[range] = attrs.Factory(list)
+    """GFN ranges with a share in flight (UV_SHARE_PAGE, or the shares of a UV_ESM): their
+    content is undefined from the moment a share starts (it drops the secure content, even
+    if the share then fails). Kept as ranges: a guest may name any range."""
+    watchers: list[list[range]] = attrs.Factory(list)
+    """One list per UV_UNSHARE_ALL_PAGES in flight, collecting the shares that start
+    meanwhile: a page shared during it may or may not be unshared by it."""
 
     def forget(self, gfn: int) -> None:
         self.expected.pop(gfn, None)
+        self.insecure.pop(gfn, None)
+
+    def in_flight(self, gfn: int) -> bool:
+        return any(gfn in r for r in self.sharing)
+
+    @contextlib.contextmanager
+    def sharing_range(self, gfns: range):
+        """A share of ``gfns`` is in flight: forget their content now and while it lasts."""
+        for gfn in [g for g in self.expected if g in gfns] if gfns else ():
+            self.forget(gfn)
+        for raced in self.watchers:
+            raced.append(gfns)
+        self.sharing.append(gfns)
+        try:
+            yield
+        finally:
+            self.sharing.remove(gfns)
+
 
 @attrs.define(eq=False)
 class VCpu:
@@ -99,7 +143,15 @@ class VCpu:
 
 
 class Guest:
-    """What a guest program can do on its vCPU."""
+    """What a guest program can do on its vCPU.
+
+    Every integer argument (a call number, an hcall or ucall argument, an address, a value
+    stored) is taken modulo 2**64, as the 64-bit register the guest loads it into would
+    hold it: -1 is 0xffff_ffff_ffff_ffff and 2**64 + 5 is 5. Any number of arguments may be
+    given (missing ones are 0, extra ones are ignored by the callee), and whatever they are,
+    the guest gets a return code: the kernel's or the Ultravisor's, never a Python
+    exception. Only a call *name* that names no hcall or ucall raises ValueError (a
+    programming error, not an argument)."""
 
     def __init__(self, vcpu: VCpu) -> None:
         self._vcpu = vcpu
@@ -118,26 +170,47 @@ class Guest:
     # ------------------------------------------------------------------ calls
     async def hcall(self, call: int | str, *args: int) -> int:
         """A raw hcall from the guest (never with MSR_S: only the UV's own hcalls carry
-        it)."""
-        nr, hv = _number(call), self._machine.hv
-        return await self._vcpu.on_cpu(lambda: hv.hcall(self.lpid, nr, *args, msr_s=False))
+        it). An hcall KVM does not handle gets H_FUNCTION."""
+        nr, regs, hv = _number(call), _regs(args), self._machine.hv
+        return await self._vcpu.on_cpu(lambda: hv.hcall(self.lpid, nr, *regs, msr_s=False))
 
     async def uv_hcall(self, call: int | str, *args: int) -> int:
         """Have the Ultravisor issue an H_SVM_* hcall on this SVM's behalf (MSR_S set, the
         UV's books kept): to drive the life cycle step by step from a test or a scripted
-        boot."""
-        nr, uv = _number(call), self._machine.uv
-        return await self._vcpu.on_cpu(lambda: uv.issue(self.lpid, nr, *args))
+        boot. The UV refuses what it would never issue (see ``Ultravisor.issue``)."""
+        nr, regs, uv = _number(call), _regs(args), self._machine.uv
+        if nr != hvcall.H_SVM_PAGE_IN or regs[1:3] not in ([H_PAGE_IN_SHARED, PAGE_SHIFT],
+                                                            [0, PAGE_SHIFT]):
+            return await self._vcpu.on_cpu(lambda: uv.issue(self.lpid, nr, *regs))
+        gfn = regs[0] >> PAGE_SHIFT  # a share, or a page-in (unshare): the guest's books follow
+        if regs[1] == H_PAGE_IN_SHARED:
+            return await self._vcpu.on_cpu(
+                lambda: self._sharing(gfn, lambda: uv.issue(self.lpid, nr, *regs)))
+
+        async def page_in() -> int:
+            rc = await uv.issue(self.lpid, nr, *regs)
+            if rc == H_SUCCESS:
+                self.memory.shared.pop(gfn, None)
+            return rc
+
+        return await self._vcpu.on_cpu(page_in)
 
     async def ucall(self, call: int | str, *args: int) -> int:
-        return await self._vcpu.on_cpu(lambda: self._ucall(_number(call), *args))
+        """A ucall to the Ultravisor; see ``_ucall`` for the ones a guest may make."""
+        nr, regs = _number(call), _regs(args)
+        return await self._vcpu.on_cpu(lambda: self._ucall(nr, *regs))
 
     async def _ucall(self, nr: int, *args: int) -> int:
-        """A ucall to the Ultravisor. UV_ESM(first, npages, share_first, share_npages): the
-        model's reading of the ESM blob, which names the pages to page in and the pages the
-        UV shares during the transition. UV_SHARE_PAGE(gfn, npages),
-        UV_UNSHARE_PAGE(gfn, npages) and UV_UNSHARE_ALL_PAGES() (before a kexec). Any other
-        ucall is the HV's: a guest gets H_FUNCTION."""
+        """A ucall to the Ultravisor (arguments already 64-bit registers).
+
+        UV_ESM(first, npages, share_first, share_npages): the model's reading of the ESM
+        blob, which names the pages to page in and the pages the UV shares during the
+        transition; the UV checks them against the VM's registered memory (U_PARAMETER,
+        and ESM aborted, if any lies outside). UV_SHARE_PAGE(gfn, npages) and
+        UV_UNSHARE_PAGE(gfn, npages): U_PARAMETER if the UV does not know the VM or ``gfn``
+        is not its memory, U_P2 if ``npages`` is 0 or runs past it. UV_UNSHARE_ALL_PAGES()
+        (before a kexec). The other ucalls are the HV's: a guest gets U_PERMISSION, and a
+        number that names no ucall gets U_FUNCTION."""
         uv, lpid = self._machine.uv, self.lpid
         a = [*args, 0, 0, 0, 0][:4]
         if nr == hvcall.UV_ESM:
@@ -145,22 +218,31 @@ class Guest:
                 gfns = [g for s in self._kvm.memslots
                         for g in range(s.base_gfn, s.base_gfn + s.npages)]
             else:
-                gfns = list(range(a[0], a[0] + max(a[1], 0)))
-            shares = list(range(a[2], a[2] + max(a[3], 0)))
-            rc = await uv.esm(lpid, gfns, shares)
-            for gfn in shares if rc == U_SUCCESS else []:
+                gfns = range(a[0], a[0] + a[1])
+            shares = range(a[2], a[2] + a[3])
+            with self.memory.sharing_range(shares):
+                rc = await uv.esm(lpid, gfns, shares)
+            for gfn in shares if rc == U_SUCCESS else ():  # checked: inside the VM
                 self.memory.shared[gfn] = True
                 self.memory.forget(gfn)
             return rc
         if nr == hvcall.UV_UNSHARE_ALL_PAGES:
-            rc = await uv.unshare_all_pages(lpid)
-            if rc == U_SUCCESS:
-                self.memory.shared.clear()
+            before, raced = list(self.memory.shared), []
+            self.memory.watchers.append(raced)
+            try:
+                rc = await uv.unshare_all_pages(lpid)
+            finally:
+                watchers = self.memory.watchers
+                del watchers[next(i for i, w in enumerate(watchers) if w is raced)]
+            for gfn in before if rc == U_SUCCESS else ():
+                if not any(gfn in r for r in raced):  # (a racing share may stay shared)
+                    self.memory.shared.pop(gfn, None)
             return rc
         if nr in (hvcall.UV_SHARE_PAGE, hvcall.UV_UNSHARE_PAGE):
-            if a[1] <= 0:
-                return U_PARAMETER
-            for gfn in range(a[0], a[0] + a[1]):
+            rc = uv.check_pages(lpid, a[0], a[1])
+            if rc != U_SUCCESS:
+                return rc
+            for gfn in range(a[0], a[0] + a[1]):  # checked: inside the VM's memory
                 rc = await (self._share(gfn) if nr == hvcall.UV_SHARE_PAGE
                             else uv.unshare(lpid, gfn))
                 if rc != U_SUCCESS:
@@ -168,18 +250,17 @@ class Guest:
                 if nr == hvcall.UV_UNSHARE_PAGE:
                     self.memory.shared.pop(gfn, None)
             return U_SUCCESS
-        return H_FUNCTION
+        return U_PERMISSION if nr in HV_UCALLS else H_FUNCTION
 
     async def _share(self, gfn: int) -> int:
+        return await self._sharing(gfn, lambda: self._machine.uv.share(self.lpid, gfn))
+
+    async def _sharing(self, gfn: int, share: Callable[[], Awaitable[int]]) -> int:
+        """Share ``gfn`` with ``share()``, keeping the guest's books: the page's content is
+        undefined from the moment the share starts."""
         mem = self.memory
-        mem.sharing[gfn] = mem.sharing.get(gfn, 0) + 1
-        mem.forget(gfn)
-        try:
-            rc = await self._machine.uv.share(self.lpid, gfn)
-        finally:
-            mem.sharing[gfn] -= 1
-            if not mem.sharing[gfn]:
-                del mem.sharing[gfn]
+        with mem.sharing_range(range(gfn, gfn + 1)):
+            rc = await share()
         mem.forget(gfn)  # a fresh page: its content is undefined
         if rc == U_SUCCESS:
             mem.shared[gfn] = True
@@ -198,23 +279,30 @@ class Guest:
     async def write(self, gpa: int, value: int) -> int:
         """Store ``value`` in the page at ``gpa``: H_SUCCESS, or H_PARAMETER for an address
         outside the guest's memory."""
+        gpa, value = gpa & MASK64, value & MASK64
         return await self._vcpu.on_cpu(lambda: self._write(gpa, value))
 
     async def read(self, gpa: int) -> int | None:
         """The value of the page at ``gpa`` (None outside the guest's memory)."""
+        gpa &= MASK64
         return await self._vcpu.on_cpu(lambda: self._read(gpa))
 
     async def _write(self, gpa: int, value: int) -> int:
         gfn = gpa >> PAGE_SHIFT
-        frame, normal = await self._frame(gfn, "store")
+        frame, normal, secure = await self._frame(gfn, "store")
         if frame is None:
             return hvcall.H_PARAMETER
-        secret = self._secure() and gfn not in self.memory.shared
-        frame.value, frame.secret, frame.encrypted = value, secret, False
-        if gfn in self.memory.sharing:
-            self.memory.forget(gfn)  # the guest races its own share: either outcome is fine
+        sharing = self.memory.in_flight(gfn)  # the guest races its own share of the page:
+        secret = secure and gfn not in self.memory.shared and not sharing  # no secret there
+        frame.value, frame.secret, frame.encrypted, frame.zero = value, secret, False, False
+        if sharing:
+            self.memory.forget(gfn)  # and either outcome is fine
         else:
             self.memory.expected[gfn] = value
+            if secure:
+                self.memory.insecure.pop(gfn, None)
+            else:
+                self.memory.insecure[gfn] = True
         if secret and normal:
             self._machine.m.fail("confidentiality", f"{self._vcpu.name}: a secret store to GFN "
                                  f"{gfn:#x} landed in normal memory the HV can read")
@@ -222,9 +310,13 @@ class Guest:
 
     async def _read(self, gpa: int) -> int | None:
         gfn = gpa >> PAGE_SHIFT
-        frame, _ = await self._frame(gfn, "load")
+        frame, _, secure = await self._frame(gfn, "load")
         if frame is None:
             return None
+        if frame.zero and self.memory.insecure.pop(gfn, False):
+            self.memory.forget(gfn)  # written before ESM, never paged in: a zero page now
+        if frame.encrypted and not secure and self.lpid in self._machine.uv.svms:
+            self.memory.forget(gfn)  # read through the HV while ESM ran on another vCPU
         want = self.memory.expected.get(gfn)
         if want is not None and (frame.encrypted or frame.value != want):
             got = "ciphertext" if frame.encrypted else frame.value
@@ -237,13 +329,18 @@ class Guest:
         return svm is not None and svm.secure
 
     async def _frame(self, gfn: int, what: str):
+        """The frame an access to ``gfn`` lands on: (frame or None, normal memory the HV can
+        read, whether the access was made by a secure VM). The access is made as the VM is
+        when it reaches memory: through the Ultravisor once the VM is secure (a store then
+        is secret unless the page is shared), through the HV's page tables before (a store
+        then is no secret, even if ESM completes meanwhile on another vCPU)."""
         m = self._machine.m
         await m.point(f"{what} GFN {gfn:#x}")
         if self._secure():
-            return await self._machine.uv.touch(self.lpid, gfn)
+            return (*await self._machine.uv.touch(self.lpid, gfn), True)
         kvm = self._kvm
         hva = kvm.gfn_to_hva(gfn)
         if hva is None:
-            return None, False
+            return None, False, False
         pfn = await kvm.host_fault(hva)
-        return (kvm.memory.normal[pfn], True) if pfn > 0 else (None, False)
+        return (kvm.memory.normal[pfn] if pfn > 0 else None), pfn > 0, False

@@ -17,9 +17,12 @@ class Frame:
     encrypted: bool = False
     secret: bool = False
     """The plaintext (or ciphertext) of a Secure GFN: the HV must never see it unencrypted."""
+    zero: bool = False
+    """The Ultravisor's zero page for a GFN whose content never reached it (a GFN that
+    H_SVM_INIT_DONE moved to secure memory without a copy), or a copy of one."""
 
     def copy_from(self, src: Frame, *, encrypt: bool) -> None:
-        self.value, self.secret = src.value, src.secret
+        self.value, self.secret, self.zero = src.value, src.secret, src.zero
         self.encrypted = encrypt and src.secret
 
 

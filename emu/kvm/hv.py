@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import attrs
+
 from . import lifecycle, uvmem
 from .hvcall import (
     EBUSY,
@@ -39,8 +41,25 @@ if TYPE_CHECKING:
     from ..sim import Machine
 
 MASK64 = (1 << 64) - 1
+GFN_OPS = ("share", "unshare")
 VM_OPS = {H_SVM_INIT_START: "INIT_START", H_SVM_INIT_DONE: "INIT_DONE",
           H_SVM_INIT_ABORT: "INIT_ABORT"}
+
+
+@attrs.define(eq=False)
+class VmOpWindow:
+    """The window of one operation on a VM, against the VM-wide operations on it."""
+
+    ops: list[int]
+    """The VM's [VM-wide operations in flight, VM-wide operations started]."""
+    vm_wide: bool
+    started: int
+    overlapped: bool
+
+    def close(self) -> bool:
+        """The operation returns: did a VM-wide operation (other than itself) overlap it?"""
+        self.ops[0] -= self.vm_wide
+        return self.overlapped or self.ops[1] != self.started
 
 
 class Hypervisor:
@@ -55,6 +74,13 @@ class Hypervisor:
         the UV's and the HV's slots need only agree when there are none."""
         self.teardown: dict[int, bool] = {}
         """lpid -> KVM_PPC_SVM_OFF is tearing the VM down (no vCPU may be in the guest)."""
+        self.vm_ops: dict[int, list[int]] = {}
+        """lpid -> [VM-wide operations in flight, started] (H_SVM_INIT_START, INIT_DONE,
+        INIT_ABORT, KVM_PPC_SVM_OFF): they move many GFNs, or the whole VM, at once, so a
+        GFN operation one of them overlapped is held only to what its success promises, and
+        a VM-wide one that another overlapped is not held to the VM table (its outcome is
+        not its own doing). Only a guest's own H_SVM_INIT_ABORT, or QEMU, can overlap the
+        life-cycle operations the UV runs one at a time."""
 
     def add(self, kvm: KVM) -> KVM:
         self.kvms[kvm.lpid] = kvm
@@ -75,11 +101,13 @@ class Hypervisor:
         regs = [(a & MASK64) for a in args] + [0] * (3 - len(args))
         vm_before = uvmem.vm_state(kvm)
         gfn_op, gfn, gfn_before, shared_before = self._gfn_op(kvm, req, regs)
-        ops = self.gfn_ops.setdefault((lpid, gfn), [0, 0])
+        marks = self._gfn_marks(lpid) if gfn_op == "init_done" else {}
+        ops = self.gfn_ops.setdefault((lpid, gfn if gfn_op in GFN_OPS else None), [0, 0])
         overlapped = ops[0] > 0
         ops[0] += 1
         ops[1] += 1
         started = ops[1]
+        window = self._window(lpid, req in VM_OPS)
 
         slot_op = req == H_SVM_INIT_START
         mine = self._registered_by(kvm, actor.name) if slot_op else set()
@@ -87,8 +115,12 @@ class Hypervisor:
         rc = await self._dispatch(kvm, req, regs, msr_s)
         self.slot_ops[lpid] -= slot_op
         ops[0] -= 1
-        if overlapped or ops[1] != started:
+        vm_overlapped = window.close()
+        if overlapped or ops[1] != started or vm_overlapped:
             gfn_before = ""  # another operation overlapped: only a success is checked
+        if vm_overlapped:
+            vm_before = ""  # so did another VM-wide one: the VM's state is not its alone
+        busy = self._gfn_busy(lpid, marks) if gfn_op == "init_done" else set()
 
         name = NAMES.get(req, hex(req))
         self._no_leaks(kvm, name, held, refs)
@@ -96,11 +128,32 @@ class Hypervisor:
             self.m.fail("return-path", f"{name} came from the Ultravisor but returns with rfid "
                         "(secure_guest is 0), not UV_RETURN, into a context that does not exist")
         if via_uv:
-            self._conformance(kvm, req, rc, vm_before, gfn_op, gfn, gfn_before, shared_before)
+            self._conformance(kvm, req, rc, vm_before, gfn_op, gfn, gfn_before, shared_before,
+                              busy)
         if req == H_SVM_INIT_START:
             leaked = self._registered_by(kvm, actor.name) - mine if rc != H_SUCCESS else set()
             self._check_slots(kvm, leaked)
         return rc
+
+    def _gfn_marks(self, lpid: int) -> dict[int, tuple[int, int]]:
+        """The share and unshare operations on each GFN of VM ``lpid`` so far."""
+        return {g: (ops[0], ops[1]) for (vm, g), ops in self.gfn_ops.items()
+                if vm == lpid and g is not None}
+
+    def _gfn_busy(self, lpid: int, marks: dict[int, tuple[int, int]]) -> set[int]:
+        """The GFNs a share or unshare was in flight on since ``marks`` were taken: a VM-wide
+        operation that overlapped them cannot be held to their state."""
+        return {g for g, (in_flight, started) in self._gfn_marks(lpid).items()
+                if in_flight or started != marks.get(g, (0, 0))[1]} | \
+            {g for g, (in_flight, _) in marks.items() if in_flight}
+
+    def _window(self, lpid: int, vm_wide: bool) -> VmOpWindow:
+        """Open the window of an operation on VM ``lpid`` (a VM-wide one if ``vm_wide``)."""
+        ops = self.vm_ops.setdefault(lpid, [0, 0])
+        overlapped = ops[0] > 0
+        ops[0] += vm_wide
+        ops[1] += vm_wide
+        return VmOpWindow(ops, vm_wide, ops[1], overlapped)
 
     @staticmethod
     def _registered_by(kvm: KVM, who: str) -> set[int]:
@@ -166,16 +219,17 @@ class Hypervisor:
         return None, 0, "", []
 
     def _conformance(self, kvm: KVM, req: int, rc: int, vm_before: str, gfn_op: str | None,
-                     gfn: int, gfn_before: str, shared_before: list[int]) -> None:
+                     gfn: int, gfn_before: str, shared_before: list[int],
+                     busy: set[int]) -> None:
         problem = None
-        if req in VM_OPS:
+        if req in VM_OPS and vm_before:
             problem = lifecycle.check_vm(kvm, VM_OPS[req], vm_before, rc)
-        if problem is None and req == H_SVM_INIT_ABORT and rc == H_PARAMETER:
+        if problem is None and req == H_SVM_INIT_ABORT and rc == H_PARAMETER and vm_before:
             problem = lifecycle.check_terminated(kvm, "abort")
         if problem is None and gfn_op in ("share", "unshare"):
             problem = lifecycle.check_gfn(kvm, gfn_op, gfn, gfn_before, rc)
-        if problem is None and gfn_op == "init_done" and rc == H_SUCCESS:
-            problem = lifecycle.check_init_done(kvm, shared_before)
+        if problem is None and gfn_op == "init_done" and rc == H_SUCCESS and vm_before:
+            problem = lifecycle.check_init_done(kvm, shared_before, busy)
         if problem:
             self.m.fail("life-cycle", problem)
 
@@ -207,6 +261,7 @@ class Hypervisor:
         ret = 0
         if not kvm.secure_guest & KVMPPC_SECURE_INIT_START:
             return ret
+        window = self._window(kvm.lpid, True)
         await kvm.mmu_setup_lock.lock()
         mmu_was_ready = kvm.mmu_ready
         if kvm.mmu_ready and not kvm.quirk("svm-off-no-guard"):
@@ -215,6 +270,7 @@ class Hypervisor:
             if kvm.vcpus_running:
                 kvm.mmu_ready = 1
                 kvm.mmu_setup_lock.unlock()
+                window.close()
                 return -EBUSY
         self.teardown[kvm.lpid] = True
         self.slot_ops[kvm.lpid] = self.slot_ops.get(kvm.lpid, 0) + 1
@@ -231,7 +287,7 @@ class Hypervisor:
         self.slot_ops[kvm.lpid] -= 1
         self.teardown[kvm.lpid] = False
         kvm.mmu_setup_lock.unlock()
-        if ret == 0:
+        if not window.close() and ret == 0:  # (unless an abort or another reset overlapped)
             problem = lifecycle.check_vm(kvm, "TERMINATE", vm_before, H_SUCCESS) or \
                 lifecycle.check_terminated(kvm, "terminate")
             if problem:

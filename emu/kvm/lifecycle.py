@@ -89,13 +89,17 @@ def check_gfn(kvm: KVM, op: str, gfn: int, before: str, rc: int) -> str | None:
     return None
 
 
-def check_init_done(kvm: KVM, shared_before: list[int]) -> str | None:
+def check_init_done(kvm: KVM, shared_before: list[int], busy: set[int] = frozenset()
+                    ) -> str | None:
     """After H_SVM_INIT_DONE succeeded: every GFN of a slot registered with the UV is
     Secure, except the shared ones, which stay Shared. (A slot being hot-plugged and not
-    registered yet is not the SVM's memory.) Scans the page tables in bulk: a 100 GB guest
-    has 1.6 M GFNs."""
+    registered yet is not the SVM's memory; a GFN in ``busy`` had a share or unshare in
+    flight meanwhile, which may have moved it on or left it mid-way.) Scans the page
+    tables in bulk: a 100 GB guest has 1.6 M GFNs."""
     svm = kvm.uv.svms.get(kvm.lpid)
     for gfn in shared_before:
+        if gfn in busy:
+            continue
         if svm is None or gfn not in svm.shared:
             return f"GFN {gfn:#x} Shared --init_done--> {true_gfn_state(kvm, gfn)}: the table " \
                    "says Shared"
@@ -107,7 +111,7 @@ def check_init_done(kvm: KVM, shared_before: list[int]) -> str | None:
         pte = vma.pte[first:first + npages] if vma is not None else None
         for i in range(npages) if pte is None else _non_device(pte):
             gfn = base + i
-            if gfn not in shared and true_gfn_state(kvm, gfn) == "Normal":
+            if gfn not in shared and gfn not in busy and true_gfn_state(kvm, gfn) == "Normal":
                 return (f"GFN {gfn:#x} Normal --init_done--> Normal: after H_SVM_INIT_DONE "
                         "succeeds no registered GFN may be Normal (the table says Secure)")
     return None

@@ -144,7 +144,7 @@ class UvmemDevice:
         self._hint = 0
         self.pvt_gpa = array("Q", bytes(8 * npages))
         self.pvt_flags = bytearray(npages)
-        self.pvt_lpid = array("L", bytes(4 * npages))
+        self.pvt_lpid = array("L", [0]) * npages  # ("L" is 8 bytes on LP64, not 4)
         self.kvms: dict[int, KVM] = {}
 
     def in_use(self) -> int:
