@@ -39,10 +39,8 @@ class Point:
 
 def esm_seconds(gb: float, mode: str) -> float:
     """Simulated seconds until UV_ESM returns for a ``gb`` GB SVM."""
-    pages = int(gb * 1024 * 16)
     result = run("svm-boot", params={"mem_mb": int(gb * 1024), "vcpus": 1, "esm": mode,
-                                     "costs": "seed-004", "prealloc": True},
-                 max_steps=20 * pages + 100_000)
+                                     "costs": "seed-004", "prealloc": True})
     if not result.ok:
         raise EmuError(f"esm-scaling: svm-boot at {gb} GB ({mode}) found "
                        f"{result.violation.describe()}")
