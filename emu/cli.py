@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import EmuError
+from .kvm.releases import matrix
 from .sim import replay as replay_file
 from .sim.explain import explain
 from .sim.files import check_dir, check_file
@@ -28,7 +29,7 @@ from .sim.replay import MAX_SEED
 from .sim.runner import MAX_DEPTH, HuntResult, RunResult, hunt, prepare, run
 from .sim.scenario import builtin_scenarios, suites
 from .sim.strategies import pct_bound
-from .study import SIZES_GB, STUDIES, esm_scaling, plot, table
+from .study import SIZES_GB, STUDIES, esm_scaling, plot, releases_study, releases_table, table
 
 CLEAN, VIOLATION, USAGE = 0, 1, 2
 VERBOSE = {"on": False}
@@ -69,6 +70,10 @@ scenario_options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  help="Scenario parameter (repeatable)."),
     click.option("--quirk", "quirks", multiple=True, metavar="Q",
                  help="Switch a historic bug back on (repeatable)."),
+    click.option("--kernel", "kernel", default=None, metavar="RELEASE",
+                 help="Run the model as this kernel release: its historic bugs on (plus any "
+                      "--quirk) and its release-keyed behaviour ('emu list' shows the "
+                      "matrix). Default: the fixed model."),
     click.option("--strategy", default="random", show_default=True, help="random or pct."),
     click.option("--depth", default=3, show_default=True, type=click.IntRange(1, MAX_DEPTH),
                  help="PCT bug depth d."),
@@ -121,6 +126,9 @@ def list_cmd() -> int:
     click.echo("\n" + click.style("quirks", bold=True))
     for qname, text in described.items():
         click.echo(f"  {qname}: {text}")
+    click.echo("\n" + click.style("kernel releases (--kernel RELEASE; svm scenarios)",
+                                  bold=True))
+    click.echo(matrix())
     return CLEAN
 
 
@@ -129,9 +137,9 @@ def list_cmd() -> int:
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
               help="Write the Perfetto trace JSON here.")
 @timeline_option
-def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], strategy: str,
-            depth: int, seed: int, max_steps: int | None, trace_path: str | None,
-            timeline: int) -> int:
+def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], kernel: str | None,
+            strategy: str, depth: int, seed: int, max_steps: int | None,
+            trace_path: str | None, timeline: int) -> int:
     """Run one schedule of SCENARIO and explain what it found."""
     if scenario in suites():
         raise EmuError(f"{scenario!r} is a suite: 'emu run' takes one scenario "
@@ -139,7 +147,9 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], str
     if trace_path is not None:
         check_file(trace_path, "--trace")
     result = run(scenario, seed=seed, params=_params(params), quirks=quirks, strategy=strategy,
-                 depth=depth, max_steps=max_steps)
+                 depth=depth, max_steps=max_steps, release=kernel)
+    if kernel is not None:
+        click.echo(f"kernel {kernel}: quirks {', '.join(result.quirks) or 'none'}")
     click.echo(f"{result.scenario} seed {seed} ({result.strategy['name']}): {result.steps} "
                f"steps, trace hash {result.trace_hash}: {_verdict(result)}")
     if result.strategy["name"] == "pct":
@@ -162,16 +172,17 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], str
 @click.option("--keep-going", is_flag=True,
               help="Do not stop at the first violation: save and print each one as found.")
 @timeline_option
-def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], strategy: str,
-             depth: int, seed: int, max_steps: int | None, schedules: int, out: str,
-             check_determinism: bool, keep_going: bool, timeline: int) -> int:
+def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
+             kernel: str | None, strategy: str, depth: int, seed: int, max_steps: int | None,
+             schedules: int, out: str, check_determinism: bool, keep_going: bool,
+             timeline: int) -> int:
     """Run up to N schedules of SCENARIO, stopping at the first violation. SCENARIO may be
     a suite (svm, engine: each of its scenarios in turn); the default is the svm suite.
     Every finding is written to --out the moment it is found. Ctrl-C or SIGTERM stops the
     hunt after the schedule in flight (exit 130 or 143); a second one stops it at once."""
     names = suites().get(scenario, ("", [scenario]))[1]
     for name in names:  # every scenario's options are checked before the first one runs
-        prepare(name, _params(params), quirks)
+        prepare(name, _params(params), quirks, kernel)
     log = FindingLog(out)
     status = CLEAN
     done: list[HuntResult] = []
@@ -180,7 +191,7 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], st
             found = _hunt_one(name, log, params=_params(params), quirks=quirks,
                               strategy=strategy, depth=depth, seed=seed, max_steps=max_steps,
                               schedules=schedules, check_determinism=check_determinism,
-                              keep_going=keep_going)
+                              keep_going=keep_going, release=kernel)
             done.append(found)
             _hunt_report(found, log, timeline, check_determinism)
             if found.mismatches or found.found is not None:
@@ -226,8 +237,10 @@ def _interrupted(signum: int, done: list[HuntResult], log: FindingLog) -> int:
 
 def _hunt_report(h: HuntResult, log: FindingLog, timeline: int, checked: bool) -> None:
     last = h.seed + h.schedules - 1
-    click.echo(f"hunt {h.scenario} ({h.strategy['name']}): {h.schedules} schedules, seeds "
-               f"{h.seed}..{last}; steps max {h.steps_max}, total {h.steps_total}; "
+    as_release = f", kernel {h.release}" if h.release is not None else ""
+    click.echo(f"hunt {h.scenario} ({h.strategy['name']}{as_release}): {h.schedules} "
+               f"schedules, seeds {h.seed}..{last}; steps max {h.steps_max}, total "
+               f"{h.steps_total}; "
                f"{h.decisions_per_second:,.0f} decisions/s")
     if h.strategy["name"] == "pct" and "k" in h.strategy:
         click.echo(_pct_line(h.strategy, h.actors))
@@ -290,10 +303,18 @@ def replay_cmd(file: str, trace_path: str | None, show: bool, accept_edits: bool
               help="Largest size simulated page by page when the UV pages in every GFN.")
 @click.option("--out", default="emu-out", show_default=True, type=click.Path(file_okay=False),
               help="Where the plot goes.")
-def study_cmd(name: str, sizes: str, max_full_gb: float, out: str) -> int:
-    """Run a scripted measurement: esm-scaling."""
+@click.option("--schedules", default=200, show_default=True, type=click.IntRange(min=1),
+              help="releases: schedules per scenario and release.")
+def study_cmd(name: str, sizes: str, max_full_gb: float, out: str, schedules: int) -> int:
+    """Run a scripted measurement: esm-scaling (seed 004's curve) or releases (which kernel
+    releases fail which secure-VM scenario)."""
     if name not in STUDIES:
         raise EmuError(f"unknown study {name!r} (known: {', '.join(STUDIES)})")
+    if name == "releases":
+        click.echo(f"{name}: {STUDIES[name]}")
+        cells = releases_study(schedules, progress=lambda line: click.echo("  " + line))
+        click.echo(releases_table(cells, schedules))
+        return CLEAN
     try:
         gbs = tuple(float(x) for x in sizes.split(","))
     except ValueError:

@@ -36,10 +36,12 @@ the review in seed 004: the HV tracks only "has a device page", and at INIT_DONE
 other GFN to the UV with UV_PAGE_IN, which the UV refuses for a shared GFN (that GFN then
 stays shared).
 
-Quirks (historic bugs switched back on) are tested where the kernel had them; see QUIRKS.
-``init-start-rollback`` is the exception: that bug is still in the kernel, and the default
-model is its evident fix. Memslots are walked as ``kvm_for_each_memslot`` did before 5.17,
-by descending base GFN.
+Quirks (historic bugs switched back on) are tested where the kernel had them; see QUIRKS,
+and ``releases.QUIRK_HISTORY`` for the commits and releases of each. ``init-start-rollback``
+is the exception: that bug is still in the kernel, and the default model is its evident
+fix. By default memslots are walked as ``kvm_for_each_memslot`` did before 5.17 (descending
+base GFN) and a device page is freed inside ``migrate_vma_finalize`` as before 6.1;
+``--kernel`` selects a release's quirks and behaviour (emu/kvm/releases.py).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from .hvcall import (
     PAGE_SIZE,
     U_SUCCESS,
 )
+from .releases import QUIRK_HISTORY
 from .vm import KVM, Memslot, is_error_noslot_pfn, no_faults
 
 if TYPE_CHECKING:
@@ -111,6 +114,8 @@ QUIRKS = {
         "shared; confidentiality.",
 }
 
+assert set(QUIRK_HISTORY) == set(QUIRKS), "every quirk needs its history in releases.py"
+
 # migrate_vma flags
 MIGRATE_VMA_SELECT_SYSTEM = 1
 MIGRATE_VMA_SELECT_DEVICE_PRIVATE = 2
@@ -146,6 +151,10 @@ class UvmemDevice:
         self.pvt_flags = bytearray(npages)
         self.pvt_lpid = array("L", [0]) * npages  # ("L" is 8 bytes on LP64, not 4)
         self.kvms: dict[int, KVM] = {}
+        self.fault_refs: dict[int, int] = {}
+        """Device pfn -> references a host fault holds across migrate_to_ram (v6.1+)."""
+        self.freed: dict[int, bool] = {}
+        """Device pfns migrate_vma_finalize let go of while a fault still held them."""
 
     def in_use(self) -> int:
         return self.npages - self.bitmap.count(0)
@@ -159,9 +168,40 @@ class UvmemDevice:
                                         self.pvt_gpa[bit])
         return 1 if ret else 0  # VM_FAULT_SIGBUS
 
+    # the device page's reference count, as far as it decides when page_free runs
+    def get_page(self, dpfn: int) -> None:
+        """do_swap_page's get_page(vmf->page) before ->migrate_to_ram (v6.1+)."""
+        self.fault_refs[dpfn] = self.fault_refs.get(dpfn, 0) + 1
+
+    def put_page(self, dpfn: int) -> None:
+        """do_swap_page's put_page(vmf->page) after ->migrate_to_ram returned: if the
+        migration already let go of the page, this was the last reference."""
+        left = self.fault_refs[dpfn] - 1
+        if left:
+            self.fault_refs[dpfn] = left
+            return
+        del self.fault_refs[dpfn]
+        if self.freed.pop(dpfn, False):
+            self.page_free(dpfn)  # after uvmem_lock was dropped: nothing held here
+
+    def free_pending(self, dpfn: int) -> bool:
+        return self.freed.get(dpfn, False)
+
+    def put_device_page(self, dpfn: int) -> None:
+        """The reference migrate_vma_finalize (or a zap) drops: page_free now, unless a host
+        fault still holds the page (v6.1+), in which case its put_page frees it."""
+        if dpfn in self.fault_refs:
+            self.freed[dpfn] = True
+        else:
+            self.page_free(dpfn)
+
     # dev_pagemap_ops.page_free
     def page_free(self, dpfn: int) -> None:
-        """kvmppc_uvmem_page_free (uvmem_lock held, reached from migrate_vma_finalize)."""
+        """kvmppc_uvmem_page_free: before v6.1 with uvmem_lock held (reached from
+        migrate_vma_finalize); since v6.1, on the host-fault path, from do_swap_page's
+        put_page after migrate_to_ram returned, with no uvmem lock (the kernel's comment
+        "Gets called with kvm->arch.uvmem_lock held" is stale there). It takes only the
+        bitmap lock, then updates the GFN's state word."""
         bit = dpfn - 1
         self.bitmap[bit] = 0
         self._hint = min(self._hint, bit)
@@ -335,8 +375,8 @@ async def kvmppc_h_svm_init_start(kvm: KVM) -> int:
             break
     if ret:
         for m in slots:
-            if m is failed:
-                break
+            if m is failed or kvm.behaviour.init_start_rollback == "none":
+                break  # (before v5.9 there was no rollback: earlier slots stay registered)
             # U1 deletes `memslot` (the failing slot) here, once per earlier slot (B8)
             await __kvmppc_uvmem_memslot_delete(
                 kvm, failed if kvm.quirk("init-start-rollback") else m)
@@ -383,12 +423,12 @@ def migrate_vma_finalize(kvm: KVM, mig: MigrateVma) -> None:
     """Free the page that lost (the source if migrated); device pages go to page_free."""
     if not mig.done:
         if mig.dst < 0:
-            kvm.uvmem_dev.page_free(-mig.dst)
+            kvm.uvmem_dev.put_device_page(-mig.dst)
         return
     if mig.src > 0:
         kvm.memory.normal.free(mig.src)
     elif mig.src < 0:
-        kvm.uvmem_dev.page_free(-mig.src)
+        kvm.uvmem_dev.put_device_page(-mig.src)
 
 
 # ---------------------------------------------------------------------- page-out

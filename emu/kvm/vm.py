@@ -19,6 +19,7 @@ from ..hw.hostmm import VMA, HostMM
 from ..hw.memory import PhysicalMemory
 from ..sim import Machine
 from .hvcall import PAGE_SHIFT
+from .releases import ID_HASH_BITS, Behaviour, behaviour, hash_32
 
 if TYPE_CHECKING:
     from ..actors.ultravisor import Ultravisor
@@ -45,6 +46,8 @@ class Memslot:
     npages: int
     userspace_addr: int
     flags: int = 0
+    seq: int = 0
+    """When it was published (the newest first within an id_hash bucket, v5.17+)."""
 
     def contains(self, gfn: int) -> bool:
         return self.base_gfn <= gfn < self.base_gfn + self.npages
@@ -81,9 +84,17 @@ class KVM:
     mmu_setup_lock: Any = None
     slots_lock: Any = None
     mmu_lock: Any = None
+    release: str | None = None
+    """The kernel release modelled (``--kernel``, from the machine); None: the default."""
+    behaviour: Behaviour = None  # type: ignore[assignment]
+    """What the release changes besides its quirks (emu/kvm/releases.py)."""
+    published: int = 0
 
     def __attrs_post_init__(self) -> None:
         m = self.m
+        if self.release is None:
+            self.release = getattr(m, "release", None)
+        self.behaviour = behaviour(self.release)
         self.srcu = m.srcu("kvm->srcu")
         self.mm = HostMM(m.rwsem("mmap_lock"))
         self.uvmem_lock = m.mutex("uvmem_lock")
@@ -102,9 +113,16 @@ class KVM:
         return Memslot(slot_id, base_gfn, npages, hva)
 
     def publish(self, slot: Memslot) -> None:
-        """Install a memslot; kvm_for_each_memslot (before 5.17) walks them by descending
-        base GFN."""
-        self.memslots = sorted([*self.memslots, slot], key=lambda s: -s.base_gfn)
+        """Install a memslot. ``memslots`` is kept in ``kvm_for_each_memslot`` order: before
+        5.17 the array, by descending base GFN; from 5.17 ``hash_for_each`` over id_hash, by
+        bucket (hash_32 of the slot id, 7 bits), the newest first within a bucket."""
+        self.published += 1
+        slot.seq = self.published
+        if self.behaviour.memslot_walk == "id-hash":
+            self.memslots = sorted([*self.memslots, slot],
+                                   key=lambda s: (hash_32(s.id, ID_HASH_BITS), -s.seq))
+        else:
+            self.memslots = sorted([*self.memslots, slot], key=lambda s: -s.base_gfn)
 
     def add_memslot(self, slot_id: int, base_gfn: int, npages: int,
                     prealloc: bool = False) -> Memslot:
@@ -131,7 +149,7 @@ class KVM:
             if pte > 0:
                 self.memory.normal.free(pte)
             elif pte < 0:
-                self.uvmem_dev.page_free(-pte)
+                self.uvmem_dev.put_device_page(-pte)
 
     def gfn_to_memslot(self, gfn: int) -> Memslot | None:
         for slot in self.memslots:
@@ -175,9 +193,20 @@ class KVM:
         if vma is None:
             return KVM_PFN_ERR_FAULT
         i = vma.index(hva)
+        dev = self.uvmem_dev
         while vma.pte[i] < 0:  # device-private entry: migrate_to_ram, then retry the walk
             dpfn = -vma.pte[i]
-            if await self.uvmem_dev.migrate_to_ram(vma, hva, dpfn):
+            if self.behaviour.page_free == "after-fault":
+                # do_swap_page since v6.1 (16ce101db85d): get_page, ->migrate_to_ram,
+                # put_page; the last reference, and so page_free, may be this one
+                dev.get_page(dpfn)
+                failed = await dev.migrate_to_ram(vma, hva, dpfn)
+                if dev.free_pending(dpfn):
+                    await self.m.point("do_swap_page: put_page(vmf->page)")
+                dev.put_page(dpfn)
+            else:
+                failed = await dev.migrate_to_ram(vma, hva, dpfn)
+            if failed:
                 return KVM_PFN_ERR_FAULT  # VM_FAULT_SIGBUS
             if vma.pte[i] == -dpfn:
                 gfn = self.uvmem_dev.pvt_gpa[dpfn - 1] >> PAGE_SHIFT

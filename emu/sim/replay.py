@@ -2,7 +2,9 @@
 
 JSON with a format tag and version, the emu version, the scenario and its parameters, the
 quirks, the strategy and seed, the step budget, the decision list ``[step, actor, op]``,
-the violation found, the trace hash, and a checksum over all of it. A scenario loaded from
+the violation found, the trace hash, and a checksum over all of it; a schedule run as a
+named release (``--kernel``) also records it as ``"kernel"`` (absent: the default model,
+which is what files without the key, and older files, replay as). A scenario loaded from
 a file is recorded by its path (relative to the working directory, to the replay file, and
 absolute) and the SHA-256 of its content, so the file is found from anywhere and a change
 to it is named before it can show up as a divergence.
@@ -70,6 +72,8 @@ def replay_data(result: RunResult, path: Path) -> dict[str, Any]:
         "trace_hash": result.trace_hash,
         "decisions": [list(d) for d in result.decisions],
     }
+    if result.release is not None:
+        data["kernel"] = result.release
     data["checksum"] = _checksum(data)
     return data
 
@@ -131,6 +135,8 @@ def _validate(path: Path, data: dict[str, Any]) -> None:
         raise _corrupt(path, f"bad strategy {json.dumps(strategy)[:80]}")
     if not all(isinstance(q, str) for q in data["quirks"]):
         raise _corrupt(path, "quirks must be names")
+    if "kernel" in data and not (isinstance(data["kernel"], str) and data["kernel"]):
+        raise _corrupt(path, "kernel must be a release name")
     decisions = data["decisions"]
     if len(decisions) > data["max_steps"]:
         raise _corrupt(path, f"{len(decisions)} decisions, more than max_steps "
@@ -189,5 +195,6 @@ def replay(data: dict[str, Any], spec: str | None = None) -> ReplayResult:
     decisions = [(d[0], d[1], d[2]) for d in data["decisions"]]
     result = run_decisions(spec or data["scenario"], decisions, seed=data["seed"],
                            params=data["params"], quirks=data["quirks"],
-                           strategy=data["strategy"], max_steps=data["max_steps"])
+                           strategy=data["strategy"], max_steps=data["max_steps"],
+                           release=data.get("kernel"))
     return ReplayResult(result, data["trace_hash"])

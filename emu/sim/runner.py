@@ -20,7 +20,7 @@ from ..errors import EmuError, ReplayDivergence, ScenarioError
 from .controller import Controller
 from .interrupt import INTERRUPT, Interrupted
 from .machine import Machine
-from .scenario import Scenario, resolve
+from .scenario import Scenario, resolve, resolve_release
 from .strategies import RandomWalk, Replay, make_strategy
 from .trace import Trace
 from .violations import Stop, Violation
@@ -47,6 +47,8 @@ class RunResult:
     virtual_time: int
     source: tuple[str, str] | None = None
     """The scenario file's absolute path and SHA-256, for a scenario loaded from a file."""
+    release: str | None = None
+    """The release the model ran as (``--kernel``); None: the model's default."""
 
     @property
     def ok(self) -> bool:
@@ -92,6 +94,8 @@ class HuntResult:
     """Wall-clock seconds (statistics only; never feeds a decision)."""
     interrupted: int | None = None
     """The signal that ended the hunt early (SIGINT, SIGTERM), if one did."""
+    release: str | None = None
+    """The release the model ran as (``--kernel``); None: the model's default."""
 
     @property
     def ok(self) -> bool:
@@ -103,12 +107,15 @@ class HuntResult:
 
 
 def prepare(scenario: str | Scenario, params: Mapping[str, Any] | None,
-            quirks: Iterable[str]) -> tuple[Scenario, dict[str, Any], tuple[str, ...]]:
-    """The scenario, its parameter values and quirks, checked (EmuError if they are bad)."""
+            quirks: Iterable[str], release: str | None = None
+            ) -> tuple[Scenario, dict[str, Any], tuple[str, ...]]:
+    """The scenario, its parameter values and quirks, checked (EmuError if they are bad).
+    A ``release`` adds the quirks it had to ``quirks`` (quirks only add bugs)."""
     sc = resolve(scenario) if isinstance(scenario, str) else scenario
     values = sc.resolve_params(params)
     sc.check_size(values)
-    return sc, values, sc.resolve_quirks(quirks)
+    chosen = sc.resolve_quirks(quirks)
+    return sc, values, sc.resolve_quirks((*chosen, *resolve_release(sc, release)))
 
 
 def step_budget(sc: Scenario, values: dict[str, Any], max_steps: int | None) -> int:
@@ -121,11 +128,14 @@ def step_budget(sc: Scenario, values: dict[str, Any], max_steps: int | None) -> 
 
 
 async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
-                       strategy: Any, seed: int, max_steps: int) -> RunResult:
-    """Build the scenario on a fresh controller and run one schedule (inside trio.run)."""
+                       strategy: Any, seed: int, max_steps: int,
+                       release: str | None = None) -> RunResult:
+    """Build the scenario on a fresh controller and run one schedule (inside trio.run).
+    ``release`` is handed to the model as ``machine.release`` (an opaque name)."""
     INTERRUPT.check()
     ctl = Controller(strategy, max_steps=max_steps)
     machine = Machine(ctl, params, quirks, tuple(sc.quirks), seed)
+    machine.release = release
     try:
         sc.build(machine, **params)
     except EmuError:
@@ -144,12 +154,12 @@ async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, 
     if ctl.error is not None:
         raise ctl.error
     return RunResult(sc.name, params, quirks, strategy.spec(), seed, max_steps,
-                     ctl.violations, ctl.trace, ctl.step, ctl.now, sc.source)
+                     ctl.violations, ctl.trace, ctl.step, ctl.now, sc.source, release)
 
 
 async def _calibrate(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
-                     max_steps: int) -> int:
-    probe = await run_schedule(sc, params, quirks, RandomWalk(0), 0, max_steps)
+                     max_steps: int, release: str | None = None) -> int:
+    probe = await run_schedule(sc, params, quirks, RandomWalk(0), 0, max_steps, release)
     return probe.steps
 
 
@@ -162,35 +172,39 @@ def _strategy_spec(name: str, depth: int) -> dict[str, Any]:
 
 
 async def _complete_spec(spec: dict[str, Any], sc: Scenario, params: dict[str, Any],
-                         quirks: tuple[str, ...], max_steps: int) -> dict[str, Any]:
+                         quirks: tuple[str, ...], max_steps: int,
+                         release: str | None = None) -> dict[str, Any]:
     if spec["name"] == "pct" and "k" not in spec:
-        return {**spec, "k": await _calibrate(sc, params, quirks, max_steps)}
+        return {**spec, "k": await _calibrate(sc, params, quirks, max_steps, release)}
     return spec
 
 
 def run(scenario: str | Scenario, *, seed: int = 0, params: Mapping[str, Any] | None = None,
         quirks: Iterable[str] = (), strategy: str = "random", depth: int = 3,
-        max_steps: int | None = None) -> RunResult:
-    """Run one schedule of ``scenario``."""
-    sc, values, chosen = prepare(scenario, params, quirks)
+        max_steps: int | None = None, release: str | None = None) -> RunResult:
+    """Run one schedule of ``scenario`` (as ``release``, if the scenario models releases)."""
+    sc, values, chosen = prepare(scenario, params, quirks, release)
     steps = step_budget(sc, values, max_steps)
     spec = _strategy_spec(strategy, depth)
 
     async def main() -> RunResult:
-        full = await _complete_spec(spec, sc, values, chosen, steps)
-        return await run_schedule(sc, values, chosen, make_strategy(full, seed), seed, steps)
+        full = await _complete_spec(spec, sc, values, chosen, steps, release)
+        return await run_schedule(sc, values, chosen, make_strategy(full, seed), seed, steps,
+                                  release)
 
     return trio.run(main)
 
 
 def run_decisions(scenario: str | Scenario, decisions: list[tuple[int, str, str]], *,
                   seed: int, params: Mapping[str, Any] | None, quirks: Iterable[str],
-                  strategy: dict[str, Any], max_steps: int) -> RunResult:
+                  strategy: dict[str, Any], max_steps: int,
+                  release: str | None = None) -> RunResult:
     """Re-run a recorded decision list; the result reports the original strategy."""
-    sc, values, chosen = prepare(scenario, params, quirks)
+    sc, values, chosen = prepare(scenario, params, quirks, release)
 
     async def main() -> RunResult:
-        result = await run_schedule(sc, values, chosen, Replay(decisions), seed, max_steps)
+        result = await run_schedule(sc, values, chosen, Replay(decisions), seed, max_steps,
+                                    release)
         if result.steps < len(decisions):
             raise ReplayDivergence(f"the schedule ended after {result.steps} steps, but the "
                                    f"replay file records {len(decisions)}")
@@ -204,7 +218,8 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
          strategy: str = "random", depth: int = 3, max_steps: int | None = None,
          check_determinism: bool = False, keep_going: bool = False,
          progress: Callable[[int, RunResult], None] | None = None,
-         on_finding: Callable[[RunResult], None] | None = None) -> HuntResult:
+         on_finding: Callable[[RunResult], None] | None = None,
+         release: str | None = None) -> HuntResult:
     """Run schedules with seeds ``seed, seed+1, ...`` until one finds a fatal violation.
 
     A schedule with only a warning (lockdep's *possible* deadlock) is remembered and the
@@ -216,11 +231,12 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     warning, every fatal violation the hunt reports; with ``keep_going`` every violating
     schedule), before the next schedule runs, so a caller can save it at once. A stop
     requested through ``INTERRUPT`` (SIGINT, SIGTERM) ends the hunt after the schedule in
-    flight, which is dropped; the result says ``interrupted``.
+    flight, which is dropped; the result says ``interrupted``. ``release`` runs the model as
+    that release (its quirks added to ``quirks``).
     """
     if schedules < 1:
         raise EmuError(f"bad number of schedules {schedules} (at least 1)")
-    sc, values, chosen = prepare(scenario, params, quirks)
+    sc, values, chosen = prepare(scenario, params, quirks, release)
     steps = step_budget(sc, values, max_steps)
     spec = _strategy_spec(strategy, depth)
     keep_going = keep_going or check_determinism
@@ -234,13 +250,14 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
         interrupted: int | None = None
         start = time.perf_counter()
         try:
-            full = await _complete_spec(spec, sc, values, chosen, steps)
+            full = await _complete_spec(spec, sc, values, chosen, steps, release)
             for i in range(schedules):
                 s = seed + i
-                result = await run_schedule(sc, values, chosen, make_strategy(full, s), s, steps)
+                result = await run_schedule(sc, values, chosen, make_strategy(full, s), s, steps,
+                                            release)
                 if check_determinism:
                     again = await run_schedule(sc, values, chosen, make_strategy(full, s), s,
-                                               steps)
+                                               steps, release)
                     if again.trace_hash != result.trace_hash:
                         mismatches.append((s, result.trace_hash, again.trace_hash))
                 ran += 1
@@ -265,6 +282,6 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
             interrupted = stop.signum
         elapsed = time.perf_counter() - start
         return HuntResult(sc.name, values, chosen, full, seed, ran, fatal or warning, violating,
-                          mismatches, total, longest, actors, elapsed, interrupted)
+                          mismatches, total, longest, actors, elapsed, interrupted, release)
 
     return trio.run(main)

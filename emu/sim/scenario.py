@@ -128,6 +128,55 @@ class Scenario:
 REGISTRY: dict[str, Scenario] = {}
 
 
+@attrs.frozen
+class Releases:
+    """Named versions of a modelled system (for a kernel: its releases), each the set of
+    quirks (historic bugs) it had. The engine only keys on names: what else a version
+    changes is the model's business (it reads ``Machine.release``). A table applies to every
+    scenario that declares all of its ``quirks``; the model registers it at import."""
+
+    what: str
+    """What a version is called in messages ("kernel release")."""
+    option: str
+    """The command-line option that selects one ("--kernel")."""
+    quirks: frozenset[str]
+    """Every quirk the table knows."""
+    bugs: Mapping[str, tuple[str, ...]]
+    """Version name -> the quirks it has, oldest version first."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.bugs)
+
+
+RELEASE_TABLES: list[Releases] = []
+
+
+def register_releases(table: Releases) -> None:
+    if table not in RELEASE_TABLES:
+        RELEASE_TABLES.append(table)
+
+
+def releases_of(sc: Scenario) -> Releases | None:
+    """The release table that applies to ``sc`` (None if none does)."""
+    declared = set(sc.quirks)
+    return next((t for t in RELEASE_TABLES if t.quirks <= declared), None)
+
+
+def resolve_release(sc: Scenario, release: str | None) -> tuple[str, ...]:
+    """The quirks ``release`` switches on for ``sc`` (none for None); EmuError if ``sc``
+    models no releases or does not know this one."""
+    if release is None:
+        return ()
+    table = releases_of(sc)
+    if table is None:
+        raise EmuError(f"scenario {sc.name} models no releases, so it cannot run as "
+                       f"{release!r} ('emu list' shows which scenarios do)")
+    if release not in table.bugs:
+        raise EmuError(f"unknown {table.what} {release!r} (known: {', '.join(table.names)})")
+    return table.bugs[release]
+
+
 def available_memory() -> int:
     """Bytes this process may still use: MemAvailable, else the physical memory."""
     try:
