@@ -9,15 +9,49 @@ itself. The decision is recorded as ``(step, actor, operation)``.
 
 Blocking is a predicate ("disabled until the mutex is free"), evaluated at each decision,
 so deadlock detection is exact: live actors exist, none is enabled, no timer is pending.
-Virtual time belongs to the controller: it advances, to the earliest timer, only when no
-actor is enabled. A step budget turns a livelock into a reported liveness failure, never a
-hang. An actor that blocks on a raw Trio primitive is caught by an idle watchdog.
+
+**Virtual time** belongs to the controller. ``sleep(dt)`` queues a timer. Whenever timers
+are pending and some actor is enabled, firing the earliest timer is one more candidate the
+strategy chooses among: a pseudo-actor named ``timer`` (``TIMER``) whose operation is
+``fire timer at T``. Choosing it is a step like any other: recorded as ``(step, "timer",
+"fire timer at T")``, replayed by name and operation, counted against the step budget; it
+advances ``now`` to T and wakes every sleeper due by then. So a timed page copy can finish
+while other actors could still run: costs order the timers among themselves, they never
+remove a schedule. When *no* actor is enabled and timers are pending, firing is forced and
+is not a decision (nothing is recorded, exactly as before timers were choices, so a replay
+file without ``timer`` decisions replays wherever no timer choice arises).
+
+The candidate is switchable while the models catch up with the schedules it opens: it is
+offered when the strategy asks for it (``timer_choices``: a spec with ``"timers": true``,
+and ``Replay`` always, so a file with ``timer`` decisions replays whatever the setting), or
+when the class attribute ``Controller.timer_choices`` is set (default False), and always
+in the fair suffix (below). Otherwise time advances only when nobody can run (the old
+rule), which a replay file of either kind follows.
+
+**Retry points.** ``yield_point(op)`` (``Machine.yield_point``) is a scheduling point for
+``cond_resched()``, ``cpu_relax()`` and a retry loop: it tells the strategy that the actor
+yields (``ctl.yielder``). PCT then drops the actor below every other (Coyote and Shuttle do
+the same for a yield), so a spinning actor cannot starve the actor it waits for; random
+walk is fair anyway and ignores it.
+
+**Liveness** is reported only when progress is impossible under a fair continuation. The
+step budget ``max_steps`` has two halves: the strategy's own schedule runs until
+``max_steps - max_steps // 2`` steps; from there on the controller sets ``fair`` and the
+schedule continues fairly for the rest of the budget (PCT then picks uniformly among the
+enabled actors and the timer, from its own seeded RNG; random walk is uniform already;
+replay follows the file), with timers always a candidate. Only if the schedule still has
+not finished at ``max_steps`` is "no progress in N steps" reported, naming the actors that
+kept stepping during the fair suffix (the livelock cycle) and what every actor was doing.
+The total never exceeds the budget, so a replay file still holds at most ``max_steps``
+decisions and the memory estimate per step still bounds a schedule. An actor that blocks
+on a raw Trio primitive is caught by an idle watchdog.
 
 Many schedules run one after another inside a single ``trio.run``.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 import traceback
 from collections.abc import Awaitable, Callable
@@ -26,7 +60,6 @@ from typing import Any
 import attrs
 import trio
 import trio.testing
-from sortedcontainers import SortedList
 from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
 
 from ..errors import EmuError, ScenarioError
@@ -37,9 +70,16 @@ from .violations import Stop, Violation
 Predicate = Callable[[], bool]
 Check = Callable[[], "str | None"]
 
+TIMER = "timer"
+"""The pseudo-actor whose step fires the earliest pending timer (a reserved actor name)."""
+
 
 def _abort(_raise_cancel: Any) -> Abort:
     return Abort.SUCCEEDED
+
+
+async def _no_body() -> None:
+    """The timer pseudo-actor has no task."""
 
 
 @attrs.define(eq=False)
@@ -81,12 +121,29 @@ class Actor:
 class Controller:
     stall_seconds = 30.0
     """Wall time without a decision after which the watchdog reports a raw-Trio spin."""
+    timer_choices = False
+    """True: firing the earliest timer is a candidate whenever timers are pending, for every
+    strategy (see the module docstring). False (the default for now): only for a strategy
+    whose ``timer_choices`` is set (``{"name": "random", "timers": true}``, and ``Replay``
+    always), otherwise time advances only when no actor is enabled (the old rule) until the
+    fair suffix."""
 
     def __init__(self, strategy: Any, *, max_steps: int = 10_000) -> None:
         self.strategy = strategy
         self.max_steps = max_steps
-        self._limit = max_steps
-        """The step at which the schedule ends: the budget, or now when a stop is asked."""
+        self._limit = max_steps - max_steps // 2
+        """The step at which the unfair prefix ends (then the budget), or now when a stop is
+        asked."""
+        self.fair = False
+        """Set once the strategy's own schedule has used its half of the budget."""
+        self._fair_from = 0
+        self._offer_timer = self.timer_choices or getattr(strategy, "timer_choices", False)
+        self.timer = Actor(TIMER, -1, "controller", _no_body)
+        """The pseudo-actor offered to the strategy while timers are pending."""
+        self._timer_traced = False
+        self.yielder: Actor | None = None
+        """The actor whose pending step is a yield (``yield_point``), while it decides; a
+        strategy that uses it clears it (so it counts once)."""
         self._stop_error: EmuError | None = None
         self.trace = Trace()
         self.lockdep = Lockdep(self)
@@ -101,7 +158,8 @@ class Controller:
         self.stopped = False
         self.error: EmuError | None = None
         """Set when the run itself is invalid (raw Trio block, replay divergence)."""
-        self._timers: SortedList = SortedList()
+        self._timers: list[tuple[int, int]] = []
+        """A heap of (deadline, sequence number): earliest first, ties in creation order."""
         self._timer_seq = 0
         self._flow = 0
         self._scope: trio.CancelScope | None = None
@@ -117,6 +175,8 @@ class Controller:
         when every non-daemon actor has finished."""
         if self._scope is not None:
             raise RuntimeError("actors are spawned while building the machine, before it runs")
+        if name == TIMER:
+            raise ValueError(f"{TIMER!r} is reserved for the controller's timer pseudo-actor")
         if any(a.name == name for a in self.actors):
             raise ValueError(f"two actors named {name!r}")
         actor = Actor(name, self.trace.add_actor(name, group), group, fn, args, daemon=daemon)
@@ -155,6 +215,18 @@ class Controller:
         actor.enabled = None
         actor.waits_for = None
 
+    async def yield_point(self, op: str) -> None:
+        """A retry point: ``cond_resched()``, ``cpu_relax()``, one turn of a retry loop. A
+        scheduling point like ``point`` whose step the strategy knows to be a yield: PCT
+        drops the actor below every other, so it cannot starve the actor it waits for."""
+        if self.stopped:
+            raise Stop
+        self.yielder = self.current
+        try:
+            await self.point(op)
+        finally:
+            self.yielder = None  # a strategy that reads it clears it at once (PCT)
+
     def running(self) -> Actor:
         """The actor calling into a primitive; raises Stop once the schedule has ended, so
         that cleanup code run while actors unwind changes nothing."""
@@ -168,8 +240,9 @@ class Controller:
             raise ValueError("sleep takes a non-negative duration")
         self.might_sleep(f"sleep({dt})")
         deadline = self.now + dt
-        self._timer_seq += 1
-        self._timers.add((deadline, self._timer_seq))
+        if dt:  # a zero sleep is due already: no timer to fire
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (deadline, self._timer_seq))
         await self.point(f"sleep {dt}", lambda: self.now >= deadline)
 
     def might_sleep(self, what: str) -> None:
@@ -224,29 +297,85 @@ class Controller:
     # ----------------------------------------------------------------- the decision
     def _decide(self) -> Actor | None:
         """Pick the actor that takes the next step; None when every non-daemon actor has
-        finished."""
+        finished. A step of the timer pseudo-actor is taken here, then the decision is
+        made again."""
         if not self._workers:
             return None
         if self.invariants:
             self._check(self.invariants)
-        while True:
-            enabled = [a for a in self.live if a.enabled is None or a.enabled()]
-            if enabled or not self._timers:
-                break
-            self.now = self._timers[0][0]
-            while self._timers and self._timers[0][0] <= self.now:
-                self._timers.pop(0)
-        if not enabled:
+        enabled = [a for a in self.live if a.enabled is None or a.enabled()]
+        if self._timers:
+            self._timer_candidate(enabled)
+        elif not enabled:
             self._deadlock()
         if self.step >= self._limit:
-            if self._stop_error is not None:
-                self.abort_run(self._stop_error)
-            self.fail("liveness", f"no progress in {self.max_steps} steps",
-                      details="\n".join("  " + a.describe() for a in self.live))
+            self._out_of_steps()
         chosen = self.strategy.choose(enabled, self)
         self.step += 1
+        if chosen is self.timer:
+            return self._timer_step()
         self.trace.events.append((self.step, chosen.index, "step", chosen.op, self.now))
         return chosen
+
+    def _timer_candidate(self, enabled: list[Actor]) -> None:
+        """Timers are pending: fire them while nobody can run (forced, not a decision), then
+        offer the timer pseudo-actor as one more candidate (if timers are choices)."""
+        while not enabled and self._timers:
+            self._fire()
+            enabled += [a for a in self.live if a.enabled is None or a.enabled()]
+        if not enabled:
+            self._deadlock()
+        if self._timers and (self._offer_timer or self.fair):
+            self.timer.op = f"fire timer at {self._timers[0][0]}"
+            enabled.append(self.timer)
+
+    def _timer_step(self) -> Actor | None:
+        """The strategy chose the timer: fire it, record the step, and decide again."""
+        self._fire()
+        if not self._timer_traced:
+            self._timer_traced = True
+            self.trace.add_actor(TIMER, "controller")
+        self.trace.events.append((self.step, self.timer.index, "step", self.timer.op,
+                                  self.now))
+        return self._decide()
+
+    def _fire(self) -> None:
+        """Advance virtual time to the earliest timer and retire every timer due by then."""
+        self.now = self._timers[0][0]
+        while self._timers and self._timers[0][0] <= self.now:
+            heapq.heappop(self._timers)
+
+    def _out_of_steps(self) -> None:
+        """The step limit is reached: a requested stop, the end of the unfair prefix (the
+        rest of the budget runs fairly), or a livelock under a fair continuation."""
+        if self._stop_error is not None:
+            self.abort_run(self._stop_error)
+        if not self.fair:
+            self.fair = True
+            self._fair_from = self.step
+            self._limit = self.max_steps
+            if self._stop_error is not None:  # a signal between the check and the store
+                self._limit = -1
+            if self.step < self._limit:
+                return
+        counts: dict[int, int] = {}
+        for step, actor, kind, _, _ in reversed(self.trace.events):
+            if step <= self._fair_from:
+                break
+            if kind == "step":
+                counts[actor] = counts.get(actor, 0) + 1
+        names = self.trace.actors
+        cycle = {a.index for a in self.live} | {self.timer.index}  # not those that finished
+        busy = sorted((i for i in counts if i in cycle), key=lambda i: (-counts[i], i))
+        message = f"no progress in {self.max_steps} steps"
+        if busy:
+            message += (f": {', '.join(names[i] for i in busy)} kept stepping through the last "
+                        f"{self.step - self._fair_from} steps, under a fair schedule")
+        lines = ["  " + a.describe() for a in self.live]
+        if busy:
+            lines.append("  steps in the fair suffix: "
+                         + ", ".join(f"{names[i]} {counts[i]}" for i in busy))
+        self.fail("liveness", message, details="\n".join(lines))
 
     def _hand_over(self, actor: Actor) -> None:
         self.current = actor
@@ -297,6 +426,7 @@ class Controller:
                 for actor in self.actors:
                     nursery.start_soon(self._actor_main, actor)
                 await wait_task_rescheduled(_abort)
+            self.timer.index = len(self.actors)  # its trace index, once it first fires
             nursery.start_soon(self._watchdog)
             try:
                 first = self._decide()

@@ -61,7 +61,17 @@ class Machine:
         """A bare scheduling point before ``op`` (an access the model wants interleaved)."""
         await self.ctl.point(op)
 
+    async def yield_point(self, op: str) -> None:
+        """A retry point before ``op``: the model's ``cond_resched()``, ``cpu_relax()``, or
+        one more turn of a retry loop (``while (rc := await f()) == -EBUSY: await
+        m.yield_point("retry f")``). A scheduling point like ``point``, and a yield: PCT
+        drops the actor below every other, so a spinning actor cannot starve the one it
+        waits for."""
+        await self.ctl.yield_point(op)
+
     async def sleep(self, dt: int) -> None:
+        """Sleep ``dt`` ns of virtual time; firing the timer is one of the strategy's
+        choices (it can come while other actors could still run)."""
         await self.ctl.sleep(dt)
 
     @property
