@@ -36,6 +36,7 @@ CAUGHT_BY = {
     "svm-off-no-guard": ("invariant", "while SVM_OFF tears its VM down"),
     "init-start-rollback": ("slots", "incomplete rollback"),
     "share-no-recheck": ("invariant", "never device-backed and shared"),
+    "uvmem-slot-leak": ("slots", "uvmem slots for memslot"),
 }
 
 
@@ -64,7 +65,8 @@ def test_hotplug_during_esm_finds_the_double_registration_race():
     1170 (emu hunt hotplug-during-esm --strategy pct --depth 3 --schedules 2000)."""
     found = emu.run("hotplug-during-esm", strategy="pct", depth=3, seed=1170)
     assert found.violation.kind == "invariant"
-    assert "device pages in use for" in found.violation.message
+    assert "device pages match the GFN states" in found.violation.message
+    assert "(not UVMEM) but its host PTE is device page" in found.violation.message
 
 
 # --------------------------------------------------------------------------- harness

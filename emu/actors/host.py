@@ -4,14 +4,21 @@ A host program is an ``async def program(h: Host)``. A host access to a page the
 given to the Ultravisor faults, and the fault handler (``migrate_to_ram``) pages it out:
 that is the window the share and page-out races live in. What QEMU reads must never be an
 SVM's plaintext, and a fault must return with no lock held.
+
+Every code QEMU gets back is checked against what the scenario accepts (``ReturnCodes`` in
+``vcpu.py``): ``"qemu read"`` and ``"qemu write"`` (0, or -EFAULT when the fault fails:
+SIGBUS), ``"KVM_PPC_SVM_OFF"`` (0, -EBUSY, -EINVAL), ``"KVM_SET_USER_MEMORY_REGION"``
+(hotplug and unplug) and ``"UV_PAGE_INVAL"`` (what the MMU notifier of a reclaim got from
+the UV). Each takes ``accept=`` to override the declaration for one call.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..kvm.hvcall import H_PARAMETER, H_SUCCESS
+from ..kvm.hvcall import EFAULT, H_SUCCESS, KVMPPC_SECURE_INIT_DONE
 from ..kvm.uvmem import gfn_state, vm_state
+from .vcpu import ALL_GFNS, AcceptSpec
 
 if TYPE_CHECKING:
     from ..kvm.vm import KVM, Memslot
@@ -40,53 +47,86 @@ class Host:
                         + ", ".join(h.lock.name for h in actor.held) + " held")
         return kvm.memory.normal[pfn] if pfn > 0 else None
 
-    async def read(self, lpid: int, gfn: int) -> int | None:
-        """QEMU reads a guest page (virtio, migration, a debugger)."""
-        frame = await self._page(lpid, gfn, "reads")
+    def _check(self, lpid: int, call: str, args: list, rc: int, record,
+               accept: AcceptSpec | None) -> None:
+        self._machine.codes.check(f"qemu (VM {lpid})", call, args, rc, record.raced, accept)
+
+    def _call(self, lpid: int, gfns: range):
+        return self._machine.guest_memory(lpid).call(gfns, "qemu")
+
+    async def read(self, lpid: int, gfn: int, *, accept: AcceptSpec | None = None
+                   ) -> int | None:
+        """QEMU reads a guest page (virtio, migration, a debugger): its value, or None if
+        the access fails (checked as ``"qemu read"`` returning -EFAULT)."""
+        with self._call(lpid, range(gfn, gfn + 1)) as record:
+            frame = await self._page(lpid, gfn, "reads")
+        self._check(lpid, "qemu read", [gfn], 0 if frame else -EFAULT, record, accept)
         if frame is None:
             return None
         if frame.secret and not frame.encrypted:
             self.m.fail("confidentiality", f"QEMU reads the plaintext of secure GFN {gfn:#x}")
         return frame.value
 
-    async def write(self, lpid: int, gfn: int, value: int) -> int:
-        frame = await self._page(lpid, gfn, "writes")
-        if frame is None:
-            return H_PARAMETER
-        frame.value, frame.secret, frame.encrypted, frame.zero = value, False, False, False
-        return H_SUCCESS
+    async def write(self, lpid: int, gfn: int, value: int, *,
+                    accept: AcceptSpec | None = None) -> int:
+        """QEMU writes a guest page: 0, or -EFAULT if the access fails."""
+        with self._call(lpid, range(gfn, gfn + 1)) as record:
+            frame = await self._page(lpid, gfn, "writes")
+        rc = 0 if frame else -EFAULT
+        self._check(lpid, "qemu write", [gfn, value], rc, record, accept)
+        if frame is not None:
+            frame.value, frame.secret, frame.encrypted, frame.zero = value, False, False, False
+        return rc
 
-    async def reclaim(self, lpid: int, gfn: int) -> None:
+    async def reclaim(self, lpid: int, gfn: int, *, accept: AcceptSpec | None = None) -> int:
         """The host reclaims (or KSM scans, or migrates) a regular page of the guest: the MMU
-        notifier invalidates it in KVM (kvm_unmap_radix)."""
+        notifier invalidates it in KVM (kvm_unmap_radix). Returns what UV_PAGE_INVAL
+        returned (H_SUCCESS if the notifier did not need it)."""
         kvm = self._kvm(lpid)
         hva = kvm.gfn_to_hva(gfn)
-        if hva is not None and kvm.mm.get_pte(hva) > 0:  # device pages are not reclaimed
-            await self._machine.hv.kvm_unmap_radix(kvm, gfn)
+        if hva is None or kvm.mm.get_pte(hva) <= 0:  # device pages are not reclaimed
+            return H_SUCCESS
+        inval = bool(kvm.secure_guest & KVMPPC_SECURE_INIT_DONE)
+        with self._call(lpid, range(gfn, gfn + 1)) as record:
+            rc = await self._machine.hv.kvm_unmap_radix(kvm, gfn)
+        if inval:
+            self._check(lpid, "UV_PAGE_INVAL", [lpid, gfn], rc, record, accept)
+        return rc
 
-    async def hotplug(self, lpid: int, slot_id: int, base_gfn: int, npages: int) -> Memslot:
+    async def hotplug(self, lpid: int, slot_id: int, base_gfn: int, npages: int, *,
+                      accept: AcceptSpec | None = None) -> Memslot:
         """device_add of a DIMM: QEMU maps it and KVM_SET_USER_MEMORY_REGION adds it."""
         kvm = self._kvm(lpid)
         slot = kvm.new_memslot(slot_id, base_gfn, npages)
-        await self._machine.hv.set_memory_region(kvm, slot)
+        with self._call(lpid, range(base_gfn, base_gfn + npages)) as record:
+            rc = await self._machine.hv.set_memory_region(kvm, slot)
+        self._check(lpid, "KVM_SET_USER_MEMORY_REGION", [slot_id, base_gfn, npages], rc,
+                    record, accept)
         return slot
 
-    async def unplug(self, lpid: int, slot_id: int) -> None:
+    async def unplug(self, lpid: int, slot_id: int, *, accept: AcceptSpec | None = None
+                     ) -> int:
         """device_del: KVM_SET_USER_MEMORY_REGION removes the slot, then QEMU unmaps it."""
         kvm = self._kvm(lpid)
         slot = next(s for s in kvm.memslots if s.id == slot_id)
-        await self._machine.hv.set_memory_region(kvm, slot, delete=True)
+        with self._call(lpid, range(slot.base_gfn, slot.base_gfn + slot.npages)) as record:
+            rc = await self._machine.hv.set_memory_region(kvm, slot, delete=True)
+        self._check(lpid, "KVM_SET_USER_MEMORY_REGION", [slot_id, slot.base_gfn, 0], rc,
+                    record, accept)
         kvm.munmap_memslot(slot)
+        return rc
 
-    async def svm_off(self, lpid: int) -> int:
+    async def svm_off(self, lpid: int, *, accept: AcceptSpec | None = None) -> int:
         """Machine reset: KVM_PPC_SVM_OFF (0 or -EBUSY / -EINVAL)."""
         kvm = self._kvm(lpid)
-        rc = await self._machine.hv.kvmhv_svm_off(kvm)
+        with self._call(lpid, ALL_GFNS) as record:
+            rc = await self._machine.hv.kvmhv_svm_off(kvm)
         if rc == 0:
             memory = self._machine.guest_memory(lpid)
             memory.expected.clear()  # contents now undefined
             memory.insecure.clear()
             memory.shared.clear()
+        self._check(lpid, "KVM_PPC_SVM_OFF", [lpid], rc, record, accept)
         return rc
 
     def gfn_state(self, lpid: int, gfn: int) -> str:

@@ -127,8 +127,8 @@ class Ultravisor:
         self.fail_register: Callable[[int, int], bool] = lambda lpid, slot_id: False
         """Fault injection: UV_REGISTER_MEM_SLOT runs out of secure memory."""
         self.request: dict[str, tuple[str, int]] = {}
-        """Thread -> the UV request it is carrying out ("share" or "fault", GFN): what a
-        UV_PAGE_IN nested in that thread's hcall or fault is for."""
+        """Thread -> the UV request it is carrying out ("share", "unshare" or "fault", GFN):
+        what a UV_PAGE_IN nested in that thread's hcall or fault is for."""
         self.mailbox = m.channel("ucall", capacity=4)
         m.spawn("ultravisor", self.serve, group="ultravisor", daemon=True)
 
@@ -211,8 +211,10 @@ class Ultravisor:
             self._drop_secure(svm, gfn)
             svm.shared[gfn] = src
             return U_SUCCESS
-        if gfn in svm.shared and self.design == "two-state":
-            return U_PARAMETER  # the UV refuses to page in a shared GFN
+        if gfn in svm.shared and self.design == "two-state" and request != ("unshare", gfn):
+            # the UV refuses an HV-initiated page-in of a shared GFN (INIT_DONE's, in this
+            # design), but not the one its own UV_UNSHARE_PAGE asked for
+            return U_PARAMETER
         spfn = svm.frames.get(gfn) or self.memory.secure.alloc()
         await self.memctl.copy(self.memory.normal[src], self.memory.secure[spfn],
                                into_secure=True)
@@ -291,9 +293,11 @@ class Ultravisor:
             return U_BUSY
         elif req == H_SVM_PAGE_IN and args[1:3] == (H_PAGE_IN_SHARED, PAGE_SHIFT):
             return await self.share(lpid, args[0] >> PAGE_SHIFT)
-        elif req == H_SVM_PAGE_IN and args[1:3] == (0, PAGE_SHIFT) and \
-                not svm.registered(args[0] >> PAGE_SHIFT):
-            return U_PARAMETER  # the UV pages in only memory registered for the SVM
+        elif req == H_SVM_PAGE_IN and args[1:3] == (0, PAGE_SHIFT):
+            if not svm.registered(args[0] >> PAGE_SHIFT):
+                return U_PARAMETER  # the UV pages in only memory registered for the SVM
+            async with self._requesting("unshare", args[0] >> PAGE_SHIFT):
+                return await self._issue(svm, req, *args)  # its own page-in (or unshare)
         if req not in LIFE_CYCLE:
             return await self._issue(svm, req, *args)
         svm.transition = NAMES[req]
@@ -403,9 +407,10 @@ class Ultravisor:
             return U_PARAMETER
         if svm.aborting:
             return U_STATE
-        with self._in_flight(svm):
-            return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
-                                       msr_s=True)
+        async with self._requesting("unshare", gfn):
+            with self._in_flight(svm):
+                return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0,
+                                           PAGE_SHIFT, msr_s=True)
 
     async def unshare_all_pages(self, lpid: int) -> int:
         """UV_UNSHARE_ALL_PAGES (the guest's kexec path): unshare every shared page."""

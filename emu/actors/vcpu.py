@@ -16,18 +16,30 @@ integrity violation, and a secret landing in memory the HV can read is a confide
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
 
 from ..kvm import hvcall
-from ..kvm.hvcall import H_FUNCTION, H_PAGE_IN_SHARED, H_SUCCESS, PAGE_SHIFT, U_SUCCESS
+from ..kvm.hvcall import (
+    EBUSY,
+    EFAULT,
+    EINVAL,
+    H_FUNCTION,
+    H_PAGE_IN_SHARED,
+    H_PARAMETER,
+    H_SUCCESS,
+    PAGE_SHIFT,
+    U_SUCCESS,
+    rc_name,
+)
 from .ultravisor import U_PERMISSION
 
 if TYPE_CHECKING:
     from ..kvm.vm import KVM
     from ..scenarios.svm_machine import SvmMachine
+    from ..sim import Machine
     from ..sim.channel import Completion
     from .pcpu import PCpu
 
@@ -59,6 +71,99 @@ def _regs(args: tuple[int, ...]) -> list[int]:
     return [a & MASK64 for a in args]
 
 
+# ---------------------------------------------------------------------- return codes
+ERRNO_NAMES = {0: "0", -EBUSY: "-EBUSY", -EINVAL: "-EINVAL", -EFAULT: "-EFAULT"}
+ALL_GFNS = range(0, 1 << 64)
+"""What a VM-wide call (UV_ESM, UV_UNSHARE_ALL_PAGES, an H_SVM_INIT_*, a reset) covers."""
+
+
+def code_name(call: str, rc: int) -> str:
+    """A return code by name: an errno for the host's ioctls and accesses, else hvcall's."""
+    if call.startswith(("KVM_", "qemu ")):
+        return ERRNO_NAMES.get(rc, str(rc))
+    return rc_name(rc)
+
+
+@attrs.frozen
+class Accept:
+    """The return codes a scenario accepts from one call: ``codes`` always, ``contended``
+    only when the call was contended: another vCPU (or QEMU) had a call on an overlapping
+    GFN range in flight at some moment of this one, or, for an unshare, the guest's books
+    did not say the page was still shared when it started (another vCPU unshared it): a
+    race the scenario means to lose sometimes."""
+
+    codes: frozenset[int]
+    contended: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, spec: AcceptSpec) -> Accept:
+        if isinstance(spec, Accept):
+            return spec
+        return cls(frozenset(spec))
+
+    def allows(self, rc: int, contended: bool) -> bool:
+        return rc in self.codes or (contended and rc in self.contended)
+
+    def describe(self, call: str) -> str:
+        text = ", ".join(code_name(call, c) for c in sorted(self.codes)) or "nothing"
+        if self.contended - self.codes:
+            text += " (and when contended " + ", ".join(
+                code_name(call, c) for c in sorted(self.contended - self.codes)) + ")"
+        return text
+
+
+AcceptSpec = Accept | Iterable[int]
+
+
+def accept(*codes: int, contended: Iterable[int] = ()) -> Accept:
+    """``accept(H_SUCCESS, contended=[H_PARAMETER])``: the codes a call may return."""
+    return Accept(frozenset(codes), frozenset(contended))
+
+
+class ReturnCodes:
+    """The return codes a scenario accepts, call by call: ``table`` maps a call name (an
+    hcall or ucall name such as ``"UV_UNSHARE_PAGE"``, ``"read"`` and ``"write"`` for a
+    guest's loads and stores, ``"qemu read"``, ``"qemu write"``, ``"KVM_PPC_SVM_OFF"``,
+    ``"KVM_SET_USER_MEMORY_REGION"`` and ``"UV_PAGE_INVAL"`` (reclaim) for QEMU) to the
+    codes it accepts; ``"*"`` is the default for a call the table does not name. Anything
+    else is a violation of kind ``return-code``. ``None``: the program checks its codes
+    itself (a hand-built machine; the scenarios of ``emu/scenarios/svm.py`` declare)."""
+
+    def __init__(self, m: Machine, table: Mapping[str, AcceptSpec] | None) -> None:
+        self.m = m
+        self.table = None if table is None else {k: Accept.of(v) for k, v in table.items()}
+
+    def check(self, who: str, call: str, args: Iterable[int], rc: int, contended: bool,
+              override: AcceptSpec | None = None) -> None:
+        if override is not None:
+            allowed = Accept.of(override)
+        elif self.table is None:
+            return
+        else:
+            allowed = self.table.get(call, self.table.get("*"))
+            if allowed is None:
+                return
+        if allowed.allows(rc, contended):
+            return
+        shown = ", ".join(hex(a) if isinstance(a, int) else str(a) for a in args)
+        race = "contended" if contended else "uncontended"
+        self.m.fail("return-code", f"{who}: {call}({shown}) returned {code_name(call, rc)} "
+                    f"({race}); the scenario accepts {allowed.describe(call)}")
+
+
+@attrs.define(eq=False)
+class _Call:
+    """A call in flight on a range of GFNs, for contention."""
+
+    gfns: range
+    who: str
+    raced: bool = False
+
+
+def _overlap(a: range, b: range) -> bool:
+    return max(a.start, b.start) < min(a.stop, b.stop)
+
+
 @attrs.define(eq=False)
 class GuestMemory:
     """What the guest believes of its own memory (shared by its vCPUs)."""
@@ -79,6 +184,24 @@ class GuestMemory:
     watchers: list[list[range]] = attrs.Factory(list)
     """One list per UV_UNSHARE_ALL_PAGES in flight, collecting the shares that start
     meanwhile: a page shared during it may or may not be unshared by it."""
+    calls: list[_Call] = attrs.Factory(list)
+    """The calls of the VM's vCPUs and of QEMU in flight, with the GFNs each covers: a
+    call is *contended* if a call of someone else on an overlapping range was in flight
+    at some moment of it (``Accept.contended``)."""
+
+    @contextlib.contextmanager
+    def call(self, gfns: range, who: str, raced: bool = False):
+        """A call on ``gfns`` by ``who`` is in flight; yields its record (``.raced``, set
+        from the start if ``raced``)."""
+        me = _Call(gfns, who, raced)
+        for other in self.calls:
+            if other.who != who and _overlap(other.gfns, gfns):
+                other.raced = me.raced = True
+        self.calls.append(me)
+        try:
+            yield me
+        finally:
+            self.calls.remove(me)
 
     def forget(self, gfn: int) -> None:
         self.expected.pop(gfn, None)
@@ -168,24 +291,73 @@ class Guest:
         return self._vcpu.index
 
     # ------------------------------------------------------------------ calls
-    async def hcall(self, call: int | str, *args: int) -> int:
-        """A raw hcall from the guest (never with MSR_S: only the UV's own hcalls carry
-        it). An hcall KVM does not handle gets H_FUNCTION."""
-        nr, regs, hv = _number(call), _regs(args), self._machine.hv
-        return await self._vcpu.on_cpu(lambda: hv.hcall(self.lpid, nr, *regs, msr_s=False))
+    async def _checked(self, name: str, args: list[int], gfns: range,
+                       op: Callable[[], Awaitable[int]], accept: AcceptSpec | None,
+                       unsharing: bool = False) -> int:
+        """Run ``op`` on the vCPU as a call on ``gfns`` (for contention) and check its return
+        code against what the scenario accepts (``accept`` overrides it for this call).
+        ``unsharing``: an unshare, contended from the start if the guest's books do not say
+        every page of it is shared (another vCPU unshared one meanwhile)."""
+        raced = unsharing and (gfns.stop - gfns.start > 64 or
+                               any(g not in self.memory.shared for g in gfns))
+        with self.memory.call(gfns, self._vcpu.name, raced) as record:
+            rc = await self._vcpu.on_cpu(op)
+        self._machine.codes.check(self._vcpu.name, name, args, rc, record.raced, accept)
+        return rc
 
-    async def uv_hcall(self, call: int | str, *args: int) -> int:
+    @staticmethod
+    def _gfns(nr: int, regs: list[int]) -> range:
+        """The GFNs an hcall or ucall acts on (for contention)."""
+        a = [*regs, 0, 0][:2]
+        if nr in (hvcall.H_SVM_PAGE_IN, hvcall.H_SVM_PAGE_OUT):
+            return range(a[0] >> PAGE_SHIFT, (a[0] >> PAGE_SHIFT) + 1)
+        if nr in (hvcall.UV_SHARE_PAGE, hvcall.UV_UNSHARE_PAGE):
+            return range(a[0], a[0] + a[1])
+        if nr in (hvcall.H_SVM_INIT_START, hvcall.H_SVM_INIT_DONE, hvcall.H_SVM_INIT_ABORT,
+                  hvcall.UV_ESM, hvcall.UV_UNSHARE_ALL_PAGES):
+            return ALL_GFNS
+        return range(0)
+
+    async def hcall(self, call: int | str, *args: int, accept: AcceptSpec | None = None
+                    ) -> int:
+        """A raw hcall from the guest (never with MSR_S: only the UV's own hcalls carry
+        it). An hcall KVM does not handle gets H_FUNCTION. ``accept``: the codes this call
+        may return, instead of the scenario's declaration (see ``ReturnCodes``)."""
+        nr, regs, hv = _number(call), _regs(args), self._machine.hv
+
+        async def op() -> int:
+            rc = await hv.hcall(self.lpid, nr, *regs, msr_s=False)
+            self._after_abort(nr, rc)
+            return rc
+
+        return await self._checked(hvcall.NAMES.get(nr, hex(nr)), regs, self._gfns(nr, regs),
+                                   op, accept)
+
+    def _after_abort(self, nr: int, rc: int) -> None:
+        """H_SVM_INIT_ABORT took the VM back to Normal: nothing is shared any more."""
+        if nr == hvcall.H_SVM_INIT_ABORT and rc == H_PARAMETER and not self._kvm.secure_guest:
+            self.memory.shared.clear()
+
+    async def uv_hcall(self, call: int | str, *args: int, accept: AcceptSpec | None = None
+                       ) -> int:
         """Have the Ultravisor issue an H_SVM_* hcall on this SVM's behalf (MSR_S set, the
         UV's books kept): to drive the life cycle step by step from a test or a scripted
         boot. The UV refuses what it would never issue (see ``Ultravisor.issue``)."""
         nr, regs, uv = _number(call), _regs(args), self._machine.uv
+        name, gfns = hvcall.NAMES.get(nr, hex(nr)), self._gfns(nr, regs)
         if nr != hvcall.H_SVM_PAGE_IN or regs[1:3] not in ([H_PAGE_IN_SHARED, PAGE_SHIFT],
                                                             [0, PAGE_SHIFT]):
-            return await self._vcpu.on_cpu(lambda: uv.issue(self.lpid, nr, *regs))
+            async def other() -> int:
+                rc = await uv.issue(self.lpid, nr, *regs)
+                self._after_abort(nr, rc)
+                return rc
+
+            return await self._checked(name, regs, gfns, other, accept)
         gfn = regs[0] >> PAGE_SHIFT  # a share, or a page-in (unshare): the guest's books follow
         if regs[1] == H_PAGE_IN_SHARED:
-            return await self._vcpu.on_cpu(
-                lambda: self._sharing(gfn, lambda: uv.issue(self.lpid, nr, *regs)))
+            return await self._checked(
+                name, regs, gfns,
+                lambda: self._sharing(gfn, lambda: uv.issue(self.lpid, nr, *regs)), accept)
 
         async def page_in() -> int:
             rc = await uv.issue(self.lpid, nr, *regs)
@@ -193,12 +365,15 @@ class Guest:
                 self.memory.shared.pop(gfn, None)
             return rc
 
-        return await self._vcpu.on_cpu(page_in)
+        return await self._checked(name, regs, gfns, page_in, accept, unsharing=True)
 
-    async def ucall(self, call: int | str, *args: int) -> int:
+    async def ucall(self, call: int | str, *args: int, accept: AcceptSpec | None = None
+                    ) -> int:
         """A ucall to the Ultravisor; see ``_ucall`` for the ones a guest may make."""
         nr, regs = _number(call), _regs(args)
-        return await self._vcpu.on_cpu(lambda: self._ucall(nr, *regs))
+        return await self._checked(hvcall.NAMES.get(nr, hex(nr)), regs, self._gfns(nr, regs),
+                                   lambda: self._ucall(nr, *regs), accept,
+                                   unsharing=nr == hvcall.UV_UNSHARE_PAGE)
 
     async def _ucall(self, nr: int, *args: int) -> int:
         """A ucall to the Ultravisor (arguments already 64-bit registers).
@@ -225,6 +400,11 @@ class Guest:
             for gfn in shares if rc == U_SUCCESS else ():  # checked: inside the VM
                 self.memory.shared[gfn] = True
                 self.memory.forget(gfn)
+            if rc == U_SUCCESS and self._machine.esm_pagein != "all":
+                # H_SVM_INIT_DONE moved every page the blob does not name without a copy:
+                # what the guest wrote there as a normal VM is undefined now
+                for gfn in [g for g in self.memory.insecure if g not in gfns]:
+                    self.memory.forget(gfn)
             return rc
         if nr == hvcall.UV_UNSHARE_ALL_PAGES:
             before, raced = list(self.memory.shared), []
@@ -266,26 +446,35 @@ class Guest:
             mem.shared[gfn] = True
         return rc
 
-    async def esm(self, first_gfn: int = 0, npages: int = 0) -> int:
-        return await self.ucall(hvcall.UV_ESM, first_gfn, npages)
+    async def esm(self, first_gfn: int = 0, npages: int = 0, *,
+                  accept: AcceptSpec | None = None) -> int:
+        return await self.ucall(hvcall.UV_ESM, first_gfn, npages, accept=accept)
 
-    async def share(self, gfn: int, npages: int = 1) -> int:
-        return await self.ucall(hvcall.UV_SHARE_PAGE, gfn, npages)
+    async def share(self, gfn: int, npages: int = 1, *,
+                    accept: AcceptSpec | None = None) -> int:
+        return await self.ucall(hvcall.UV_SHARE_PAGE, gfn, npages, accept=accept)
 
-    async def unshare(self, gfn: int, npages: int = 1) -> int:
-        return await self.ucall(hvcall.UV_UNSHARE_PAGE, gfn, npages)
+    async def unshare(self, gfn: int, npages: int = 1, *,
+                      accept: AcceptSpec | None = None) -> int:
+        return await self.ucall(hvcall.UV_UNSHARE_PAGE, gfn, npages, accept=accept)
 
     # ------------------------------------------------------------------ memory
-    async def write(self, gpa: int, value: int) -> int:
+    async def write(self, gpa: int, value: int, *, accept: AcceptSpec | None = None) -> int:
         """Store ``value`` in the page at ``gpa``: H_SUCCESS, or H_PARAMETER for an address
-        outside the guest's memory."""
+        outside the guest's memory (checked as the call ``"write"``)."""
         gpa, value = gpa & MASK64, value & MASK64
-        return await self._vcpu.on_cpu(lambda: self._write(gpa, value))
+        rc = await self._vcpu.on_cpu(lambda: self._write(gpa, value))
+        self._machine.codes.check(self._vcpu.name, "write", [gpa, value], rc, False, accept)
+        return rc
 
-    async def read(self, gpa: int) -> int | None:
-        """The value of the page at ``gpa`` (None outside the guest's memory)."""
+    async def read(self, gpa: int, *, accept: AcceptSpec | None = None) -> int | None:
+        """The value of the page at ``gpa`` (None outside the guest's memory: checked as
+        the call ``"read"`` returning H_PARAMETER, H_SUCCESS otherwise)."""
         gpa &= MASK64
-        return await self._vcpu.on_cpu(lambda: self._read(gpa))
+        value = await self._vcpu.on_cpu(lambda: self._read(gpa))
+        rc = H_SUCCESS if value is not None else H_PARAMETER
+        self._machine.codes.check(self._vcpu.name, "read", [gpa], rc, False, accept)
+        return value
 
     async def _write(self, gpa: int, value: int) -> int:
         gfn = gpa >> PAGE_SHIFT

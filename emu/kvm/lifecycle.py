@@ -16,10 +16,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .hvcall import H_PARAMETER, H_SUCCESS, rc_name
+from .hvcall import (
+    H_PARAMETER,
+    H_SUCCESS,
+    KVMPPC_GFN_MEM_PFN,
+    KVMPPC_GFN_SHARED,
+    KVMPPC_GFN_UVMEM_PFN,
+    rc_name,
+)
 from .uvmem import vm_state
 
 if TYPE_CHECKING:
+    from .uvmem import UvmemSlot
     from .vm import KVM
 
 GFN_TABLE = {  # from -> {operation: to}
@@ -89,20 +97,23 @@ def check_gfn(kvm: KVM, op: str, gfn: int, before: str, rc: int) -> str | None:
     return None
 
 
-def check_init_done(kvm: KVM, shared_before: list[int], busy: set[int] = frozenset()
-                    ) -> str | None:
+def check_init_done(kvm: KVM, shared_before: list[int], moved: set[int] = frozenset(),
+                    in_flight: set[int] = frozenset()) -> str | None:
     """After H_SVM_INIT_DONE succeeded: every GFN of a slot registered with the UV is
-    Secure, except the shared ones, which stay Shared. (A slot being hot-plugged and not
-    registered yet is not the SVM's memory; a GFN in ``busy`` had a share or unshare in
-    flight meanwhile, which may have moved it on or left it mid-way.) Scans the page
-    tables in bulk: a 100 GB guest has 1.6 M GFNs."""
+    Secure, except the shared ones, which stay Shared. The only GFNs excused are those an
+    operation overlapped: a GFN in ``moved`` had a share or unshare in flight during
+    INIT_DONE, which may have moved it on (to Shared or Secure, never back to Normal), and
+    a GFN in ``in_flight`` still has one in flight, which may have left it mid-way (a share
+    between its page-out and its UV_PAGE_IN). (A slot being hot-plugged and not registered
+    yet is not the SVM's memory.) Scans the page tables in bulk: a 100 GB guest has 1.6 M
+    GFNs."""
     svm = kvm.uv.svms.get(kvm.lpid)
     for gfn in shared_before:
-        if gfn in busy:
+        if gfn in in_flight:
             continue
-        if svm is None or gfn not in svm.shared:
-            return f"GFN {gfn:#x} Shared --init_done--> {true_gfn_state(kvm, gfn)}: the table " \
-                   "says Shared"
+        state = true_gfn_state(kvm, gfn)
+        if state != "Shared" and not (gfn in moved and state == "Secure"):
+            return f"GFN {gfn:#x} Shared --init_done--> {state}: the table says Shared"
     shared = set(shared_before)
     for base, npages in svm.slots.values() if svm else ():
         hva = kvm.gfn_to_hva(base)
@@ -111,15 +122,24 @@ def check_init_done(kvm: KVM, shared_before: list[int], busy: set[int] = frozens
         pte = vma.pte[first:first + npages] if vma is not None else None
         for i in range(npages) if pte is None else _non_device(pte):
             gfn = base + i
-            if gfn not in shared and gfn not in busy and true_gfn_state(kvm, gfn) == "Normal":
-                return (f"GFN {gfn:#x} Normal --init_done--> Normal: after H_SVM_INIT_DONE "
-                        "succeeds no registered GFN may be Normal (the table says Secure)")
+            if gfn not in shared and gfn not in in_flight and \
+                    true_gfn_state(kvm, gfn) == "Normal":
+                how = " (a share or unshare of it overlapped)" if gfn in moved else ""
+                return (f"GFN {gfn:#x} Normal --init_done--> Normal{how}: after "
+                        "H_SVM_INIT_DONE succeeds no registered GFN may be Normal (the table "
+                        "says Secure)")
     return None
+
+
+FLAG_NAMES = ((KVMPPC_GFN_UVMEM_PFN, "KVMPPC_GFN_UVMEM_PFN"),
+              (KVMPPC_GFN_MEM_PFN, "KVMPPC_GFN_MEM_PFN"),
+              (KVMPPC_GFN_SHARED, "KVMPPC_GFN_SHARED"))
 
 
 def check_terminated(kvm: KVM, op: str) -> str | None:
     """After an abort or a terminate every GFN of the VM is Normal: no device page left in
-    QEMU's page tables, nothing the UV still holds."""
+    QEMU's page tables, nothing the UV still holds, and no state flag left in the pfns[]
+    word of any uvmem slot (those that survive: the kernel does not free them)."""
     if kvm.uv.svms.get(kvm.lpid) is not None:
         return f"the UV still knows VM {kvm.lpid} after {op}"
     for slot in kvm.memslots:
@@ -127,7 +147,23 @@ def check_terminated(kvm: KVM, op: str) -> str | None:
         if vma is not None and len(vma.pte) and min(vma.pte) < 0:
             gfn = slot.base_gfn + next(i for i, v in enumerate(vma.pte) if v < 0)
             return f"GFN {gfn:#x} Secure --{op}--> Secure: the table says Normal"
+    for p in kvm.uvmem_pfns:
+        problem = check_words(p, op)
+        if problem:
+            return problem
     return None
+
+
+def check_words(p: UvmemSlot, op: str) -> str | None:
+    """After an abort or a terminate every pfns[] word of the uvmem slot is 0: no
+    KVMPPC_GFN_UVMEM_PFN, MEM_PFN or SHARED flag left (the GFN is Normal)."""
+    if not any(p.pfns):
+        return None
+    i = next(i for i, w in enumerate(p.pfns) if w)
+    word = p.pfns[i]
+    flags = "|".join(name for flag, name in FLAG_NAMES if word & flag) or hex(word)
+    return (f"GFN {p.base_pfn + i:#x} keeps {flags} in its pfns[] word after {op}: the "
+            "table says Normal (word 0)")
 
 
 def _non_device(pte) -> list[int]:

@@ -154,6 +154,12 @@ QUIRK_HISTORY: dict[str, QuirkHistory] = {
         "introduced by Ram Pai's 'Disable page merging in H_SVM_INIT_START' (patch v6 "
         "2020-07-27, kvm-ppc-next-5.9-1; commit id unconfirmed); still in a >= v6.3 copy "
         "read (vma_start_write, vm_flags_reset) and no fix was found: assumed in v6.12"),
+    "uvmem-slot-leak": QuirkHistory(
+        "-", SUPPORT, "v5.5", None, None,
+        "found by emu (counting uvmem slots per memslot): kvmppc_uvmem_slot_free is called "
+        "only from the memslot-delete hook and INIT_START's error path; kvmhv_svm_off "
+        "(22945688acd4, v5.5) and kvmppc_h_svm_init_abort (v5.7) free none, in every copy "
+        "read; unconfirmed whether VM destroy frees the list"),
     "share-no-recheck": QuirkHistory(
         "-", None, None, None, None,
         "in no release: kvmppc_share_page rechecks after retaking uvmem_lock in the "

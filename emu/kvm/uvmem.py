@@ -112,6 +112,12 @@ QUIRKS = {
         "kvmppc_share_page without the recheck after retaking uvmem_lock: a racing page-in "
         "leaves the GFN device-backed and marked shared. Caught by: never device-backed and "
         "shared; confidentiality.",
+    "uvmem-slot-leak":
+        "A candidate, still upstream: neither KVM_PPC_SVM_OFF (kvmhv_svm_off) nor "
+        "H_SVM_INIT_ABORT frees the VM's uvmem slots, and the next H_SVM_INIT_START adds one "
+        "more per memslot (kvmppc_uvmem_slot_init never looks for an old one), so every reset "
+        "or aborted ESM leaks a slot and its pfns[] array; without the quirk the model frees "
+        "them (the evident fix). Caught by: one uvmem slot per memslot.",
 }
 
 assert set(QUIRK_HISTORY) == set(QUIRKS), "every quirk needs its history in releases.py"
@@ -649,7 +655,7 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
         batch += moved
         if batch >= RESCHED_BATCH:  # cond_resched()
             batch = 0
-            await kvm.m.point(f"cond_resched (migrating slot {memslot.id})")
+            await kvm.m.yield_point(f"cond_resched (migrating slot {memslot.id})")
     kvm.uvmem_lock.unlock()
     kvm.mm.mmap_lock.mmap_read_unlock()
     return ret

@@ -214,7 +214,7 @@ class KVM:
                             f"{dpfn} of GFN {gfn:#x} without migrating it (the uvmem state no "
                             "longer says the GFN has a device page): the host fault is retried "
                             "forever")
-            await self.m.point("get_user_pages: retry after fault")
+            await self.m.yield_point("get_user_pages: retry after fault")
         if vma.pte[i] == 0:
             vma.pte[i] = self.memory.normal.alloc()
         return vma.pte[i]

@@ -5,25 +5,34 @@ Invariants checked before every step (cheap ones; the per-hcall checks live in
 ``kvm/hv.py``, the per-access ones in the guest and host handles):
 - a GFN is never device-backed on the HV side while the Ultravisor maps it as shared;
 - no vCPU of a VM is in the guest while KVM_PPC_SVM_OFF tears that VM down.
+On every access:
+- a device page's private data (``kvmppc_uvmem_page_pvt``) is not used after
+  ``page_free`` freed it (``use-after-free``);
+- every return code a guest program or QEMU gets is one the scenario accepts
+  (``return-code``; ``accept=`` declares them, see ``ReturnCodes`` in ``actors/vcpu.py``).
 And once a schedule ends:
 - a GFN is UVMEM exactly when a device page with its bitmap bit set and pvt.gpa equal to
-  that GFN stands for it, and no device page is left standing for nothing.
+  that GFN stands for it, and its host PTE is the device-private entry of that very page;
+  a GFN whose word is not UVMEM has no device entry in its host PTE; no device page is
+  left standing for nothing;
+- no memslot has more than one uvmem slot, and no uvmem slot outlives its memslot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from ..actors.host import Host
 from ..actors.memctl import MemoryController
 from ..actors.pcpu import PCpu
 from ..actors.ultravisor import Ultravisor
-from ..actors.vcpu import GuestMemory, GuestProgram, VCpu
+from ..actors.vcpu import AcceptSpec, GuestMemory, GuestProgram, ReturnCodes, VCpu
 from ..hw.costs import UNIT, CostModel
 from ..hw.memory import PhysicalMemory
-from ..kvm.hv import Hypervisor
+from ..kvm.hv import Hypervisor, uvmem_slot_counts
 from ..kvm.hvcall import KVMPPC_GFN_PFN_MASK, KVMPPC_GFN_UVMEM_PFN, PAGE_SHIFT
-from ..kvm.uvmem import QUIRKS, UvmemDevice, uvmem_slot
+from ..kvm.uvmem import PVT_VALID, QUIRKS, UvmemDevice, uvmem_slot
 from ..kvm.vm import KVM
 from ..sim import Machine, Param
 from ..sim.channel import Completion
@@ -53,11 +62,56 @@ COMMON_PARAMS = {
 HostProgram = Callable[[Host], Awaitable[None]]
 
 
+class _CheckedPvt:
+    """One array of ``kvmppc_uvmem_page_pvt`` fields, indexed by device pfn - 1, that
+    reports a use after ``page_free``: a pvt is live from ``kvmppc_uvmem_get_page`` (the
+    bitmap bit set) until ``page_free`` clears both the bit and PVT_VALID. Slices (the
+    INIT_DONE runs, the end-of-schedule checks) are not checked."""
+
+    def __init__(self, dev: CheckedUvmemDevice, field: str, data: Any) -> None:
+        self._dev, self._field, self._data = dev, field, data
+
+    def _live(self, i: int, what: str) -> None:
+        dev = self._dev
+        if not (dev.bitmap[i] or dev.raw_flags[i] & PVT_VALID):
+            dev.m.fail("use-after-free", f"{what} pvt->{self._field} of device page {i + 1}, "
+                       "freed by kvmppc_uvmem_page_free")
+
+    def __getitem__(self, i):
+        if isinstance(i, int):
+            self._live(i, "read of")
+        return self._data[i]
+
+    def __setitem__(self, i, value) -> None:
+        if isinstance(i, int):
+            self._live(i, "write to")
+        self._data[i] = value
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class CheckedUvmemDevice(UvmemDevice):
+    """The uvmem device with its pvt arrays checked for use after free."""
+
+    def __init__(self, m: Machine, npages: int) -> None:
+        super().__init__(npages)
+        self.m = m
+        self.raw_flags = self.pvt_flags
+        self.pvt_gpa = _CheckedPvt(self, "gpa", self.pvt_gpa)  # type: ignore[assignment]
+        self.pvt_lpid = _CheckedPvt(self, "kvm", self.pvt_lpid)  # type: ignore[assignment]
+        self.pvt_flags = _CheckedPvt(self, "flags", self.raw_flags)  # type: ignore[assignment]
+
+
 class SvmMachine:
     def __init__(self, m: Machine, *, design: str = "gfn-states", quirks: tuple[str, ...] = (),
                  esm_pagein: str = "necessary", secure_pages: int = 1 << 16,
-                 costs: CostModel = UNIT, pcpus: int = 0) -> None:
+                 costs: CostModel = UNIT, pcpus: int = 0,
+                 accept: Mapping[str, AcceptSpec] | None = None) -> None:
+        """``accept``: the return codes the scenario accepts, call by call (``ReturnCodes``);
+        None, the default of a hand-built machine: its programs check their own codes."""
         self.m = m
+        self.codes = ReturnCodes(m, accept)
         self.design = design
         self.quirks = tuple(q for q in quirks if q in QUIRKS)
         self.esm_pagein = esm_pagein
@@ -67,7 +121,7 @@ class SvmMachine:
         self.uv = Ultravisor(m, self.memory, self.memctl, design, costs.hcall_ns)
         self.hv = Hypervisor(m)
         self.uv.hv = self.hv
-        self.dev = UvmemDevice(secure_pages)
+        self.dev = CheckedUvmemDevice(m, secure_pages)
         self.vcpus: list[VCpu] = []
         self.pcpus: list[PCpu] = []
         self._npcpus = pcpus
@@ -75,6 +129,7 @@ class SvmMachine:
         m.invariant("never device-backed and shared", self._shared_not_device)
         m.invariant("no vCPU in the guest during SVM_OFF", self._teardown_alone)
         m.final("device pages match the GFN states", self._device_pages_match)
+        m.final("one uvmem slot per memslot", self._uvmem_slots_counted)
 
     def vm(self, lpid: int = 1, slots: tuple[tuple[int, int], ...] = ((0, 32),),
            prealloc: bool = False) -> KVM:
@@ -122,23 +177,47 @@ class SvmMachine:
         return None
 
     def _device_pages_match(self) -> str | None:
+        """Each GFN's word against the device page and the host PTE: a UVMEM word names a
+        live device page whose pvt stands for that GFN and whose device-private entry is
+        the GFN's host PTE; any other word has no device entry there. Every device page in
+        use is named by exactly one word."""
         dev, words = self.dev, 0
+        gpa, lpids = dev.pvt_gpa._data, dev.pvt_lpid._data
         for lpid, kvm in self.hv.kvms.items():
             for slot in kvm.memslots:
                 p = uvmem_slot(kvm, slot.base_gfn)  # the slot lookups find first
-                for i, word in enumerate(p.pfns if p else ()):
+                vma = kvm.mm.vma_lookup(slot.userspace_addr)
+                ptes = vma.pte[vma.index(slot.userspace_addr):] if vma else ()
+                for i in range(slot.npages):
+                    gfn = slot.base_gfn + i
+                    word = p.pfns[gfn - p.base_pfn] if p and p.contains(gfn) else 0
+                    pte = ptes[i] if i < len(ptes) else 0
                     if not word & KVMPPC_GFN_UVMEM_PFN:
+                        if pte < 0:
+                            return (f"GFN {gfn:#x} of VM {lpid} has the word {word:#x} (not "
+                                    f"UVMEM) but its host PTE is device page {-pte}")
                         continue
                     words += 1
-                    bit = (word & KVMPPC_GFN_PFN_MASK) - 1
-                    gfn = p.base_pfn + i
+                    dpfn = word & KVMPPC_GFN_PFN_MASK
+                    bit = dpfn - 1
                     if not (0 <= bit < dev.npages and dev.bitmap[bit]
-                            and dev.pvt_gpa[bit] >> PAGE_SHIFT == gfn
-                            and dev.pvt_lpid[bit] == lpid):
+                            and gpa[bit] >> PAGE_SHIFT == gfn and lpids[bit] == lpid):
                         return f"GFN {gfn:#x} of VM {lpid} is UVMEM but device page " \
-                               f"{bit + 1} does not stand for it"
+                               f"{dpfn} does not stand for it"
+                    if pte != -dpfn:
+                        got = f"device page {-pte}" if pte < 0 else \
+                            f"normal pfn {pte}" if pte else "not populated"
+                        return (f"GFN {gfn:#x} of VM {lpid} is UVMEM (device page {dpfn}) "
+                                f"but its host PTE is {got}")
         if dev.in_use() != words:
             return f"{dev.in_use()} device pages in use for {words} UVMEM GFNs (leaked)"
+        return None
+
+    def _uvmem_slots_counted(self) -> str | None:
+        for kvm in self.hv.kvms.values():
+            problem = uvmem_slot_counts(kvm)
+            if problem:
+                return problem
         return None
 
     def _teardown_alone(self) -> str | None:
