@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import emu
-from emu.scenarios.svm import ESM_COUNTER, QUIRK_SCENARIO
+from emu.scenarios.svm import ESM_COUNTER, QUIRK_PARAMS, QUIRK_SCENARIO
 
 DESIGNS = ("gfn-states", "two-state")
 
@@ -38,7 +38,8 @@ def main() -> None:
     for quirk, scenario in QUIRK_SCENARIO.items():
         cells = []
         for design in DESIGNS:
-            h = emu.hunt(scenario, quirks=[quirk], params={"design": design},
+            h = emu.hunt(scenario, quirks=[quirk],
+                         params={**QUIRK_PARAMS.get(quirk, {}), "design": design},
                          schedules=args.schedules)
             cells.append(f"caught: {h.found.violation.kind} (seed {h.found.seed})"
                          if h.found else "not caught")

@@ -75,6 +75,11 @@ scenario_options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                       "--quirk) and its release-keyed behaviour ('emu list' shows the "
                       "matrix). Default: the fixed model."),
     click.option("--strategy", default="random", show_default=True, help="random or pct."),
+    click.option("--timer-choices/--no-timer-choices", "timers", default=True,
+                 show_default=True,
+                 help="Firing a pending timer (a copy finishing) is one of the strategy's "
+                      "choices; --no-timer-choices advances virtual time only when no actor "
+                      "can run, which prunes interleavings (kept to compare with)."),
     click.option("--depth", default=3, show_default=True, type=click.IntRange(1, MAX_DEPTH),
                  help="PCT bug depth d."),
     click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED - 1),
@@ -138,7 +143,7 @@ def list_cmd() -> int:
               help="Write the Perfetto trace JSON here.")
 @timeline_option
 def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], kernel: str | None,
-            strategy: str, depth: int, seed: int, max_steps: int | None,
+            strategy: str, timers: bool, depth: int, seed: int, max_steps: int | None,
             trace_path: str | None, timeline: int) -> int:
     """Run one schedule of SCENARIO and explain what it found."""
     if scenario in suites():
@@ -147,7 +152,7 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], ker
     if trace_path is not None:
         check_file(trace_path, "--trace")
     result = run(scenario, seed=seed, params=_params(params), quirks=quirks, strategy=strategy,
-                 depth=depth, max_steps=max_steps, release=kernel)
+                 depth=depth, max_steps=max_steps, release=kernel, timers=timers)
     if kernel is not None:
         click.echo(f"kernel {kernel}: quirks {', '.join(result.quirks) or 'none'}")
     click.echo(f"{result.scenario} seed {seed} ({result.strategy['name']}): {result.steps} "
@@ -173,9 +178,9 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], ker
               help="Do not stop at the first violation: save and print each one as found.")
 @timeline_option
 def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
-             kernel: str | None, strategy: str, depth: int, seed: int, max_steps: int | None,
-             schedules: int, out: str, check_determinism: bool, keep_going: bool,
-             timeline: int) -> int:
+             kernel: str | None, strategy: str, timers: bool, depth: int, seed: int,
+             max_steps: int | None, schedules: int, out: str, check_determinism: bool,
+             keep_going: bool, timeline: int) -> int:
     """Run up to N schedules of SCENARIO, stopping at the first violation. SCENARIO may be
     a suite (svm, engine: each of its scenarios in turn); the default is the svm suite.
     Every finding is written to --out the moment it is found. Ctrl-C or SIGTERM stops the
@@ -191,7 +196,7 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
             found = _hunt_one(name, log, params=_params(params), quirks=quirks,
                               strategy=strategy, depth=depth, seed=seed, max_steps=max_steps,
                               schedules=schedules, check_determinism=check_determinism,
-                              keep_going=keep_going, release=kernel)
+                              keep_going=keep_going, release=kernel, timers=timers)
             done.append(found)
             _hunt_report(found, log, timeline, check_determinism)
             if found.mismatches or found.found is not None:

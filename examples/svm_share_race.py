@@ -6,7 +6,9 @@ kvmppc_share_page() must drop uvmem_lock around gfn_to_pfn(), which may fault; w
 takes the lock back, a racing H_SVM_PAGE_IN from another vCPU may have made the GFN secure
 again, so the kernel looks again and retries. The quirk ``share-no-recheck`` removes that
 second look: the hunt finds a GFN left both backed by a device (secure) page and marked
-shared. Without the quirk the same hunt finds nothing.
+shared. Without the quirk the same hunt finds nothing. The racing page-in comes from the
+Ultravisor's fault path while it shares the same GFN, which only a UV that does not
+serialise its own work on one GFN does: ``-p uv=hostile``, the firmware the HV must survive.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from emu.sim import replay
 from emu.sim.explain import explain
 from emu.sim.perfetto import write_perfetto
 
-SCENARIO, QUIRK = "share-vs-pageout", "share-no-recheck"
+SCENARIO, QUIRK, PARAMS = "share-vs-pageout", "share-no-recheck", {"uv": "hostile"}
 
 if __name__ == "__main__":
-    hunt = emu.hunt(SCENARIO, quirks=[QUIRK], schedules=500, seed=0)
+    hunt = emu.hunt(SCENARIO, params=PARAMS, quirks=[QUIRK], schedules=500, seed=0)
     found = hunt.found
     print(f"with --quirk {QUIRK}: found in seed {found.seed} after {hunt.schedules} "
           "schedule(s)\n")
@@ -34,6 +36,6 @@ if __name__ == "__main__":
           f"{'matched' if again.matched else 'MISMATCH'}")
     print(f"Perfetto trace: {write_perfetto(found.trace, out / 'share-race.trace.json')}")
 
-    fixed = emu.hunt(SCENARIO, schedules=500, seed=0)
+    fixed = emu.hunt(SCENARIO, params=PARAMS, schedules=500, seed=0)
     print(f"\nwithout the quirk: {fixed.schedules} schedules, "
           f"{'no violation' if fixed.ok else fixed.found.violation.describe()}")

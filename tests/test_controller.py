@@ -107,9 +107,9 @@ def test_step_budget_reports_livelock_with_what_actors_do():
     assert "steps in the fair suffix: spinner 100" in res.violation.details
 
 
-def test_virtual_time_advances_only_when_nobody_can_run():
-    """The default (timers not choices): time moves only when no actor is enabled.
-    tests/test_scheduling.py covers timers as choices."""
+def test_without_timer_choices_time_advances_only_when_nobody_can_run():
+    """--no-timer-choices: time moves only when no actor is enabled (the default, timers as
+    choices, is covered by tests/test_scheduling.py)."""
     order = []
 
     def build(m):
@@ -119,7 +119,7 @@ def test_virtual_time_advances_only_when_nobody_can_run():
         m.spawn("slow", sleeper, "slow", 300)
         m.spawn("fast", sleeper, "fast", 100)
 
-    res = run(build, name="sleepers")
+    res = emu.run(emu.scenario(name="sleepers")(build), timers=False)
     assert order == [("fast", 100), ("slow", 300)]
     assert res.virtual_time == 300
 

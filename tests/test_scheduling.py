@@ -75,14 +75,27 @@ def test_a_copy_finishes_while_another_actor_runs_and_replays(tmp_path):
     assert log == first_run
 
 
-def test_timers_are_not_choices_by_default():
+def test_without_timer_choices_time_moves_only_when_nobody_can_run():
     log: list = []
     sc = copy_vs_spin(log)
     for seed in range(30):
         log.clear()
-        res = emu.run(sc, seed=seed)
+        res = emu.run(sc, seed=seed, timers=False)
         assert log[-1] == ("a woke", 1000)  # time moved only once B had finished
         assert TIMER not in res.trace.actors
+        assert "timers" not in res.strategy
+
+
+def test_timers_are_choices_by_default():
+    log: list = []
+    sc = copy_vs_spin(log)
+    woke_early = 0
+    for seed in range(30):
+        log.clear()
+        res = emu.run(sc, seed=seed)
+        assert res.strategy["timers"] is True
+        woke_early += log.index(("a woke", 1000)) < len(log) - 1
+    assert woke_early  # some schedule fires the copy's timer while B still runs
 
 
 def test_class_switch_makes_timers_choices_for_every_strategy(monkeypatch):

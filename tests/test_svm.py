@@ -21,7 +21,7 @@ from emu.kvm.hvcall import (
 )
 from emu.kvm.lifecycle import true_gfn_state
 from emu.kvm.uvmem import QUIRKS, gfn_state, vm_state
-from emu.scenarios.svm import QUIRK_SCENARIO
+from emu.scenarios.svm import QUIRK_PARAMS, QUIRK_SCENARIO
 from emu.scenarios.svm_machine import SvmMachine
 
 U_STATE = H_STATE  # every U_* code equals the H_* code of the same name
@@ -46,12 +46,12 @@ def test_every_quirk_has_a_scenario_and_a_catch():
 
 @pytest.mark.parametrize("quirk", sorted(QUIRKS))
 def test_quirk_is_found_and_the_fixed_model_is_clean(quirk):
-    scenario = QUIRK_SCENARIO[quirk]
-    found = emu.hunt(scenario, quirks=[quirk], schedules=20, seed=0).found
+    scenario, params = QUIRK_SCENARIO[quirk], QUIRK_PARAMS.get(quirk, {})
+    found = emu.hunt(scenario, params=params, quirks=[quirk], schedules=20, seed=0).found
     assert found is not None, f"{quirk} not found by {scenario}"
     kind, text = CAUGHT_BY[quirk]
     assert found.violation.kind == kind and text in found.violation.message
-    assert emu.hunt(scenario, schedules=150, seed=0).ok
+    assert emu.hunt(scenario, params=params, schedules=150, seed=0).ok
 
 
 @pytest.mark.parametrize("scenario", sorted(set(QUIRK_SCENARIO.values())))

@@ -115,8 +115,13 @@ class Ucall:
 
 class Ultravisor:
     def __init__(self, m: Machine, memory: PhysicalMemory, memctl: MemoryController,
-                 design: str = "gfn-states", hcall_ns: int = 0) -> None:
+                 design: str = "gfn-states", hcall_ns: int = 0, mode: str = "faithful") -> None:
         self.m = m
+        self.faithful = mode == "faithful"
+        """``faithful``: firmware that keeps its own promises (it serialises its page-in,
+        share and unshare of one GFN). ``hostile``: it does not, and the HV must survive
+        what follows; the SVM's own data is then the UV's problem, not an HV finding."""
+        self._gfn_locks: dict[tuple[int, int], Any] = {}
         self.hcall_ns = hcall_ns
         self.memory = memory
         self.memctl = memctl
@@ -296,7 +301,8 @@ class Ultravisor:
         elif req == H_SVM_PAGE_IN and args[1:3] == (0, PAGE_SHIFT):
             if not svm.registered(args[0] >> PAGE_SHIFT):
                 return U_PARAMETER  # the UV pages in only memory registered for the SVM
-            async with self._requesting("unshare", args[0] >> PAGE_SHIFT):
+            gfn = args[0] >> PAGE_SHIFT
+            async with self._serialised(lpid, gfn), self._requesting("unshare", gfn):
                 return await self._issue(svm, req, *args)  # its own page-in (or unshare)
         if req not in LIFE_CYCLE:
             return await self._issue(svm, req, *args)
@@ -354,7 +360,9 @@ class Ultravisor:
             if rc == H_SUCCESS and not (svm.covers(necessary) and svm.covers(shares)):
                 rc = U_PARAMETER
             for gfn in necessary if rc == H_SUCCESS else ():
-                rc = await self._issue(svm, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT)
+                async with self._serialised(lpid, gfn):
+                    rc = await self._issue(svm, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0,
+                                           PAGE_SHIFT)
                 if rc != H_SUCCESS:
                     break
             for gfn in shares if rc == H_SUCCESS else ():
@@ -386,10 +394,29 @@ class Ultravisor:
             return U_PARAMETER
         if svm.aborting:
             return U_STATE
-        async with self._requesting("share", gfn):
+        async with self._serialised(lpid, gfn), self._requesting("share", gfn):
             with self._in_flight(svm):
                 return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT,
                                            H_PAGE_IN_SHARED, PAGE_SHIFT, msr_s=True)
+
+    @contextlib.asynccontextmanager
+    async def _serialised(self, lpid: int, gfn: int):
+        """The faithful UV's exclusion for one GFN of one SVM: its page-in on a fault, its
+        share and its unshare run one at a time, so none acts on a decision another made
+        stale (a page-in decided before a share completed would copy the shared page into
+        secure memory after the share and silently unshare it). The hostile UV skips it."""
+        if not self.faithful:
+            yield
+            return
+        lock = self._gfn_locks.get((lpid, gfn))
+        if lock is None:
+            lock = self._gfn_locks[(lpid, gfn)] = self.m.mutex(
+                f"uv gfn {lpid}:{gfn:#x}", lock_class="uv_gfn_lock")
+        await lock.lock()
+        try:
+            yield
+        finally:
+            lock.unlock()
 
     @contextlib.asynccontextmanager
     async def _requesting(self, what: str, gfn: int):
@@ -407,7 +434,9 @@ class Ultravisor:
             return U_PARAMETER
         if svm.aborting:
             return U_STATE
-        async with self._requesting("unshare", gfn):
+        async with self._serialised(lpid, gfn), self._requesting("unshare", gfn):
+            if gfn not in svm.shared:  # unshared meanwhile by a vCPU that held the GFN
+                return U_PARAMETER
             with self._in_flight(svm):
                 return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0,
                                            PAGE_SHIFT, msr_s=True)
@@ -432,10 +461,15 @@ class Ultravisor:
         svm = self.svms[lpid]
         if not svm.registered(gfn):
             return None, False
+        async with self._serialised(lpid, gfn):
+            return await self._touch(svm, gfn)
+
+    async def _touch(self, svm: SvmState, gfn: int) -> tuple[Frame | None, bool]:
+        lpid = svm.lpid
         while gfn not in svm.shared and gfn in svm.paged_out:
             rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
                                      msr_s=True)
-            # another vCPU may have shared or paged the GFN in meanwhile: look again
+            # a hostile UV may have shared the GFN meanwhile, the HV paged it in: look again
             if rc != H_SUCCESS and gfn in svm.paged_out and gfn not in svm.shared:
                 self.m.fail("svm-access", f"the UV cannot page GFN {gfn:#x} back in for the "
                             f"SVM: H_SVM_PAGE_IN returned {rc}")

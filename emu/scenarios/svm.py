@@ -30,6 +30,10 @@ QUIRK_SCENARIO = {
     "share-no-recheck": "share-vs-pageout",
     "uvmem-slot-leak": "svm-reboot",
 }
+QUIRK_PARAMS = {"share-no-recheck": {"uv": "hostile"}}
+"""Parameters a quirk's scenario needs: kvmppc_share_page's recheck guards against a page-in
+of the GFN racing the share, which only a UV that does not serialise its own work on one
+GFN issues (the faithful UV never does)."""
 
 
 ACCEPT: dict[str, AcceptSpec] = {"*": {H_SUCCESS}}
@@ -86,7 +90,7 @@ def gpa(gfn: int) -> int:
 class Boot:
     """A VM with one memslot per ``slots`` entry, and the boot protocol of its first vCPU."""
 
-    def __init__(self, m: Machine, mem_mb: int, design: str, slots: int = 1,
+    def __init__(self, m: Machine, mem_mb: int, design: str, uv: str = "faithful", slots: int = 1,
                  esm: str = "necessary", costs: str = "unit", prealloc: bool = False,
                  pcpus: int = 0, accept: Mapping[str, AcceptSpec] | None = None) -> None:
         """``accept``: the return codes this scenario accepts beyond ``ACCEPT``."""
@@ -94,7 +98,7 @@ class Boot:
         per_slot = mem_mb * 16
         self.npages = per_slot * slots
         # device pages for the guest twice over (room for a hot-plugged DIMM and reboots)
-        self.sm = SvmMachine(m, design=design, quirks=m.quirks, esm_pagein=esm,
+        self.sm = SvmMachine(m, design=design, uv=uv, quirks=m.quirks, esm_pagein=esm,
                              secure_pages=2 * self.npages + 64, costs=COST_MODELS[costs],
                              pcpus=pcpus, accept={**ACCEPT, **(accept or {})})
         self.kvm = self.sm.vm(1, tuple((i * per_slot, per_slot) for i in range(slots)),
@@ -127,11 +131,11 @@ class Boot:
     "esm": Param("necessary", "what UV_ESM pages in", choices=("necessary", "all")),
     "costs": Param("unit", "virtual-time cost model", choices=tuple(COST_MODELS)),
     "prealloc": Param(False, "QEMU populates all guest memory before boot (-mem-prealloc)")})
-def svm_boot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, esm: str, costs: str,
-             prealloc: bool) -> None:
+def svm_boot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str, esm: str,
+             costs: str, prealloc: bool) -> None:
     """An SVM boots: its image is paged in by UV_ESM, INIT_DONE secures the rest; then every
     vCPU writes and reads back its own pages."""
-    b = Boot(m, mem_mb, design, pcpus=pcpus, esm=esm, costs=costs, prealloc=prealloc)
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, esm=esm, costs=costs, prealloc=prealloc)
 
     async def boot(g: Guest) -> None:
         await b.boot(g)
@@ -161,7 +165,7 @@ def _pool_fits(p: dict) -> str | None:
                               "pool": Param(3, "GFNs the vCPUs share among", minimum=1)},
               per_vcpu=8, more_steps=lambda p: 40 * p["rounds"] * p["vcpus"] + 16 * p["pool"],
               limits=_pool_fits)
-def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, rounds: int,
+def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str, rounds: int,
                 pool: int) -> None:
     """After boot, vCPUs share and unshare pages of a small pool concurrently (virtio bounce
     buffers), writing and reading them, while QEMU reads the pool and the host reclaims its
@@ -169,7 +173,7 @@ def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, ro
     everything (UV_UNSHARE_ALL_PAGES, as before a kexec)."""
     # an unshare loses to another vCPU's unshare of the same page (U_PARAMETER: not shared
     # any more, or H_PARAMETER: already paged in); uncontended, every call must succeed
-    b = Boot(m, mem_mb, design, pcpus=pcpus,
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus,
              accept={"UV_UNSHARE_PAGE": accept(H_SUCCESS, contended=[H_PARAMETER])})
     gfns = [b.data_gfn(i) for i in range(pool)]
     done = m.completion("storm done")
@@ -207,7 +211,7 @@ def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, ro
     "setup_fail_pct": Param(30, "chance in percent that migrate_vma_setup fails when a "
                                 "device page is paged out", minimum=0, maximum=100)},
               per_vcpu=25, per_gfn=1 / 128)
-def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
+def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str,
                      setup_fail_pct: int) -> None:
     """vCPU 0 keeps secrets in a few pages; QEMU touches them, so host faults page them out
     (migrate_vma_setup sometimes failing); then vCPU 0 reads them back (a first touch pages
@@ -215,7 +219,7 @@ def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: st
     # an injected migrate_vma_setup failure makes the host fault SIGBUS: QEMU's access
     # fails (-EFAULT), and so does a share, whose gfn_to_pfn faults (H_PARAMETER)
     injected = {"qemu read": {0, -EFAULT}, "UV_SHARE_PAGE": {H_SUCCESS, H_PARAMETER}}
-    b = Boot(m, mem_mb, design, pcpus=pcpus, accept=injected if setup_fail_pct else None)
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, accept=injected if setup_fail_pct else None)
     pages = [b.data_gfn(i) for i in range(3)]
     written = m.completion("secrets written")
     touched = m.completion("QEMU touched them")
@@ -249,12 +253,13 @@ def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: st
 
 
 @svm_scenario("init-done-vs-share", per_vcpu=800)
-def init_done_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
+def init_done_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
+                       uv: str) -> None:
     """The UV shares a page during ESM (a boot-time buffer) while another vCPU's request to
     share a second page races H_SVM_INIT_DONE's migration of the remaining GFNs."""
     # while UV_ESM runs (contended: it covers every GFN), the UV may not know the VM or the
     # slot yet (U_PARAMETER); once ESM is done the share must succeed
-    b = Boot(m, mem_mb, design, pcpus=pcpus,
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus,
              accept={"UV_SHARE_PAGE": accept(H_SUCCESS, contended=[H_PARAMETER])})
     early, racing = b.data_gfn(0), b.data_gfn(1)
 
@@ -276,7 +281,8 @@ def init_done_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: 
 
 
 @svm_scenario("hotplug-during-esm", per_vcpu=10, per_gfn=1 / 128)
-def hotplug_during_esm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
+def hotplug_during_esm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
+                       uv: str) -> None:
     """QEMU hot-plugs a DIMM while the SVM goes through ESM; afterwards the SVM uses both
     its boot memory and the new memory.
 
@@ -285,7 +291,7 @@ def hotplug_during_esm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: 
     refused and, if it is INIT_START's, ESM aborts and the guest runs as a normal VM. That is
     a spurious boot failure of the modelled kernel (and UV), not a breach, so it is noted in
     the trace rather than reported."""
-    b = Boot(m, mem_mb, design, pcpus=pcpus)
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus)
     base = b.npages
     plugged = m.completion("DIMM plugged")
 
@@ -308,11 +314,11 @@ def hotplug_during_esm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: 
 
 
 @svm_scenario("dimm-hotplug", per_vcpu=40, per_gfn=1.1)
-def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
+def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str) -> None:
     """QEMU plugs a DIMM into a booted SVM (its memory goes straight to Secure), one vCPU
     uses it, then QEMU unplugs it (drop_pages, UV_UNREGISTER_MEM_SLOT, munmap) while another
     vCPU shares, unshares and touches its boot memory."""
-    b = Boot(m, mem_mb, design, pcpus=pcpus)
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus)
     base, dimm = b.npages, mem_mb * 16
     plugged, used = m.completion("DIMM plugged"), m.completion("DIMM used")
 
@@ -346,10 +352,10 @@ def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -
 
 
 @svm_scenario("svm-reboot", per_vcpu=20, per_gfn=10)
-def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
+def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str) -> None:
     """An SVM boots, keeps secrets, shares a page; QEMU resets it (KVM_PPC_SVM_OFF, the UV
     terminates it) and it boots again as a secure VM."""
-    b = Boot(m, mem_mb, design, pcpus=pcpus, accept={"KVM_PPC_SVM_OFF": {0, -EBUSY}})
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, accept={"KVM_PPC_SVM_OFF": {0, -EBUSY}})
     reset = m.completion("reset done")
     shared = b.data_gfn(1)
 
@@ -393,11 +399,11 @@ def _fail_slot_exists(p: dict) -> str | None:
                           "down, so slot 0 fails last; from v5.17 in id_hash order, slot 0 "
                           "first)", minimum=0)},
               per_gfn=1.1, more_steps=lambda p: 12 * p["slots"], limits=_fail_slot_exists)
-def abort_on_register_failure(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
+def abort_on_register_failure(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str,
                               slots: int, fail_slot: int) -> None:
     """UV_REGISTER_MEM_SLOT fails for one slot during H_SVM_INIT_START: the UV aborts ESM
     (H_SVM_INIT_ABORT), the guest's UV_ESM fails, and it goes on as a normal VM."""
-    b = Boot(m, mem_mb, design, pcpus=pcpus, slots=slots)
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, slots=slots)
     b.sm.uv.fail_register = lambda lpid, slot_id: slot_id == fail_slot
 
     async def boot(g: Guest) -> None:
@@ -415,10 +421,10 @@ def abort_on_register_failure(m: Machine, vcpus: int, pcpus: int, mem_mb: int, d
 
 
 @svm_scenario("svm-off-vs-entry", per_vcpu=20, per_gfn=1.1)
-def svm_off_vs_entry(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str) -> None:
+def svm_off_vs_entry(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str) -> None:
     """Once the SVM has booted, a vCPU enters the guest while QEMU resets the VM with
     KVM_PPC_SVM_OFF: either the reset is refused (-EBUSY) or the vCPU waits for it."""
-    b = Boot(m, mem_mb, design, pcpus=pcpus, accept={"KVM_PPC_SVM_OFF": {0, -EBUSY}})
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, accept={"KVM_PPC_SVM_OFF": {0, -EBUSY}})
 
     async def boot(g: Guest) -> None:
         await b.boot(g)

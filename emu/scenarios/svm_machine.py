@@ -57,6 +57,9 @@ COMMON_PARAMS = {
     "mem_mb": Param(2, "guest memory in MiB (16 GFNs of 64 KiB per MiB)", minimum=1,
                     maximum=MAX_MEM_MB),
     "design": Param("gfn-states", "HV GFN tracking design", choices=tuple(DESIGNS)),
+    "uv": Param("faithful", "the Ultravisor: faithful (serialises its work on one GFN) or "
+                "hostile (does not: what the HV must survive; the SVM's integrity is then "
+                "not checked)", choices=("faithful", "hostile")),
 }
 
 HostProgram = Callable[[Host], Awaitable[None]]
@@ -104,7 +107,8 @@ class CheckedUvmemDevice(UvmemDevice):
 
 
 class SvmMachine:
-    def __init__(self, m: Machine, *, design: str = "gfn-states", quirks: tuple[str, ...] = (),
+    def __init__(self, m: Machine, *, design: str = "gfn-states", uv: str = "faithful",
+                 quirks: tuple[str, ...] = (),
                  esm_pagein: str = "necessary", secure_pages: int = 1 << 16,
                  costs: CostModel = UNIT, pcpus: int = 0,
                  accept: Mapping[str, AcceptSpec] | None = None) -> None:
@@ -118,7 +122,7 @@ class SvmMachine:
         self.memory = PhysicalMemory()
         self.costs = costs
         self.memctl = MemoryController(m, costs.copy_ns)
-        self.uv = Ultravisor(m, self.memory, self.memctl, design, costs.hcall_ns)
+        self.uv = Ultravisor(m, self.memory, self.memctl, design, costs.hcall_ns, uv)
         self.hv = Hypervisor(m)
         self.uv.hv = self.hv
         self.dev = CheckedUvmemDevice(m, secure_pages)

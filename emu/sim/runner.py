@@ -163,12 +163,16 @@ async def _calibrate(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ..
     return probe.steps
 
 
-def _strategy_spec(name: str, depth: int) -> dict[str, Any]:
+def _strategy_spec(name: str, depth: int, timers: bool) -> dict[str, Any]:
+    """The strategy's replay-file spec. ``timers``: firing a pending timer is one of its
+    choices (the default; off, virtual time advances only when no actor can run, which
+    prunes interleavings and is kept only to compare with)."""
     if name not in STRATEGIES:
         raise EmuError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
     if name == "pct" and not 1 <= depth <= MAX_DEPTH:
         raise EmuError(f"bad PCT depth {depth} (between 1 and {MAX_DEPTH})")
-    return {"name": "pct", "depth": depth} if name == "pct" else {"name": "random"}
+    spec = {"name": "pct", "depth": depth} if name == "pct" else {"name": "random"}
+    return {**spec, "timers": True} if timers else spec
 
 
 async def _complete_spec(spec: dict[str, Any], sc: Scenario, params: dict[str, Any],
@@ -181,11 +185,12 @@ async def _complete_spec(spec: dict[str, Any], sc: Scenario, params: dict[str, A
 
 def run(scenario: str | Scenario, *, seed: int = 0, params: Mapping[str, Any] | None = None,
         quirks: Iterable[str] = (), strategy: str = "random", depth: int = 3,
-        max_steps: int | None = None, release: str | None = None) -> RunResult:
+        max_steps: int | None = None, release: str | None = None,
+        timers: bool = True) -> RunResult:
     """Run one schedule of ``scenario`` (as ``release``, if the scenario models releases)."""
     sc, values, chosen = prepare(scenario, params, quirks, release)
     steps = step_budget(sc, values, max_steps)
-    spec = _strategy_spec(strategy, depth)
+    spec = _strategy_spec(strategy, depth, timers)
 
     async def main() -> RunResult:
         full = await _complete_spec(spec, sc, values, chosen, steps, release)
@@ -219,7 +224,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
          check_determinism: bool = False, keep_going: bool = False,
          progress: Callable[[int, RunResult], None] | None = None,
          on_finding: Callable[[RunResult], None] | None = None,
-         release: str | None = None) -> HuntResult:
+         release: str | None = None, timers: bool = True) -> HuntResult:
     """Run schedules with seeds ``seed, seed+1, ...`` until one finds a fatal violation.
 
     A schedule with only a warning (lockdep's *possible* deadlock) is remembered and the
@@ -238,7 +243,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
         raise EmuError(f"bad number of schedules {schedules} (at least 1)")
     sc, values, chosen = prepare(scenario, params, quirks, release)
     steps = step_budget(sc, values, max_steps)
-    spec = _strategy_spec(strategy, depth)
+    spec = _strategy_spec(strategy, depth, timers)
     keep_going = keep_going or check_determinism
 
     async def main() -> HuntResult:
