@@ -19,10 +19,13 @@ from .shared import KObject, SharedVar
 
 class Machine:
     def __init__(self, ctl: Controller, params: dict[str, Any], quirks: tuple[str, ...],
-                 known_quirks: tuple[str, ...], seed: int) -> None:
+                 known_quirks: tuple[str, ...], seed: int, release: str | None = None) -> None:
         self.ctl = ctl
         self.params = params
         self.quirks = quirks
+        self.release = release
+        """The version of the modelled system to behave as (``--kernel``), an opaque name to
+        the engine; None: the model's default."""
         self._known_quirks = known_quirks
         self.random = random.Random(f"emu-data-{seed}")
         """Seeded randomness for the scenario's own choices (never for scheduling)."""

@@ -134,8 +134,7 @@ async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, 
     ``release`` is handed to the model as ``machine.release`` (an opaque name)."""
     INTERRUPT.check()
     ctl = Controller(strategy, max_steps=max_steps)
-    machine = Machine(ctl, params, quirks, tuple(sc.quirks), seed)
-    machine.release = release
+    machine = Machine(ctl, params, quirks, tuple(sc.quirks), seed, release)
     try:
         sc.build(machine, **params)
     except EmuError:
