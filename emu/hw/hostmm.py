@@ -27,7 +27,7 @@ class VMA:
 
     @classmethod
     def anonymous(cls, start: int, npages: int) -> VMA:
-        return cls(start, start + npages * PAGE_SIZE, array("q", bytes(8 * npages)))
+        return cls(start, start + npages * PAGE_SIZE, array("q", [0]) * npages)  # no 2nd copy
 
     def index(self, hva: int) -> int:
         return (hva - self.start) >> PAGE_SHIFT

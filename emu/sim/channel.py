@@ -14,17 +14,18 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .controller import Sleepers
 from .trace import label
 
 if TYPE_CHECKING:
     from .controller import Actor, Controller
 
 
-class Channel:
+class Channel(Sleepers):
     def __init__(self, ctl: Controller, name: str, capacity: int = 1) -> None:
         if capacity < 1:
             raise ValueError(f"channel {name!r}: capacity must be at least 1")
-        self._ctl = ctl
+        super().__init__(ctl)
         self.name = name
         self.capacity = capacity
         self._queue: deque[tuple[int, Any]] = deque()
@@ -38,29 +39,37 @@ class Channel:
     def holders(self) -> list[Actor]:
         return []
 
+    def _has_room(self) -> bool:
+        return len(self._queue) < self.capacity
+
+    def _has_message(self) -> bool:
+        return bool(self._queue)
+
     async def send(self, message: Any, *, sleeps: bool = True) -> None:
         ctl = self._ctl
         if sleeps:
             ctl.might_sleep(f"send({self.name})")
-        await ctl.point(f"send {self.name}", lambda: len(self._queue) < self.capacity, self)
+        await ctl.point(f"send {self.name}", self._has_room, self)
         flow = ctl.next_flow()
         self._queue.append((flow, message))
+        self.changed()
         ctl.trace.add(ctl.step, ctl.current.index, "send", self.name, [flow, label(message)])
 
     async def receive(self) -> Any:
         ctl = self._ctl
         ctl.might_sleep(f"receive({self.name})")
-        await ctl.point(f"recv {self.name}", lambda: bool(self._queue), self)
+        await ctl.point(f"recv {self.name}", self._has_message, self)
         flow, message = self._queue.popleft()
+        self.changed()
         ctl.trace.add(ctl.step, ctl.current.index, "recv", self.name, [flow, label(message)])
         return message
 
 
-class Completion:
+class Completion(Sleepers):
     _ALL = float("inf")
 
     def __init__(self, ctl: Controller, name: str) -> None:
-        self._ctl = ctl
+        super().__init__(ctl)
         self.name = name
         self.done: float = 0
 
@@ -74,23 +83,30 @@ class Completion:
         if self._ctl.stopped:
             return
         self.done += 1
+        self.changed()
         self._note("complete")
 
     def complete_all(self) -> None:
         if self._ctl.stopped:
             return
         self.done = self._ALL
+        self.changed()
         self._note("complete_all")
 
     def reinit(self) -> None:
         self.done = 0
+        self.changed()
+
+    def _is_done(self) -> bool:
+        return self.done > 0
 
     async def wait_for_completion(self, *, sleeps: bool = True) -> None:
         ctl = self._ctl
         if sleeps:
             ctl.might_sleep(f"wait_for_completion({self.name})")
-        await ctl.point(f"wait_for_completion {self.name}", lambda: self.done > 0, self)
+        await ctl.point(f"wait_for_completion {self.name}", self._is_done, self)
         self.done -= 1
+        self.changed()
 
     def _note(self, what: str) -> None:
         self._ctl.annotate("note", f"{what}({self.name})")

@@ -54,6 +54,7 @@ from __future__ import annotations
 import heapq
 import os
 import traceback
+from bisect import insort
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -72,6 +73,26 @@ Check = Callable[[], "str | None"]
 
 TIMER = "timer"
 """The pseudo-actor whose step fires the earliest pending timer (a reserved actor name)."""
+
+
+def _index(actor: Actor) -> int:
+    return actor.index
+
+
+class Sleepers:
+    """A primitive whose blocking predicates are its own bound methods and change only when
+    it calls ``changed``: a decision that finds such a predicate false parks the actor on
+    the primitive (``sleepers``) and stops calling it until then. The list of enabled
+    actors, and its order, are exactly those of calling every predicate."""
+
+    def __init__(self, ctl: Controller) -> None:
+        self._ctl = ctl
+        self.sleepers: list[Actor] = []
+
+    def changed(self) -> None:
+        if self.sleepers:
+            self._ctl.wake(self.sleepers)
+            self.sleepers = []
 
 
 def _abort(_raise_cancel: Any) -> Abort:
@@ -149,6 +170,10 @@ class Controller:
         self.lockdep = Lockdep(self)
         self.actors: list[Actor] = []
         self.live: list[Actor] = []
+        self._active: list[Actor] = []
+        """The live actors, in the same order, less those parked on a primitive that wakes
+        them (``Sleepers``) whose predicate was false and whose state has not changed since:
+        their predicate is still false, so a decision need not call it."""
         self.current: Actor | None = None
         self.step = 0
         self.now = 0
@@ -182,6 +207,7 @@ class Controller:
         actor = Actor(name, self.trace.add_actor(name, group), group, fn, args, daemon=daemon)
         self.actors.append(actor)
         self.live.append(actor)
+        self._active.append(actor)
         self._workers += not daemon
         return actor
 
@@ -303,7 +329,17 @@ class Controller:
             return None
         if self.invariants:
             self._check(self.invariants)
-        enabled = [a for a in self.live if a.enabled is None or a.enabled()]
+        enabled: list[Actor] = []
+        parked: list[Actor] = []
+        for a in self._active:
+            pred = a.enabled
+            if pred is None or pred():
+                enabled.append(a)
+            elif getattr(pred, "__self__", None) is a.waits_for and \
+                    isinstance(a.waits_for, Sleepers):
+                parked.append(a)
+        if parked:
+            self._park(parked)
         if self._timers:
             self._timer_candidate(enabled)
         elif not enabled:
@@ -316,6 +352,20 @@ class Controller:
             return self._timer_step()
         self.trace.events.append((self.step, chosen.index, "step", chosen.op, self.now))
         return chosen
+
+    def _park(self, parked: list[Actor]) -> None:
+        """Leave these disabled actors out of the next decisions until the primitive they
+        wait on changes (it calls ``wake``)."""
+        self._active = [a for a in self._active if a not in parked]
+        for a in parked:
+            a.waits_for.sleepers.append(a)
+
+    def wake(self, actors: list[Actor]) -> None:
+        """A primitive's state changed: its parked actors are candidates again (in live
+        order, which is spawn order)."""
+        for a in actors:
+            if not a.done:
+                insort(self._active, a, key=_index)
 
     def _timer_candidate(self, enabled: list[Actor]) -> None:
         """Timers are pending: fire them while nobody can run (forced, not a decision), then
@@ -467,6 +517,7 @@ class Controller:
         actor.done = True
         actor.op = "exit"
         self.live.remove(actor)
+        self._active.remove(actor)
         self._workers -= not actor.daemon
         try:
             chosen = self._decide()
