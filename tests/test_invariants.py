@@ -764,6 +764,41 @@ def test_invariant_no_vcpu_in_the_guest_during_svm_off():
               "runs in the guest while SVM_OFF tears its VM down")
 
 
+def test_entry_without_partition_table_entry(monkeypatch):
+    """KVM_PPC_SVM_OFF that forgot kvmppc_setup_partition_table after UV_SVM_TERMINATE: the
+    vCPU that enters afterwards finds mmu_ready set and no partition-table entry."""
+    from emu.kvm import hv
+
+    monkeypatch.setattr(hv, "kvmppc_setup_partition_table", lambda kvm: None)
+    found = emu.hunt("svm-reboot", schedules=5, seed=0).found
+    violation(found, "entry", "enters the guest with no partition-table entry for LPID 1")
+
+
+def test_use_after_free_page_free_after_kvm_destroy():
+    """A device page freed after kvm_destroy_vm (its pvt->kvm is gone)."""
+    box = {}
+
+    async def guest(g):
+        await boot(g)
+        kvm = box["kvm"]
+        kvm.destroyed = True  # as if the VM fd had been closed while the memory stayed mapped
+        kvm.munmap_memslot(kvm.memslots[0])
+
+    violation(run(guest, box=box), "use-after-free", "kvmppc_uvmem_page_free of device page",
+              "freed by kvm_destroy_vm")
+
+
+def test_life_cycle_destroyed_vm_leaves_nothing():
+    """svm-destroy with the kernel's uvmem-slot leak: the destroyed VM keeps its slots."""
+    found = emu.hunt("svm-destroy", quirks=["uvmem-slot-leak"], schedules=5, seed=0).found
+    violation(found, "life-cycle", "VM 1 is destroyed but keeps 1 uvmem slots")
+
+
+def test_life_cycle_flags_only_changes_gfn_states():
+    found = emu.hunt("flags-only", quirks=["flags-only-drops-pages"], schedules=5, seed=0).found
+    violation(found, "life-cycle", "Secure --FLAGS_ONLY--> Normal")
+
+
 def _device_state(edit):
     box = {}
 
@@ -853,6 +888,10 @@ CHECKS = {
         "test_final_uvmem_word_names_a_free_device_page",
         "test_final_uvmem_word_but_pte_is_not_its_device_page", "test_final_device_page_leaked"],
     "final: one uvmem slot per memslot": ["test_final_one_uvmem_slot_per_memslot"],
+    "entry (partition-table entry)": ["test_entry_without_partition_table_entry"],
+    "use-after-free (kvm freed)": ["test_use_after_free_page_free_after_kvm_destroy"],
+    "life-cycle (destroy leaves nothing)": ["test_life_cycle_destroyed_vm_leaves_nothing"],
+    "life-cycle (FLAGS_ONLY keeps states)": ["test_life_cycle_flags_only_changes_gfn_states"],
 }
 
 

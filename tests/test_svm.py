@@ -37,6 +37,8 @@ CAUGHT_BY = {
     "init-start-rollback": ("slots", "incomplete rollback"),
     "share-no-recheck": ("invariant", "never device-backed and shared"),
     "uvmem-slot-leak": ("slots", "uvmem slots for memslot"),
+    "flags-only-drops-pages": ("life-cycle", "Secure --FLAGS_ONLY--> Normal"),
+    "mr-move-unhandled": ("slots", "the UV has slots [0, 1] registered"),
 }
 
 

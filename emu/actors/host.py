@@ -116,6 +116,44 @@ class Host:
         kvm.munmap_memslot(slot)
         return rc
 
+    async def set_flags(self, lpid: int, slot_id: int, flags: int, *,
+                        accept: AcceptSpec | None = None) -> int:
+        """KVM_SET_USER_MEMORY_REGION with the same GPA, size and address but other flags
+        (KVM_MR_FLAGS_ONLY: dirty logging on or off, as QEMU does for migration)."""
+        kvm = self._kvm(lpid)
+        slot = next(s for s in kvm.memslots if s.id == slot_id)
+        with self._call(lpid, range(slot.base_gfn, slot.base_gfn + slot.npages)) as record:
+            rc = await self._machine.hv.set_memory_region(kvm, slot, change="FLAGS_ONLY",
+                                                          new_flags=flags)
+        self._check(lpid, "KVM_SET_USER_MEMORY_REGION", [slot_id, slot.base_gfn, flags], rc,
+                    record, accept)
+        return rc
+
+    async def move(self, lpid: int, slot_id: int, new_base: int, *,
+                   accept: AcceptSpec | None = None) -> int:
+        """KVM_SET_USER_MEMORY_REGION with the same address and size at another GPA
+        (KVM_MR_MOVE)."""
+        kvm = self._kvm(lpid)
+        slot = next(s for s in kvm.memslots if s.id == slot_id)
+        gfns = range(min(slot.base_gfn, new_base), max(slot.base_gfn, new_base) + slot.npages)
+        with self._call(lpid, gfns) as record:
+            rc = await self._machine.hv.set_memory_region(kvm, slot, change="MOVE",
+                                                          new_base=new_base)
+        self._check(lpid, "KVM_SET_USER_MEMORY_REGION", [slot_id, new_base, slot.npages], rc,
+                    record, accept)
+        return rc
+
+    async def destroy(self, lpid: int) -> None:
+        """QEMU exits: exit_mmap of its guest memory, then kvm_destroy_vm (kvm/hv.py). The
+        VM's vCPUs must be done."""
+        kvm = self._kvm(lpid)
+        with self._call(lpid, ALL_GFNS):
+            await self._machine.hv.kvm_destroy_vm(kvm)
+        memory = self._machine.guest_memory(lpid)
+        memory.expected.clear()
+        memory.insecure.clear()
+        memory.shared.clear()
+
     async def svm_off(self, lpid: int, *, accept: AcceptSpec | None = None) -> int:
         """Machine reset: KVM_PPC_SVM_OFF (0 or -EBUSY / -EINVAL)."""
         kvm = self._kvm(lpid)

@@ -235,6 +235,9 @@ class VCpu:
     """If set, the vCPU enters the guest (KVM_RUN) only once this completes."""
     in_guest: bool = False
 
+    def __attrs_post_init__(self) -> None:
+        self.kvm.online_vcpus += 1  # KVM_CREATE_VCPU
+
     @property
     def name(self) -> str:
         return f"vm{self.kvm.lpid}.vcpu{self.index}"
@@ -253,15 +256,23 @@ class VCpu:
         return await self.pcpu.execute(self.name, op)
 
     async def _enter(self) -> None:
-        """KVM_RUN's entry path, on the pCPU."""
+        """KVM_RUN's entry path, on the pCPU: kvmppc_vcpu_run_hv counts the vCPU in
+        vcpus_running, full barrier; kvmhv_run_single_vcpu sets the MMU up if it is not
+        ready (kvmhv_setup_mmu under mmu_setup_lock: kvmppc_setup_partition_table, then
+        mmu_ready = 1). The guest must then find its LPID's partition-table entry: entering
+        without one (KVM_PPC_SVM_OFF left it to the terminated UV, say) is a violation."""
         kvm, m = self.kvm, self.machine.m
         kvm.vcpus_running += 1  # atomic_inc
         await m.point("smp_mb (vcpus_running vs mmu_ready)")
         if not kvm.mmu_ready:
             await kvm.mmu_setup_lock.lock()
-            if not kvm.mmu_ready:
-                kvm.mmu_ready = 1  # kvmhv_setup_mmu
+            if not kvm.mmu_ready:  # kvmhv_setup_mmu
+                kvm.pate = True  # kvmppc_setup_partition_table
+                kvm.mmu_ready = 1
             kvm.mmu_setup_lock.unlock()
+        if not kvm.pate:
+            m.fail("entry", f"{self.name} enters the guest with no partition-table entry for "
+                   f"LPID {kvm.lpid} (mmu_ready is set, so nothing set the MMU up again)")
         self.in_guest = True
 
 

@@ -35,7 +35,17 @@ from .hvcall import (
     PAGE_SHIFT,
     U_SUCCESS,
 )
-from .vm import KVM, KVM_MEMSLOT_INVALID, Memslot
+from .vm import (
+    KVM,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEMSLOT_INVALID,
+    KVM_MR_CREATE,
+    KVM_MR_DELETE,
+    KVM_MR_FLAGS_ONLY,
+    KVM_MR_MOVE,
+    VPA_KINDS,
+    Memslot,
+)
 
 if TYPE_CHECKING:
     from ..sim import Machine
@@ -45,6 +55,13 @@ UVMEM_SLOT_LEAK = "uvmem-slot-leak"
 """The kernel's behaviour (a candidate leak, README "Findings"): neither KVM_PPC_SVM_OFF nor
 H_SVM_INIT_ABORT frees the VM's uvmem slots, and the next H_SVM_INIT_START adds one more per
 memslot. A quirk; without it the model frees them (the evident fix)."""
+H_REGISTER_VPA = 0xDC
+"""asm/hvcall.h; flags bits 16-18 (IBM numbering) select the subfunction."""
+H_VPA_FUNC_SHIFT, H_VPA_FUNC_MASK = 63 - 18, 7
+H_VPA_REG = {1: "vpa", 2: "dtl", 3: "slb_shadow"}
+H_VPA_DEREG = {5: "vpa", 6: "dtl", 7: "slb_shadow"}
+FLAGS_ONLY_DROPS = "flags-only-drops-pages"
+MR_MOVE_UNHANDLED = "mr-move-unhandled"
 GFN_OPS = ("share", "unshare")
 VM_OPS = {H_SVM_INIT_START: "INIT_START", H_SVM_INIT_DONE: "INIT_DONE",
           H_SVM_INIT_ABORT: "INIT_ABORT"}
@@ -305,7 +322,52 @@ class Hypervisor:
                 kvm.srcu.read_unlock(srcu_idx)
                 self.freed_words[kvm.lpid] = words
             return rc
+        if req == H_REGISTER_VPA:
+            return await self.do_h_register_vpa(kvm, r[0], r[1], r[2])
         return H_FUNCTION
+
+    # ------------------------------------------------------------------ VPA
+    async def do_h_register_vpa(self, kvm: KVM, flags: int, vcpuid: int, vpa: int) -> int:
+        """H_REGISTER_VPA (book3s_hv.c do_h_register_vpa, then kvmppc_update_vpas at the
+        vCPU's next entry, which the model runs as the hcall returns): registering pins the
+        page at ``vpa`` (kvmppc_pin_guest_page, a long-term reference) and unpins the one it
+        replaces; deregistering unpins. H_PARAMETER for a vCPU that does not exist, a
+        subfunction that is none of the six or a page outside the guest's memory; H_RESOURCE
+        (-16) for a DTL or SLB shadow without a VPA. The length and alignment checks of the
+        area itself are not modelled."""
+        subfunc = (flags >> H_VPA_FUNC_SHIFT) & H_VPA_FUNC_MASK
+        if vcpuid >= kvm.online_vcpus or (subfunc not in H_VPA_REG and subfunc not in H_VPA_DEREG):
+            return H_PARAMETER
+        if subfunc in H_VPA_REG:
+            kind = H_VPA_REG[subfunc]
+            if kind != "vpa" and (vcpuid, "vpa") not in kvm.vpas:
+                return -16  # H_RESOURCE
+            if await kvm.kvmppc_pin_guest_page(vpa) is None:
+                return H_PARAMETER
+            await kvm.vpa_update_lock.lock()
+            old = kvm.vpas.get((vcpuid, kind))
+            kvm.vpas[(vcpuid, kind)] = vpa
+            kvm.vpa_update_lock.unlock()
+            if old is not None:
+                kvm.kvmppc_unpin_guest_page(old)
+            return H_SUCCESS
+        kind = H_VPA_DEREG[subfunc]
+        await kvm.vpa_update_lock.lock()
+        old = kvm.vpas.pop((vcpuid, kind), None)
+        kvm.vpa_update_lock.unlock()
+        if old is not None:
+            kvm.kvmppc_unpin_guest_page(old)
+        return H_SUCCESS
+
+    async def unpin_vpa_reset(self, kvm: KVM) -> None:
+        """kvmhv_svm_off: for each vCPU, under its vpa_update_lock, unpin_vpa_reset of the
+        DTL, the SLB shadow and the VPA (gpa 0, pinned_addr NULL), so that the next ESM can
+        migrate those pages ("required for the secure SMP guest to reboot correctly")."""
+        await kvm.vpa_update_lock.lock()
+        for key in sorted(kvm.vpas, key=lambda k: (k[0], VPA_KINDS.index(k[1]))):
+            kvm.kvmppc_unpin_guest_page(kvm.vpas[key])
+        kvm.vpas.clear()
+        kvm.vpa_update_lock.unlock()
 
     @staticmethod
     async def _free_uvmem_slot(kvm: KVM, memslot: Memslot, op: str) -> str | None:
@@ -351,6 +413,9 @@ class Hypervisor:
         if await kvm.uv.uv_svm_terminate(kvm.lpid) != U_SUCCESS:
             ret = -EINVAL
         else:
+            kvm.pate = False  # the UV dropped the SVM's partition-table entry
+            await self.unpin_vpa_reset(kvm)
+            kvmppc_setup_partition_table(kvm)
             kvm.secure_guest = 0
             kvm.mmu_ready = mmu_was_ready
         self.slot_ops[kvm.lpid] -= 1
@@ -365,27 +430,118 @@ class Hypervisor:
         return ret
 
     # ------------------------------------------------------------------ memslots
-    async def set_memory_region(self, kvm: KVM, slot: Memslot, delete: bool = False) -> int:
-        """KVM_SET_USER_MEMORY_REGION for one slot, as the generic code and the HV commit
-        hook order it: publish, wait for SRCU readers, then commit (for a secure VM: create
-        or delete its uvmem slot; create errors are ignored, "@TODO")."""
+    async def set_memory_region(self, kvm: KVM, slot: Memslot, delete: bool = False, *,
+                                change: str | None = None, new_base: int | None = None,
+                                new_flags: int | None = None) -> int:
+        """KVM_SET_USER_MEMORY_REGION for one slot, as kvm_set_memslot (v5.17+) orders it:
+        for DELETE and MOVE, kvm_invalidate_memslot (the old slot INVALID, synchronize_srcu,
+        kvm_arch_flush_shadow_memslot: kvmppc_core_flush_memslot_hv, which for a radix guest
+        is kvmppc_radix_flush_memslot); then the new memslots are installed and SRCU readers
+        waited for; then kvmppc_core_commit_memory_region_hv: a FLAGS_ONLY change that
+        toggles dirty logging calls kvmppc_radix_flush_memslot(old); nothing more unless
+        secure_guest; CREATE is kvmppc_uvmem_memslot_create (errors ignored, "@TODO"),
+        DELETE kvmppc_uvmem_memslot_delete, and anything else "default: /* TODO: Handle
+        KVM_MR_MOVE */". All under slots_lock."""
+        change = change or (KVM_MR_DELETE if delete else KVM_MR_CREATE)
         await kvm.slots_lock.lock()
         self.slot_ops[kvm.lpid] = self.slot_ops.get(kvm.lpid, 0) + 1
-        if delete:
+        old = slot
+        states: dict[int, str] = {}
+        if change in (KVM_MR_DELETE, KVM_MR_MOVE):
             slot.flags |= KVM_MEMSLOT_INVALID  # readers stop using it...
             await kvm.srcu.synchronize()  # ...and the old ones have left
-            if kvm.secure_guest & KVMPPC_SECURE_INIT_START:  # kvmppc_core_flush_memslot_hv
-                await uvmem.kvmppc_uvmem_drop_pages(slot, kvm, True)
+            await uvmem.kvmppc_radix_flush_memslot(kvm, slot)  # kvm_arch_flush_shadow_memslot
             kvm.remove_memslot(slot)
+            if change == KVM_MR_MOVE:
+                slot = Memslot(old.id, new_base, old.npages, old.userspace_addr,
+                               old.flags & ~KVM_MEMSLOT_INVALID)
+                kvm.publish(slot)
+        elif change == KVM_MR_FLAGS_ONLY:
+            window = self._window(kvm.lpid, False)
+            marks = self._gfn_marks(kvm.lpid)
+            states = {g: uvmem.gfn_state(kvm, g)
+                      for g in range(old.base_gfn, old.base_gfn + old.npages)} \
+                if kvm.secure_guest else {}
+            toggled = (old.flags ^ new_flags) & KVM_MEM_LOG_DIRTY_PAGES
+            old.flags = new_flags  # (the kernel installs a copy; id, base and size stay)
         else:
             kvm.publish(slot)
         await kvm.srcu.synchronize()
-        if kvm.secure_guest & KVMPPC_SECURE_INIT_START:
-            if delete:
-                await uvmem.kvmppc_uvmem_memslot_delete(kvm, slot)
-            else:
+        if change == KVM_MR_FLAGS_ONLY and kvm.radix and toggled:
+            # a secure VM's pages mean nothing to dirty logging: the evident fix leaves them
+            if not kvm.secure_guest or kvm.quirk(FLAGS_ONLY_DROPS):
+                await uvmem.kvmppc_radix_flush_memslot(kvm, old)
+        if kvm.secure_guest:
+            if change == KVM_MR_CREATE:
+                await uvmem.kvmppc_uvmem_memslot_create(kvm, slot)
+            elif change == KVM_MR_DELETE:
+                await uvmem.kvmppc_uvmem_memslot_delete(kvm, old)
+            elif change == KVM_MR_MOVE and not kvm.quirk(MR_MOVE_UNHANDLED):
+                # the TODO, done the evident way: a move is a delete and a create
+                await uvmem.kvmppc_uvmem_memslot_delete(kvm, old)
                 await uvmem.kvmppc_uvmem_memslot_create(kvm, slot)
         self.slot_ops[kvm.lpid] -= 1
         kvm.slots_lock.unlock()
+        if change == KVM_MR_FLAGS_ONLY:
+            raced = window.close()  # (a VM-wide operation overlapped it)
+            moved = self._gfn_busy(kvm.lpid, marks)[0]  # GFNs a share or page-in overlapped
+            changed = next(((g, b, uvmem.gfn_state(kvm, g)) for g, b in states.items()
+                            if g not in moved and uvmem.gfn_state(kvm, g) != b), None)
+            if changed and not raced:
+                g, before, after = changed
+                self.m.fail("life-cycle", f"GFN {g:#x} {before} --FLAGS_ONLY--> {after}: a "
+                            f"flags-only change of memslot {old.id} (dirty logging) must "
+                            "leave every GFN's state as it was")
         self._check_slots(kvm)
         return 0
+
+    # ------------------------------------------------------------------ VM destroy
+    async def kvm_destroy_vm(self, kvm: KVM) -> None:
+        """QEMU exits. exit_mm comes before exit_files in do_exit, so exit_mmap runs first:
+        unmapping each memslot's backing zaps its device-private entries and page_free
+        releases every device page (the words become MEM_PFN: remove_gfn is false). Then
+        the last VM reference goes: kvm_destroy_vm -> kvmppc_core_destroy_vm_hv frees the
+        vcores and the radix tree, calls uv_svm_terminate if secure_guest, clears the PATE
+        and frees the LPID; kvm_free_memslots frees the memslots, with no uvmem hook. No
+        kvmppc_uvmem_slot_free anywhere on that path: the uvmem slots leak (quirk
+        uvmem-slot-leak; the model frees them, the evident fix). Then: no device page, no
+        uvmem slot and no UV state may remain for the VM."""
+        for slot in list(kvm.memslots):
+            kvm.munmap_memslot(slot)  # exit_mmap
+        await self.m.point("exit_files: the last VM reference, kvm_destroy_vm")
+        await self.unpin_vpa_reset(kvm)  # kvmppc_core_vcpu_free_hv: unpin_vpa of each area
+        if kvm.secure_guest:
+            await kvm.uv.uv_svm_terminate(kvm.lpid)
+        kvm.pate = False  # kvmhv_set_ptbl_entry(lpid, 0, 0)
+        if not kvm.quirk(UVMEM_SLOT_LEAK):
+            for memslot in list(kvm.memslots):
+                await uvmem.kvmppc_uvmem_slot_free(kvm, memslot)
+        kvm.memslots = []  # kvm_free_memslots
+        kvm.destroyed = True
+        problem = destroyed_leftovers(kvm)
+        if problem:
+            self.m.fail("life-cycle", problem)
+
+
+def kvmppc_setup_partition_table(kvm: KVM) -> None:
+    """Write the LPID's partition-table entry (kvmhv_set_ptbl_entry; through UV_WRITE_PATE
+    on an Ultravisor machine)."""
+    kvm.pate = True
+
+
+def destroyed_leftovers(kvm: KVM) -> str | None:
+    """What a destroyed VM left behind: a device page, a uvmem slot, UV state."""
+    dev = kvm.uvmem_dev
+    lpids = getattr(dev.pvt_lpid, "_data", dev.pvt_lpid)
+    left = [b + 1 for b in range(dev.npages) if dev.bitmap[b] and lpids[b] == kvm.lpid]
+    if left:
+        return f"VM {kvm.lpid} is destroyed but device page {left[0]} still stands for it"
+    if kvm.uvmem_pfns:
+        p = kvm.uvmem_pfns[0]
+        return (f"VM {kvm.lpid} is destroyed but keeps {len(kvm.uvmem_pfns)} uvmem slots "
+                f"(memslot {p.id}, GFNs {p.base_pfn:#x}+{p.nr_pfns}): leaked")
+    if kvm.lpid in kvm.uv.svms:
+        return f"VM {kvm.lpid} is destroyed but the UV still knows it"
+    if kvm.pinned:
+        return f"VM {kvm.lpid} is destroyed but still pins {len(kvm.pinned)} guest pages"
+    return None

@@ -159,7 +159,23 @@ QUIRK_HISTORY: dict[str, QuirkHistory] = {
         "found by emu (counting uvmem slots per memslot): kvmppc_uvmem_slot_free is called "
         "only from the memslot-delete hook and INIT_START's error path; kvmhv_svm_off "
         "(22945688acd4, v5.5) and kvmppc_h_svm_init_abort (v5.7) free none, in every copy "
-        "read; unconfirmed whether VM destroy frees the list"),
+        "read; VM destroy does not free the list either: kvmppc_core_destroy_vm_hv calls "
+        "uv_svm_terminate and clears the PATE, kvm_free_memslots has no uvmem hook, and "
+        "uvmem_pfns is touched only by kvmppc_uvmem_slot_init/_free and the lookups (v6.x "
+        "copy read)"),
+    "flags-only-drops-pages": QuirkHistory(
+        "-", SUPPORT, "v5.5", None, None,
+        "found by emu: kvmppc_core_commit_memory_region_hv calls kvmppc_radix_flush_memslot "
+        "on a KVM_MR_FLAGS_ONLY that toggles KVM_MEM_LOG_DIRTY_PAGES, and that function "
+        "calls kvmppc_uvmem_drop_pages(memslot, kvm, true) when INIT_START is set (v6.x copy "
+        "read); the commit that added the drop to the radix flush (the v5.5 secure-guest "
+        "series) is unconfirmed, so is whether QEMU ever turns dirty logging on for an SVM; "
+        "in every release from v5.5"),
+    "mr-move-unhandled": QuirkHistory(
+        "-", SUPPORT, "v5.5", None, None,
+        "'default: /* TODO: Handle KVM_MR_MOVE */' in kvmppc_core_commit_memory_region_hv "
+        "since the v5.5 secure-guest series (the switch was in the posted 'Handle memory "
+        "plug/unplug to secure VM'), still in a v6.x copy read: in every release from v5.5"),
     "share-no-recheck": QuirkHistory(
         "-", None, None, None, None,
         "in no release: kvmppc_share_page rechecks after retaking uvmem_lock in the "

@@ -117,7 +117,20 @@ QUIRKS = {
         "H_SVM_INIT_ABORT frees the VM's uvmem slots, and the next H_SVM_INIT_START adds one "
         "more per memslot (kvmppc_uvmem_slot_init never looks for an old one), so every reset "
         "or aborted ESM leaks a slot and its pfns[] array; without the quirk the model frees "
-        "them (the evident fix). Caught by: one uvmem slot per memslot.",
+        "them (the evident fix). VM destroy (kvmppc_core_destroy_vm_hv) frees none either. "
+        "Caught by: one uvmem slot per memslot.",
+    "flags-only-drops-pages":
+        "The kernel's behaviour (a candidate): a flags-only change of a secure VM's memslot "
+        "(KVM_MEM_LOG_DIRTY_PAGES toggled) makes kvmppc_core_commit_memory_region_hv call "
+        "kvmppc_radix_flush_memslot, which drops every device page of the slot with "
+        "skip_page_out and clears its pfns[] words: the HV's books say Normal for GFNs the "
+        "UV still holds secure. Without the quirk a secure VM's pages are left alone. Caught "
+        "by: a flags-only change leaves every GFN's state as it was.",
+    "mr-move-unhandled":
+        "The kernel's behaviour (a candidate): KVM_MR_MOVE of a secure VM's memslot falls "
+        "into 'default: /* TODO: Handle KVM_MR_MOVE */': the uvmem slot and the UV "
+        "registration stay at the old GPA, the moved slot has none. Without the quirk a move "
+        "is a delete and a create. Caught by: the UV's slots equal the HV's.",
 }
 
 assert set(QUIRK_HISTORY) == set(QUIRKS), "every quirk needs its history in releases.py"
@@ -212,6 +225,9 @@ class UvmemDevice:
         self.bitmap[bit] = 0
         self._hint = min(self._hint, bit)
         kvm = self.kvms[self.pvt_lpid[bit]]
+        if kvm.destroyed:  # pvt->kvm holds no reference on the VM
+            kvm.m.fail("use-after-free", f"kvmppc_uvmem_page_free of device page {dpfn} walks "
+                       f"pvt->kvm->arch.uvmem_pfns of VM {kvm.lpid}, freed by kvm_destroy_vm")
         gfn = self.pvt_gpa[bit] >> PAGE_SHIFT
         if self.pvt_flags[bit] & PVT_REMOVE_GFN:
             kvmppc_gfn_remove(gfn, kvm)
@@ -413,7 +429,9 @@ def migrate_vma_setup(kvm: KVM, mig: MigrateVma) -> int:
         return -16  # -EBUSY
     mig.src = mig.vma.pte[mig.vma.index(mig.start)]
     if mig.flags == MIGRATE_VMA_SELECT_SYSTEM:
-        mig.migrate = mig.src >= 0
+        # migrate_vma_check_page: a page with a reference beyond its mappings (a long-term
+        # pin, kvmppc_pin_guest_page) is not migrated
+        mig.migrate = mig.src >= 0 and mig.start not in kvm.pinned
     else:
         mig.migrate = mig.src < 0
     return 0
@@ -588,9 +606,10 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
     for word, pte in zip(words, ptes, strict=True):
         if word:
             break
-        if pte < 0 or (inject and kvm.fail_migrate_setup(
+        if pte < 0 or (kvm.pinned and start + run * PAGE_SIZE in kvm.pinned) or \
+                (inject and kvm.fail_migrate_setup(
                 MigrateVma(vma, start + run * PAGE_SIZE, MIGRATE_VMA_SELECT_SYSTEM))):
-            ok = False  # not migratable (a device page) or setup failed: the kernel's -1
+            ok = False  # not migratable (a device page, a pinned page) or setup failed: -1
             break
         run += 1
     done, b, bitmap = 0, dev._hint, dev.bitmap
@@ -796,3 +815,15 @@ async def kvmppc_uvmem_memslot_create(kvm: KVM, new: Memslot) -> int:
 
 async def kvmppc_uvmem_memslot_delete(kvm: KVM, old: Memslot) -> None:
     await __kvmppc_uvmem_memslot_delete(kvm, old)
+
+
+async def kvmppc_radix_flush_memslot(kvm: KVM, memslot: Memslot) -> None:
+    """book3s_64_mmu_radix.c: a secure VM's device pages are dropped (content discarded,
+    words cleared) once INIT_START is set; with INIT_DONE it returns there, else it unmaps
+    the partition-scoped PTEs of the slot (nothing the model keeps)."""
+    if kvm.secure_guest & KVMPPC_SECURE_INIT_START:
+        await kvmppc_uvmem_drop_pages(memslot, kvm, True)
+    if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
+        return
+    await kvm.mmu_lock.lock()  # kvm_unmap_radix of each present PTE
+    kvm.mmu_lock.unlock()

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from .uvmem import UvmemDevice, UvmemSlot
 
 KVM_MEMSLOT_INVALID = 1 << 16
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MR_CREATE, KVM_MR_DELETE, KVM_MR_MOVE, KVM_MR_FLAGS_ONLY = "CREATE", "DELETE", "MOVE", \
+    "FLAGS_ONLY"
+"""enum kvm_mr_change: what a KVM_SET_USER_MEMORY_REGION does to a slot."""
+VPA_KINDS = ("vpa", "dtl", "slb_shadow")
 KVM_PFN_NOSLOT = -1
 KVM_PFN_ERR_FAULT = -2
 
@@ -84,11 +89,26 @@ class KVM:
     mmu_setup_lock: Any = None
     slots_lock: Any = None
     mmu_lock: Any = None
+    vpa_update_lock: Any = None
     release: str | None = None
     """The kernel release modelled (``--kernel``, from the machine); None: the default."""
     behaviour: Behaviour = None  # type: ignore[assignment]
     """What the release changes besides its quirks (emu/kvm/releases.py)."""
     published: int = 0
+    pinned: dict[int, int] = attrs.Factory(dict)
+    """Host virtual address -> long-term references (kvmppc_pin_guest_page: the VPA, DTL and
+    SLB shadow of each vCPU). migrate_vma_setup does not select a page with such an extra
+    reference (migrate_vma_check_page), so the page cannot become a device page."""
+    vpas: dict[tuple[int, str], int] = attrs.Factory(dict)
+    """(vCPU, "vpa" | "dtl" | "slb_shadow") -> the pinned GPA (vcpu->arch.vpa etc.)."""
+    pate: bool = True
+    """The partition-table entry of the LPID is valid (kvmppc_setup_partition_table at VM
+    creation; UV_SVM_TERMINATE drops the SVM's; kvmhv_svm_off and kvmhv_setup_mmu rewrite
+    it)."""
+    destroyed: bool = False
+    online_vcpus: int = 0
+    """kvm->online_vcpus (a vCPU id below it names a vCPU)."""
+    """kvm_destroy_vm ran: the struct kvm is freed."""
 
     def __attrs_post_init__(self) -> None:
         m = self.m
@@ -101,6 +121,7 @@ class KVM:
         self.mmu_setup_lock = m.mutex("mmu_setup_lock")
         self.slots_lock = m.mutex("slots_lock")
         self.mmu_lock = m.spinlock("mmu_lock")
+        self.vpa_update_lock = m.spinlock("vpa_update_lock")
 
     def quirk(self, name: str) -> bool:
         return name in self.quirks
@@ -218,6 +239,32 @@ class KVM:
         if vma.pte[i] == 0:
             vma.pte[i] = self.memory.normal.alloc()
         return vma.pte[i]
+
+    # ------------------------------------------------------------------ long-term pins
+    async def kvmppc_pin_guest_page(self, gpa: int) -> int | None:
+        """book3s_64_mmu_hv.c: under srcu, the GPA's memslot (not INVALID), then
+        get_user_pages_fast(FOLL_WRITE): a reference held until kvmppc_unpin_guest_page.
+        The pfn, or None (NULL: the caller returns H_PARAMETER)."""
+        gfn = gpa >> PAGE_SHIFT
+        srcu_idx = await self.srcu.read_lock()
+        hva = self.gfn_to_hva(gfn)
+        pfn = await self.host_fault(hva) if hva is not None else KVM_PFN_NOSLOT
+        if pfn > 0:
+            self.pinned[hva] = self.pinned.get(hva, 0) + 1
+        self.srcu.read_unlock(srcu_idx)
+        return pfn if pfn > 0 else None
+
+    def kvmppc_unpin_guest_page(self, gpa: int) -> None:
+        """put_page of the pinned page (the memslot is looked up again; a gone slot's page
+        is simply released)."""
+        slot = next((s for s in self.memslots if s.contains(gpa >> PAGE_SHIFT)), None)
+        hva = slot.userspace_addr + (((gpa >> PAGE_SHIFT) - slot.base_gfn) << PAGE_SHIFT) \
+            if slot else None
+        left = self.pinned.get(hva, 0) - 1
+        if left > 0:
+            self.pinned[hva] = left
+        else:
+            self.pinned.pop(hva, None)
 
     def kvm_release_pfn_clean(self, pfn: int) -> None:
         actor = self.m.ctl.current.name

@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from ..actors.host import Host
 from ..actors.vcpu import AcceptSpec, Guest, accept
 from ..hw.costs import COST_MODELS
+from ..kvm.hv import H_REGISTER_VPA, H_VPA_FUNC_SHIFT
 from ..kvm.hvcall import EBUSY, EFAULT, H_PARAMETER, H_SUCCESS, PAGE_SHIFT
 from ..kvm.uvmem import MIGRATE_VMA_SELECT_DEVICE_PRIVATE, QUIRKS
+from ..kvm.vm import KVM_MEM_LOG_DIRTY_PAGES
 from ..sim import Machine, Param, scenario
 from ..sim.channel import Completion
 from .svm_machine import COMMON_PARAMS, KVM_USER_MEM_SLOTS, SvmMachine
@@ -29,8 +31,10 @@ QUIRK_SCENARIO = {
     "init-start-rollback": "abort-on-register-failure",
     "share-no-recheck": "share-vs-pageout",
     "uvmem-slot-leak": "svm-reboot",
+    "flags-only-drops-pages": "flags-only",
+    "mr-move-unhandled": "flags-only",
 }
-QUIRK_PARAMS = {"share-no-recheck": {"uv": "hostile"}}
+QUIRK_PARAMS = {"share-no-recheck": {"uv": "hostile"}, "mr-move-unhandled": {"change": "move"}}
 """Parameters a quirk's scenario needs: kvmppc_share_page's recheck guards against a page-in
 of the GFN racing the share, which only a UV that does not serialise its own work on one
 GFN issues (the faithful UV never does)."""
@@ -440,4 +444,91 @@ def svm_off_vs_entry(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: st
     b.sm.vcpu(b.kvm, boot)
     for _ in range(1, max(vcpus, 2)):
         b.sm.vcpu(b.kvm, late, start=b.booted)
+    b.sm.host(qemu)
+
+
+@svm_scenario("flags-only", {
+    "change": Param("flags-only", "what QEMU changes in a memslot of the SVM: its flags "
+                    "(dirty logging on, then off: KVM_MR_FLAGS_ONLY) or its GPA (a DIMM "
+                    "moved: KVM_MR_MOVE)", choices=("flags-only", "move")),
+    "when": Param("after", "flags-only: during ESM (before INIT_DONE) or once the SVM runs "
+                  "(after)", choices=("before", "after"))},
+              per_vcpu=20, per_gfn=2.2)
+def flags_only(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str,
+               change: str, when: str) -> None:
+    """QEMU turns dirty logging on and off for the SVM's boot memory (as a migration would)
+    while its vCPUs use it, during ESM or after; or, with ``-p change=move``, plugs a DIMM,
+    lets the SVM use it and moves it to another GPA. The SVM's data must survive, and the
+    HV's GFN states and uvmem slots must follow the memslots."""
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus)
+    base, dimm = b.npages, mem_mb * 16
+    changed = m.completion("memslot changed")
+
+    async def owner(g: Guest) -> None:
+        await b.boot(g)
+        await g.write(gpa(b.data_gfn(0)), 0xF1A6)
+        if change == "move":
+            await changed.wait_for_completion()
+        await g.read(gpa(b.data_gfn(0)))
+        for gfn in range(b.image):
+            await g.read(gpa(gfn))
+
+    async def user(g: Guest) -> None:
+        await b.booted.wait_for_completion()
+        gfn = b.data_gfn(g.vcpu)
+        await g.write(gpa(gfn), 0xD1 + g.vcpu)
+        await g.read(gpa(gfn))
+
+    async def qemu(h: Host) -> None:
+        if change == "move":
+            await b.booted.wait_for_completion()
+            await h.hotplug(1, 1, base, dimm)
+            await h.move(1, 1, base + dimm)
+        else:
+            await (b.booted if when == "after" else b.esm_started).wait_for_completion()
+            await h.set_flags(1, 0, KVM_MEM_LOG_DIRTY_PAGES)
+            await h.set_flags(1, 0, 0)
+        changed.complete_all()
+
+    b.sm.vcpu(b.kvm, owner)
+    for _ in range(1, vcpus):
+        b.sm.vcpu(b.kvm, user)
+    b.sm.host(qemu)
+
+
+H_VPA_REG_VPA = 1 << H_VPA_FUNC_SHIFT
+
+
+@svm_scenario("svm-destroy", per_vcpu=20, per_gfn=1.1)
+def svm_destroy(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str) -> None:
+    """An SVM boots, registers its VPA in a shared page (kvmppc_pin_guest_page pins it),
+    keeps secrets; then QEMU exits: exit_mmap frees the device pages, kvm_destroy_vm
+    terminates the SVM in the UV. Nothing of the VM may remain: no device page, no uvmem
+    slot, no UV state, no pinned page."""
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus)
+    done = m.completion("vCPU done")
+    vpa = b.data_gfn(1)
+
+    async def first(g: Guest) -> None:
+        await b.boot(g)
+        if await g.share(vpa) == H_SUCCESS:  # the lppaca lives in shared memory
+            await g.hcall(H_REGISTER_VPA, H_VPA_REG_VPA, 0, gpa(vpa))
+        await g.write(gpa(b.data_gfn(0)), 0x5EC)
+        done.complete()
+
+    async def other(g: Guest) -> None:
+        await b.booted.wait_for_completion()
+        await g.write(gpa(b.data_gfn(g.vcpu + 1)), 0x5EC + g.vcpu)
+        await g.read(gpa(b.data_gfn(g.vcpu + 1)))
+        done.complete()
+
+    async def qemu(h: Host) -> None:
+        for _ in range(vcpus):
+            await done.wait_for_completion()
+        await h.read(1, b.data_gfn(0))
+        await h.destroy(1)
+
+    b.sm.vcpu(b.kvm, first)
+    for _ in range(1, vcpus):
+        b.sm.vcpu(b.kvm, other)
     b.sm.host(qemu)
