@@ -30,6 +30,7 @@ from ..kvm.hvcall import (
     H_PAGE_IN_SHARED,
     H_PARAMETER,
     H_SUCCESS,
+    MASK64,
     PAGE_SHIFT,
     U_SUCCESS,
     rc_name,
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 GuestProgram = Callable[["Guest"], Awaitable[None]]
 
 
-MASK64 = (1 << 64) - 1
 GUEST_UCALLS = (hvcall.UV_ESM, hvcall.UV_SHARE_PAGE, hvcall.UV_UNSHARE_PAGE,
                 hvcall.UV_UNSHARE_ALL_PAGES)
 HV_UCALLS = frozenset(nr for nr, name in hvcall.NAMES.items()

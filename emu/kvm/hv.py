@@ -31,6 +31,7 @@ from .hvcall import (
     H_UNSUPPORTED,
     KVMPPC_SECURE_INIT_DONE,
     KVMPPC_SECURE_INIT_START,
+    MASK64,
     NAMES,
     PAGE_SHIFT,
     U_SUCCESS,
@@ -50,7 +51,6 @@ from .vm import (
 if TYPE_CHECKING:
     from ..sim import Machine
 
-MASK64 = (1 << 64) - 1
 UVMEM_SLOT_LEAK = "uvmem-slot-leak"
 """The kernel's behaviour (a candidate leak, README "Findings"): neither KVM_PPC_SVM_OFF nor
 H_SVM_INIT_ABORT frees the VM's uvmem slots, and the next H_SVM_INIT_START adds one more per

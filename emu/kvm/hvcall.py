@@ -5,6 +5,9 @@ Every U_* return code equals the H_* code of the same name, so one table serves 
 
 from __future__ import annotations
 
+MASK64 = (1 << 64) - 1
+"""A 64-bit register: what a guest passes in r3, r4, ... is its argument modulo 2**64."""
+
 PAGE_SHIFT = 16
 PAGE_SIZE = 1 << PAGE_SHIFT
 

@@ -113,7 +113,7 @@ class KVM:
     def __attrs_post_init__(self) -> None:
         m = self.m
         if self.release is None:
-            self.release = getattr(m, "release", None)
+            self.release = m.release
         self.behaviour = behaviour(self.release)
         self.srcu = m.srcu("kvm->srcu")
         self.mm = HostMM(m.rwsem("mmap_lock"))
