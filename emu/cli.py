@@ -26,7 +26,7 @@ from .sim.findings import FindingLog
 from .sim.interrupt import Interrupted, handle_signals
 from .sim.perfetto import write_perfetto
 from .sim.replay import MAX_SEED
-from .sim.runner import MAX_DEPTH, HuntResult, RunResult, hunt, prepare, run
+from .sim.runner import MAX_DEPTH, HuntResult, RunResult, detailed, hunt, prepare, run
 from .sim.scenario import builtin_scenarios, suites
 from .sim.strategies import pct_bound
 from .study import SIZES_GB, STUDIES, esm_scaling, plot, releases_study, releases_table, table
@@ -53,6 +53,13 @@ def _verdict(result: RunResult) -> str:
 
 
 def _show_found(result: RunResult, last: int) -> None:
+    """Explain ``result``; its interleaving in kernel terms, from a re-run that records the
+    model function of every step (hunting itself never pays for that)."""
+    if last > 0 and not result.trace.where:
+        try:
+            result = detailed(result)
+        except EmuError as exc:  # a re-run that diverges is itself worth a line
+            click.echo(f"note: the detailed re-run failed ({exc}); plain timeline below")
     click.echo(explain(result, last))
 
 
@@ -285,7 +292,7 @@ def replay_cmd(file: str, trace_path: str | None, show: bool, accept_edits: bool
     spec, note = replay_file.scenario_spec(data, file)
     if note:
         click.echo(note)
-    rep = replay_file.replay(data, spec)
+    rep = replay_file.replay(data, spec, detail=show and timeline > 0)
     r = rep.result
     click.echo(f"replay {r.scenario} seed {r.seed} ({r.strategy['name']}): {r.steps} steps: "
                f"{_verdict(r)}")

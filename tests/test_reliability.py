@@ -194,3 +194,17 @@ def test_format_1_files_still_replay(cli, tmp_path):
     path.write_text(json.dumps({**data, "format_version": 1}))
     r = cli("replay", str(path))
     assert r.status == 1 and "matched" in r.out
+
+
+def test_the_explained_timeline_names_kernel_functions_and_only_acting_actors(cli):
+    from emu.sim.runner import detailed
+
+    found = run("share-vs-pageout", quirks=["page-out-lock-leak"], seed=1)
+    again = detailed(found)
+    assert again.trace_hash == found.trace_hash and not found.trace.where
+    assert any(w.startswith("kvmppc_svm_page_out(") for w in again.trace.where.values())
+    text = again.trace.timeline(4)
+    head = text.splitlines()[0].split()
+    assert head[0] == "step" and "vm1.vcpu1" not in head  # it did not act in those steps
+    r = cli("run", "share-vs-pageout", "--quirk", "page-out-lock-leak", "--seed", "1")
+    assert "kvmppc_svm_page_out(start=0x" in r.out

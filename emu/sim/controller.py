@@ -51,8 +51,10 @@ Many schedules run one after another inside a single ``trio.run``.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
+import sys
 import traceback
 from bisect import insort
 from collections.abc import Awaitable, Callable
@@ -152,6 +154,9 @@ class Controller:
     def __init__(self, strategy: Any, *, max_steps: int = 10_000) -> None:
         self.strategy = strategy
         self.max_steps = max_steps
+        self.detail = False
+        """Record where in the model each step is taken (``Trace.where``): for re-runs that
+        explain a schedule, never for hunting."""
         self._limit = max_steps - max_steps // 2
         """The step at which the unfair prefix ends (then the budget), or now when a stop is
         asked."""
@@ -351,6 +356,8 @@ class Controller:
         if chosen is self.timer:
             return self._timer_step()
         self.trace.events.append((self.step, chosen.index, "step", chosen.op, self.now))
+        if self.detail:
+            self.trace.where[self.step] = model_frames(chosen, chosen is self.current)
         return chosen
 
     def _park(self, parked: list[Actor]) -> None:
@@ -565,17 +572,61 @@ class Controller:
             self.error = ScenarioError(message)
             self._halt()
 
-def describe_raw_block(actor: Actor | None) -> str:
-    """Name the raw Trio primitive an actor is blocked in, and where it was called from."""
-    if actor is None or actor.task is None:
-        return "every task is blocked outside the controller"
-    frames = []
-    coro = actor.task.coro
+def _await_chain(actor: Actor, running: bool) -> list[Any]:
+    """The frames of ``actor``'s stack, outermost first: from the live frame if it runs,
+    else down its chain of awaited coroutines."""
+    if running:  # up to the actor's task root, not into Trio's run loop and its caller
+        frames, frame = [], sys._getframe()
+        while frame is not None and frame.f_code is not _ACTOR_ROOT:
+            frames.append(frame)
+            frame = frame.f_back
+        return frames[::-1]
+    frames, coro = [], actor.task.coro if actor.task is not None else None
     while coro is not None:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is not None:
             frames.append(frame)
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return frames
+
+
+_ACTOR_ROOT = Controller._actor_main.__code__
+_NOT_MODEL = (os.path.dirname(__file__), os.path.dirname(trio.__file__),
+              os.path.dirname(contextlib.__file__))
+"""The engine, Trio and the standard library: what a model-frame walk skips."""
+
+
+def _argument(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    return f"{value:#x}" if isinstance(value, int) and abs(value) >= 4096 else repr(value)
+
+
+def model_frames(actor: Actor, running: bool) -> str:
+    """Where in the model ``actor`` is about to take its step: the innermost model function
+    with its plain arguments, and the function that called it
+    (``kvmppc_svm_page_in(gpa=0x50000) < kvmppc_h_svm_page_in``). Costly (a stack walk), so
+    only a re-run for an explanation records it (``Controller.detail``)."""
+    frames = [f for f in _await_chain(actor, running)
+              if not f.f_code.co_filename.startswith(_NOT_MODEL)]
+    if not frames:
+        return ""
+    inner = frames[-1]
+    code = inner.f_code
+    args = []
+    for name in code.co_varnames[:code.co_argcount]:
+        text = _argument(inner.f_locals.get(name))
+        if text is not None:
+            args.append(f"{name}={text}")
+    where = f"{code.co_name}({', '.join(args)})"
+    return where + (f" < {frames[-2].f_code.co_name}" if len(frames) > 1 else "")
+
+
+def describe_raw_block(actor: Actor | None) -> str:
+    """Name the raw Trio primitive an actor is blocked in, and where it was called from."""
+    if actor is None or actor.task is None:
+        return "every task is blocked outside the controller"
+    frames = _await_chain(actor, False)
     trio_dir = os.path.dirname(trio.__file__)
     for i, frame in enumerate(frames):
         if frame.f_code.co_filename.startswith(trio_dir):

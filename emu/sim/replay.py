@@ -190,11 +190,13 @@ class ReplayResult:
         return self.result.trace_hash == self.expected_hash
 
 
-def replay(data: dict[str, Any], spec: str | None = None) -> ReplayResult:
-    """Re-run the decision list of a loaded replay file (against ``spec`` if given)."""
+def replay(data: dict[str, Any], spec: str | None = None, *,
+           detail: bool = False) -> ReplayResult:
+    """Re-run the decision list of a loaded replay file (against ``spec`` if given);
+    ``detail`` records the model function of every step, for an explanation."""
     decisions = [(d[0], d[1], d[2]) for d in data["decisions"]]
     result = run_decisions(spec or data["scenario"], decisions, seed=data["seed"],
                            params=data["params"], quirks=data["quirks"],
                            strategy=data["strategy"], max_steps=data["max_steps"],
-                           release=data.get("kernel"))
+                           release=data.get("kernel"), detail=detail)
     return ReplayResult(result, data["trace_hash"])

@@ -129,11 +129,13 @@ def step_budget(sc: Scenario, values: dict[str, Any], max_steps: int | None) -> 
 
 async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
                        strategy: Any, seed: int, max_steps: int,
-                       release: str | None = None) -> RunResult:
+                       release: str | None = None, detail: bool = False) -> RunResult:
     """Build the scenario on a fresh controller and run one schedule (inside trio.run).
-    ``release`` is handed to the model as ``machine.release`` (an opaque name)."""
+    ``release`` is handed to the model as ``machine.release`` (an opaque name); ``detail``
+    records where in the model each step is taken (slow: for explanations)."""
     INTERRUPT.check()
     ctl = Controller(strategy, max_steps=max_steps)
+    ctl.detail = detail
     machine = Machine(ctl, params, quirks, tuple(sc.quirks), seed, release)
     try:
         sc.build(machine, **params)
@@ -202,19 +204,27 @@ def run(scenario: str | Scenario, *, seed: int = 0, params: Mapping[str, Any] | 
 def run_decisions(scenario: str | Scenario, decisions: list[tuple[int, str, str]], *,
                   seed: int, params: Mapping[str, Any] | None, quirks: Iterable[str],
                   strategy: dict[str, Any], max_steps: int,
-                  release: str | None = None) -> RunResult:
+                  release: str | None = None, detail: bool = False) -> RunResult:
     """Re-run a recorded decision list; the result reports the original strategy."""
     sc, values, chosen = prepare(scenario, params, quirks, release)
 
     async def main() -> RunResult:
         result = await run_schedule(sc, values, chosen, Replay(decisions), seed, max_steps,
-                                    release)
+                                    release, detail)
         if result.steps < len(decisions):
             raise ReplayDivergence(f"the schedule ended after {result.steps} steps, but the "
                                    f"replay file records {len(decisions)}")
         return attrs.evolve(result, strategy=strategy)
 
     return trio.run(main)
+
+
+def detailed(result: RunResult, scenario: str | Scenario | None = None) -> RunResult:
+    """``result`` re-run from its decisions with ``detail`` on: the same trace (and hash),
+    plus the model function of every step, for an explanation."""
+    return run_decisions(scenario or result.scenario, result.decisions, seed=result.seed,
+                         params=result.params, quirks=result.quirks, strategy=result.strategy,
+                         max_steps=result.max_steps, release=result.release, detail=True)
 
 
 def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,

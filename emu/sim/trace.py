@@ -42,6 +42,9 @@ class Trace:
         self.actors: list[str] = []
         self.groups: list[str] = []
         self.events: list[Event] = []
+        self.where: dict[int, str] = {}
+        """Step -> the model function it ran in (only when the controller records detail);
+        not part of the hash, so a detailed re-run matches the original."""
         self.closed = False
         """Set when the schedule ends: actors unwinding afterwards leave no trace."""
         self._hash: str | None = None
@@ -67,14 +70,16 @@ class Trace:
         return [e for e in self.events if e[2] == "step"]
 
     def timeline(self, last: int = 30, max_width: int = 44) -> str:
-        """The last ``last`` steps (at least one), one column per actor, one row per step."""
+        """The last ``last`` steps (at least one), one row per step and one column per actor
+        that acted in them; a step names the model function it ran in when known."""
         last = max(last, 1)
         rows: dict[int, list[str]] = {}
         order: list[int] = []
         for step, actor, kind, text, data in self.events:
             if kind == "step":
                 rows[step] = [""] * len(self.actors)
-                rows[step][actor] = text
+                where = self.where.get(step)
+                rows[step][actor] = f"{where}: {text}" if where else text
                 order.append(step)
             elif step in rows and actor >= 0 and kind in ("access", "recv"):
                 var, value = (text, data[1]) if kind == "recv" else data
@@ -86,11 +91,14 @@ class Trace:
                 rows[step].append(f"!! {data}")
         shown = order[-last:]
         n = len(self.actors)
-        widths = [min(max([len(name)] + [len(rows[s][i]) for s in shown]), max_width) + 2
-                  for i, name in enumerate(self.actors)]
+        acting = [i for i in range(n) if any(rows[s][i] for s in shown)]
+        if self.where:
+            max_width = max(max_width, 72)
+        widths = {i: min(max([len(self.actors[i])] + [len(rows[s][i]) for s in shown]),
+                         max_width) + 2 for i in acting}
 
         def row(prefix: str, cells: list[str]) -> str:
-            body = "".join(f"{c[:w - 2]:<{w}}" for c, w in zip(cells[:n], widths, strict=True))
+            body = "".join(f"{cells[i][:widths[i] - 2]:<{widths[i]}}" for i in acting)
             return f"{prefix}{body}{' '.join(cells[n:])}".rstrip()
 
         head = row("step  ", self.actors)
