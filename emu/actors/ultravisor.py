@@ -26,6 +26,7 @@ import attrs
 from ..hw.memory import Frame, PhysicalMemory
 from ..kvm.hvcall import (
     H_BUSY,
+    H_HARDWARE,
     H_NO_MEM,
     H_P2,
     H_PAGE_IN_SHARED,
@@ -34,6 +35,7 @@ from ..kvm.hvcall import (
     H_SVM_INIT_DONE,
     H_SVM_INIT_START,
     H_SVM_PAGE_IN,
+    H_SVM_PAGE_OUT,
     NAMES,
     PAGE_SHIFT,
     U_SUCCESS,
@@ -50,6 +52,18 @@ U_BUSY = H_BUSY
 U_STATE = -75
 U_PERMISSION = -11
 LIFE_CYCLE = (H_SVM_INIT_START, H_SVM_INIT_DONE, H_SVM_INIT_ABORT)
+HOSTILE = ("no-serialise", "evict", "register-page-in", "duplicate-register", "page-in-fail",
+           "init-done-twice", "init-start-secure")
+"""What a hostile UV may do (``Ultravisor.misbehave``): skip its per-GFN serialisation;
+page a secure GFN out itself (H_SVM_PAGE_OUT with MSR_S) before a firmware operation; issue
+H_SVM_PAGE_IN for a GFN of a slot from inside UV_REGISTER_MEM_SLOT (seed 004's hotplug);
+accept a duplicate UV_REGISTER_MEM_SLOT; fail a fraction of the UV_PAGE_IN ucalls of
+``page_in_fail_paths`` (U_BUSY, U_PARAMETER or H_HARDWARE); issue H_SVM_INIT_DONE again
+after ESM, or H_SVM_INIT_START on the secure VM (out of state, MSR_S set)."""
+HOSTILE_DEFAULT = ("no-serialise", "evict", "register-page-in", "page-in-fail")
+"""What ``-p uv=hostile`` turns on: the misbehaviour the modelled kernel survives. The rest
+lead to the known findings pinned by ``tests/test_hostile_uv.py`` (README, Findings)."""
+PAGE_IN_FAIL_CODES = (U_BUSY, U_PARAMETER, H_HARDWARE)
 
 
 @attrs.define(eq=False)
@@ -80,6 +94,9 @@ class SvmState:
     """Hcalls the UV has issued for this SVM and that have not returned yet."""
     drained: Any = None
     """Completed when ``in_flight`` drops to 0 (created by an abort waiting for that)."""
+    unshared_behind: set[int] = attrs.Factory(set)
+    """Shared GFNs a hostile UV's own stale page-in copied into secure memory (silently
+    unsharing them): its UV_UNSHARE_PAGE of one then has nothing left to do."""
 
     def registered(self, gfn: int) -> bool:
         return any(base <= gfn < base + n for base, n in self.slots.values())
@@ -121,6 +138,21 @@ class Ultravisor:
         """``faithful``: firmware that keeps its own promises (it serialises its page-in,
         share and unshare of one GFN). ``hostile``: it does not, and the HV must survive
         what follows; the SVM's own data is then the UV's problem, not an HV finding."""
+        self.misbehave: frozenset[str] = frozenset(() if self.faithful else HOSTILE_DEFAULT)
+        """The hostile behaviours on (``HOSTILE``); a scenario or test may change it. Every
+        choice among them is drawn from ``m.random`` (never in the faithful mode, whose
+        traces therefore do not change)."""
+        self.hostile_pct = 20
+        """Chance in percent of each hostile act at each opportunity."""
+        self.page_in_fail_paths: frozenset[str] = frozenset(("share", "fault"))
+        """The UV_PAGE_IN requests ``page-in-fail`` fails: "share" (kvmppc_share_page),
+        "fault" (kvmppc_send_page_to_uv), "page-in" (kvmppc_svm_page_in, the HV's own
+        H_SVM_PAGE_IN path: its failure leaves the device page allocated and the GFN flagged,
+        the known latent leak, so it is not on by default)."""
+        self._injected: dict[str, bool] = {}
+        """Thread -> a UV_PAGE_IN of its request failed by ``page-in-fail``."""
+        self._register_page_ins: dict[str, list[tuple[int, int]]] = {}
+        """Thread -> (lpid, GFN) the UV pages in before its UV_REGISTER_MEM_SLOT returns."""
         self._gfn_locks: dict[tuple[int, int], Any] = {}
         self.hcall_ns = hcall_ns
         self.memory = memory
@@ -155,7 +187,30 @@ class Ultravisor:
 
     async def uv_register_mem_slot(self, lpid: int, start_gpa: int, size: int, flags: int,
                                    slot_id: int) -> int:
-        return await self._ucall("UV_REGISTER_MEM_SLOT", lpid, start_gpa, size, flags, slot_id)
+        rc = await self._ucall("UV_REGISTER_MEM_SLOT", lpid, start_gpa, size, flags, slot_id)
+        for lpid_, gfn in self._register_page_ins.pop(self.m.ctl.current.name, ()):
+            await self._register_page_in(lpid_, gfn)
+        return rc
+
+    async def _register_page_in(self, lpid: int, gfn: int) -> None:
+        """Hostile (seed 004): the UV, still inside UV_REGISTER_MEM_SLOT, issues
+        H_SVM_PAGE_IN for a GFN of the slot it registers. It runs on the thread that made
+        the ucall (the UV executes a ucall on the caller's CPU, and its hcall goes back to
+        the HV from there, with whatever the HV holds), after the ucall server has answered:
+        the server itself never calls the HV (it would wait on its own mailbox for the
+        UV_PAGE_IN this page-in makes, a deadlock of the model, not of the kernel)."""
+        svm = self.svms.get(lpid)
+        if svm is None or svm.aborting or not svm.registered(gfn):
+            return
+        self.m.note(f"hostile UV: H_SVM_PAGE_IN of GFN {gfn:#x} inside UV_REGISTER_MEM_SLOT")
+        with self._in_flight(svm):
+            rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
+                                     msr_s=True)
+        self.m.note(f"hostile UV: that H_SVM_PAGE_IN returned {rc}")
+
+    def _hostile(self, what: str) -> bool:
+        """Whether the hostile UV does ``what`` now (a draw from the seeded data RNG)."""
+        return what in self.misbehave and self.m.random.randrange(100) < self.hostile_pct
 
     async def uv_unregister_mem_slot(self, lpid: int, slot_id: int) -> int:
         return await self._ucall("UV_UNREGISTER_MEM_SLOT", lpid, slot_id)
@@ -178,12 +233,16 @@ class Ultravisor:
     async def _uv_register_mem_slot(self, lpid: int, start_gpa: int, size: int, flags: int,
                                     slot_id: int) -> int:
         svm = self.svms.get(lpid)
-        if svm is None or flags or slot_id in svm.slots:
+        if svm is None or flags or (slot_id in svm.slots and
+                                    "duplicate-register" not in self.misbehave):
             return U_PARAMETER
         if self.fail_register(lpid, slot_id):
             return H_NO_MEM
         svm.slots[slot_id] = (start_gpa >> PAGE_SHIFT, size >> PAGE_SHIFT)
         svm.registered_by[slot_id] = self._caller
+        if svm.secure and size >> PAGE_SHIFT and self._hostile("register-page-in"):
+            gfn = (start_gpa >> PAGE_SHIFT) + self.m.random.randrange(size >> PAGE_SHIFT)
+            self._register_page_ins.setdefault(self._caller, []).append((lpid, gfn))
         return U_SUCCESS
 
     async def _uv_unregister_mem_slot(self, lpid: int, slot_id: int) -> int:
@@ -208,11 +267,23 @@ class Ultravisor:
             return U_PARAMETER
         gfn, src = dst_gpa >> PAGE_SHIFT, src_ra >> PAGE_SHIFT
         request = self.request.get(self._caller)
+        path = request[0] if request and request[0] in ("share", "fault") else "page-in"
+        if path in self.page_in_fail_paths and self._hostile("page-in-fail"):
+            rc = self.m.random.choice(PAGE_IN_FAIL_CODES)
+            self._injected[self._caller] = True
+            if svm.secure and not (gfn in svm.frames or gfn in svm.paged_out or
+                                   gfn in svm.shared):
+                # the page stays the SVM's: its zero page (a touch would make the same)
+                svm.frames[gfn] = self.memory.secure.alloc()
+                self.memory.secure[svm.frames[gfn]].zero = True
+            self.m.note(f"hostile UV: UV_PAGE_IN of GFN {gfn:#x} ({path}) fails with {rc}")
+            return rc
         if request == ("fault", gfn) and gfn in svm.shared:  # send_page_to_uv: map it again
             svm.invalidated.pop(gfn, None)
             svm.shared[gfn] = src
             return U_SUCCESS
         if request == ("share", gfn):  # the page the SVM asks to share: map it
+            svm.unshared_behind.discard(gfn)
             self._drop_secure(svm, gfn)
             svm.shared[gfn] = src
             return U_SUCCESS
@@ -220,6 +291,8 @@ class Ultravisor:
             # the UV refuses an HV-initiated page-in of a shared GFN (INIT_DONE's, in this
             # design), but not the one its own UV_UNSHARE_PAGE asked for
             return U_PARAMETER
+        if gfn in svm.shared and request != ("unshare", gfn) and not self.faithful:
+            svm.unshared_behind.add(gfn)
         spfn = svm.frames.get(gfn) or self.memory.secure.alloc()
         await self.memctl.copy(self.memory.normal[src], self.memory.secure[spfn],
                                into_secure=True)
@@ -371,10 +444,40 @@ class Ultravisor:
                     break
             if rc == H_SUCCESS:
                 # INIT_DONE failing leaves the VM Transient, for its owner to terminate
-                return await self._issue(svm, H_SVM_INIT_DONE)
+                rc = await self._issue(svm, H_SVM_INIT_DONE)
+                if rc == H_SUCCESS:
+                    await self._out_of_state(svm)
+                return rc
             return await self._issue(svm, H_SVM_INIT_ABORT)
         finally:
             svm.transition = ""
+
+    async def _out_of_state(self, svm: SvmState) -> None:
+        """Hostile: after ESM, H_SVM_INIT_DONE again or H_SVM_INIT_START on the secure VM,
+        with MSR_S, past the UV's own books (the HV checks neither's state)."""
+        for what, req in (("init-done-twice", H_SVM_INIT_DONE),
+                          ("init-start-secure", H_SVM_INIT_START)):
+            if self._hostile(what):
+                self.m.note(f"hostile UV: {NAMES[req]} on a secure VM")
+                with self._in_flight(svm):
+                    rc = await self.hv.hcall(svm.lpid, req, msr_s=True)
+                self.m.note(f"hostile UV: {NAMES[req]} returned {rc}")
+
+    async def _evict(self, lpid: int) -> None:
+        """Hostile: before a firmware operation for SVM ``lpid``, the UV pages one of its
+        secure GFNs out itself (H_SVM_PAGE_OUT with MSR_S; the HV runs
+        kvmppc_h_svm_page_out, which calls UV_PAGE_OUT back)."""
+        svm = self.svms.get(lpid)
+        if svm is None or not svm.secure or svm.aborting or not svm.frames or \
+                not self._hostile("evict"):
+            return
+        gfn = self.m.random.choice(sorted(svm.frames))
+        self.m.note(f"hostile UV: H_SVM_PAGE_OUT of GFN {gfn:#x}")
+        with self._in_flight(svm):
+            rc = await self.hv.hcall(lpid, H_SVM_PAGE_OUT, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
+                                     msr_s=True)
+        if rc != H_SUCCESS:
+            self.m.note(f"hostile UV: H_SVM_PAGE_OUT of GFN {gfn:#x} returned {rc}")
 
     def check_pages(self, lpid: int, gfn: int, npages: int) -> int:
         """The checks of UV_SHARE_PAGE and UV_UNSHARE_PAGE(gfn, npages) before any page is
@@ -394,10 +497,16 @@ class Ultravisor:
             return U_PARAMETER
         if svm.aborting:
             return U_STATE
+        await self._evict(lpid)
         async with self._serialised(lpid, gfn), self._requesting("share", gfn):
-            with self._in_flight(svm):
-                return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT,
-                                           H_PAGE_IN_SHARED, PAGE_SHIFT, msr_s=True)
+            for _ in range(20):  # a hostile UV retries when its own UV_PAGE_IN failed
+                with self._in_flight(svm):
+                    rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT,
+                                             H_PAGE_IN_SHARED, PAGE_SHIFT, msr_s=True)
+                if not self._injected.pop(self.m.ctl.current.name, False) or \
+                        self.svms.get(lpid) is not svm or svm.aborting:
+                    break
+            return rc
 
     @contextlib.asynccontextmanager
     async def _serialised(self, lpid: int, gfn: int):
@@ -405,7 +514,7 @@ class Ultravisor:
         share and its unshare run one at a time, so none acts on a decision another made
         stale (a page-in decided before a share completed would copy the shared page into
         secure memory after the share and silently unshare it). The hostile UV skips it."""
-        if not self.faithful:
+        if "no-serialise" in self.misbehave:
             yield
             return
         lock = self._gfn_locks.get((lpid, gfn))
@@ -431,15 +540,32 @@ class Ultravisor:
         """UV_UNSHARE_PAGE for one page: page the shared page back into secure memory."""
         svm = self.svms.get(lpid)
         if svm is None or gfn not in svm.shared:
-            return U_PARAMETER
+            return self._unshared_behind(svm, gfn)
         if svm.aborting:
             return U_STATE
+        await self._evict(lpid)
         async with self._serialised(lpid, gfn), self._requesting("unshare", gfn):
             if gfn not in svm.shared:  # unshared meanwhile by a vCPU that held the GFN
-                return U_PARAMETER
-            with self._in_flight(svm):
-                return await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0,
-                                           PAGE_SHIFT, msr_s=True)
+                return self._unshared_behind(svm, gfn)
+            for _ in range(20):  # a hostile UV retries when its own UV_PAGE_IN failed
+                with self._in_flight(svm):
+                    rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0,
+                                             PAGE_SHIFT, msr_s=True)
+                if not self._injected.pop(self.m.ctl.current.name, False) or \
+                        self.svms.get(lpid) is not svm or svm.aborting:
+                    break
+            if rc != H_SUCCESS and gfn not in svm.shared:  # its stale page-in won the race
+                return self._unshared_behind(svm, gfn)
+            return rc
+
+    @staticmethod
+    def _unshared_behind(svm: SvmState | None, gfn: int) -> int:
+        """UV_UNSHARE_PAGE of a GFN that is not shared: U_PARAMETER, unless the hostile
+        UV's own stale page-in unshared it behind the SVM's back (then it is done)."""
+        if svm is not None and gfn in svm.unshared_behind:
+            svm.unshared_behind.discard(gfn)
+            return U_SUCCESS
+        return U_PARAMETER
 
     async def unshare_all_pages(self, lpid: int) -> int:
         """UV_UNSHARE_ALL_PAGES (the guest's kexec path): unshare every shared page."""
@@ -461,24 +587,33 @@ class Ultravisor:
         svm = self.svms[lpid]
         if not svm.registered(gfn):
             return None, False
+        await self._evict(lpid)
         async with self._serialised(lpid, gfn):
             return await self._touch(svm, gfn)
 
     async def _touch(self, svm: SvmState, gfn: int) -> tuple[Frame | None, bool]:
-        lpid = svm.lpid
+        lpid, tries = svm.lpid, 20
         while gfn not in svm.shared and gfn in svm.paged_out:
             rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
                                      msr_s=True)
-            # a hostile UV may have shared the GFN meanwhile, the HV paged it in: look again
+            # a hostile UV may have shared the GFN meanwhile, the HV paged it in: look again;
+            # or failed its own UV_PAGE_IN: try again (at most 20 times)
+            if self._injected.pop(self.m.ctl.current.name, False) and tries:
+                tries -= 1
+                continue
             if rc != H_SUCCESS and gfn in svm.paged_out and gfn not in svm.shared:
                 self.m.fail("svm-access", f"the UV cannot page GFN {gfn:#x} back in for the "
                             f"SVM: H_SVM_PAGE_IN returned {rc}")
-        if gfn in svm.shared and gfn in svm.invalidated:  # a fault the UV reflects to the HV
+        tries = 20  # refault while a hostile UV's own UV_PAGE_IN failed it (at most 20)
+        while tries and gfn in svm.shared and gfn in svm.invalidated:  # reflected to the HV
+            tries -= 1
             async with self._requesting("fault", gfn):
                 rc = await self.hv.radix_page_fault(self.hv.kvms[lpid], gfn)
-            if gfn in svm.shared and gfn in svm.invalidated:
-                self.m.fail("svm-access", f"the HV could not send shared GFN {gfn:#x} back to "
-                            f"the UV after UV_PAGE_INVAL: the fault returned {rc}")
+            if not self._injected.pop(self.m.ctl.current.name, False):
+                break
+        if gfn in svm.shared and gfn in svm.invalidated:
+            self.m.fail("svm-access", f"the HV could not send shared GFN {gfn:#x} back to "
+                        f"the UV after UV_PAGE_INVAL: the fault returned {rc}")
         if gfn in svm.shared:
             return self.memory.normal.get(svm.shared[gfn]), True
         if gfn not in svm.frames:

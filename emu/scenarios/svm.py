@@ -532,3 +532,67 @@ def svm_destroy(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv
     for _ in range(1, vcpus):
         b.sm.vcpu(b.kvm, other)
     b.sm.host(qemu)
+
+
+HOSTILE_EXTRA = ("none", "page-in-fail-private", "init-done-twice", "init-start-secure",
+                 "init-start-duplicate")
+"""What ``hostile-uv -p extra=`` adds to the hostile UV's default misbehaviour: each leads to
+a known finding of the modelled kernel (README, Findings; ``tests/test_hostile_uv.py``)."""
+
+
+@svm_scenario("hostile-uv", {
+    "extra": Param("none", "a hostile act with a known finding to add", choices=HOSTILE_EXTRA),
+    "hostile_pct": Param(20, "chance in percent of each hostile act at each opportunity",
+                         minimum=0, maximum=100)},
+              per_vcpu=60, per_gfn=1.1)
+def hostile_uv(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str,
+               extra: str, hostile_pct: int) -> None:
+    """The Ultravisor is hostile whatever ``-p uv=`` says: it does not serialise its work on
+    a GFN, pages secure GFNs out itself (H_SVM_PAGE_OUT), fails some of the UV_PAGE_IN calls
+    of shares and of faults (and retries), and pages a GFN in from inside the
+    UV_REGISTER_MEM_SLOT of a hot-plugged DIMM (seed 004). Meanwhile an SVM boots sharing a
+    page, its vCPUs share, unshare and touch memory, QEMU reads and reclaims the shared pages
+    and hot-plugs a DIMM the SVM then uses. Every HV invariant must hold; the SVM's integrity
+    is the hostile UV's problem and is not checked."""
+    b = Boot(m, mem_mb, design, uv="hostile", pcpus=pcpus,
+             accept={"UV_UNSHARE_PAGE": accept(H_SUCCESS, contended=[H_PARAMETER])})
+    hv_uv = b.sm.uv
+    hv_uv.hostile_pct = hostile_pct
+    if extra == "page-in-fail-private":
+        hv_uv.page_in_fail_paths = hv_uv.page_in_fail_paths | {"page-in"}
+    elif extra == "init-start-duplicate":  # INIT_START on the secure VM, and the UV accepts
+        hv_uv.misbehave = hv_uv.misbehave | {"init-start-secure", "duplicate-register"}
+    elif extra != "none":
+        hv_uv.misbehave = hv_uv.misbehave | {extra}
+    base, dimm = b.npages, mem_mb * 16
+    pool = [b.data_gfn(i) for i in range(3)]
+    plugged = m.completion("DIMM plugged")
+
+    async def vcpu(g: Guest) -> None:
+        if g.vcpu == 0:
+            await b.boot(g, share=(pool[2], 1))
+        await b.booted.wait_for_completion()
+        for i in range(2):
+            gfn = pool[(g.vcpu + i) % 2]
+            await g.write(gpa(gfn), 0x4051 + g.vcpu)
+            if await g.share(gfn) == H_SUCCESS:
+                await g.write(gpa(gfn), 0x5A00 + g.vcpu)
+                await g.unshare(gfn)
+            await g.read(gpa(gfn))
+        await plugged.wait_for_completion()
+        for gfn in (base + g.vcpu % dimm, b.data_gfn(3 + g.vcpu)):
+            await g.write(gpa(gfn), 0xD1 + gfn)
+            await g.read(gpa(gfn))
+        await g.read(gpa(pool[2]))
+
+    async def qemu(h: Host) -> None:
+        await b.booted.wait_for_completion()
+        await h.read(1, pool[2])
+        await h.reclaim(1, pool[2])
+        await h.hotplug(1, 1, base, dimm)
+        plugged.complete_all()
+        await h.read(1, pool[0])
+
+    for _ in range(max(vcpus, 2)):
+        b.sm.vcpu(b.kvm, vcpu)
+    b.sm.host(qemu)
