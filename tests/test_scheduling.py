@@ -12,7 +12,7 @@ import emu
 from emu.errors import ReplayDivergence, ScenarioError
 from emu.sim import replay as replay_file
 from emu.sim import runner
-from emu.sim.controller import TIMER, Controller
+from emu.sim.controller import TIMER
 from emu.sim.strategies import PCT, make_strategy
 
 
@@ -70,7 +70,7 @@ def test_a_copy_finishes_while_another_actor_runs_and_replays(tmp_path):
     assert [TIMER, "fire timer at 1000"] in [d[1:] for d in data["decisions"]]
     assert data["strategy"] == RANDOM_TIMERS
     log.clear()
-    again = replay_file.replay(data)  # Controller.timer_choices is off: Replay still fires
+    again = replay_file.replay(data)  # Replay offers the timer whatever the setting
     assert again.matched and again.result.decisions == res.decisions
     assert log == first_run
 
@@ -98,15 +98,16 @@ def test_timers_are_choices_by_default():
     assert woke_early  # some schedule fires the copy's timer while B still runs
 
 
-def test_class_switch_makes_timers_choices_for_every_strategy(monkeypatch):
+def test_timers_are_choices_by_default_under_pct_too():
     log: list = []
     sc = copy_vs_spin(log)
-    monkeypatch.setattr(Controller, "timer_choices", True)
     woke = []
     for seed in range(20):
         log.clear()
-        emu.run(sc, seed=seed)
-        woke.append([w for w, _ in log].index("a woke"))
+        res = emu.run(sc, seed=seed, strategy="pct", depth=2)
+        assert res.strategy["timers"] is True
+        run = [w for w, _ in log[-51:]]  # this schedule's, after PCT's calibration run's
+        woke.append(run.index("a woke"))
     assert min(woke) < 50
 
 

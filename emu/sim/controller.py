@@ -21,12 +21,11 @@ remove a schedule. When *no* actor is enabled and timers are pending, firing is 
 is not a decision (nothing is recorded, exactly as before timers were choices, so a replay
 file without ``timer`` decisions replays wherever no timer choice arises).
 
-The candidate is switchable while the models catch up with the schedules it opens: it is
-offered when the strategy asks for it (``timer_choices``: a spec with ``"timers": true``,
-and ``Replay`` always, so a file with ``timer`` decisions replays whatever the setting), or
-when the class attribute ``Controller.timer_choices`` is set (default False), and always
-in the fair suffix (below). Otherwise time advances only when nobody can run (the old
-rule), which a replay file of either kind follows.
+Whether the timer is a candidate is the strategy's (its spec's ``"timers": true``, which
+``emu`` sets by default; ``Replay`` always offers it, so a file with ``timer`` decisions
+replays whatever the setting), and it is always one in the fair suffix (below). Without it
+time advances only when nobody can run (the old rule, ``--no-timer-choices``), which a
+replay file of either kind follows.
 
 **Retry points.** ``yield_point(op)`` (``Machine.yield_point``) is a scheduling point for
 ``cond_resched()``, ``cpu_relax()`` and a retry loop: it tells the strategy that the actor
@@ -144,12 +143,6 @@ class Actor:
 class Controller:
     stall_seconds = 30.0
     """Wall time without a decision after which the watchdog reports a raw-Trio spin."""
-    timer_choices = False
-    """True: firing the earliest timer is a candidate whenever timers are pending, for every
-    strategy (see the module docstring). False (the default for now): only for a strategy
-    whose ``timer_choices`` is set (``{"name": "random", "timers": true}``, and ``Replay``
-    always), otherwise time advances only when no actor is enabled (the old rule) until the
-    fair suffix."""
 
     def __init__(self, strategy: Any, *, max_steps: int = 10_000) -> None:
         self.strategy = strategy
@@ -163,7 +156,7 @@ class Controller:
         self.fair = False
         """Set once the strategy's own schedule has used its half of the budget."""
         self._fair_from = 0
-        self._offer_timer = self.timer_choices or getattr(strategy, "timer_choices", False)
+        self._offer_timer = getattr(strategy, "timer_choices", False)
         self.timer = Actor(TIMER, -1, "controller", _no_body)
         """The pseudo-actor offered to the strategy while timers are pending."""
         self._timer_traced = False
