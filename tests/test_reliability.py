@@ -16,7 +16,7 @@ import pytest
 from emu.sim import replay as replay_file
 from emu.sim.files import write_atomic
 from emu.sim.findings import stem
-from emu.sim.runner import run
+from emu.sim.runner import detailed, run
 
 ROOT = Path(__file__).resolve().parent.parent
 def _start_hunt(tmp_path: Path, *args: str) -> subprocess.Popen:
@@ -197,8 +197,6 @@ def test_format_1_files_still_replay(cli, tmp_path):
 
 
 def test_the_explained_timeline_names_kernel_functions_and_only_acting_actors(cli):
-    from emu.sim.runner import detailed
-
     found = run("share-vs-pageout", quirks=["page-out-lock-leak"], seed=1)
     again = detailed(found)
     assert again.trace_hash == found.trace_hash and not found.trace.where

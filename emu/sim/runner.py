@@ -219,10 +219,10 @@ def run_decisions(scenario: str | Scenario, decisions: list[tuple[int, str, str]
     return trio.run(main)
 
 
-def detailed(result: RunResult, scenario: str | Scenario | None = None) -> RunResult:
+def detailed(result: RunResult) -> RunResult:
     """``result`` re-run from its decisions with ``detail`` on: the same trace (and hash),
     plus the model function of every step, for an explanation."""
-    return run_decisions(scenario or result.scenario, result.decisions, seed=result.seed,
+    return run_decisions(result.scenario, result.decisions, seed=result.seed,
                          params=result.params, quirks=result.quirks, strategy=result.strategy,
                          max_steps=result.max_steps, release=result.release, detail=True)
 
