@@ -174,9 +174,10 @@ def releases_table(cells: list[Cell], schedules: int) -> str:
     rows = list(dict.fromkeys(c.row for c in cells))
     by = {(c.row, c.release): c for c in cells}
     width = max(len(r) for r in rows) + 1
-    lines = [f"{'scenario':<{width}}" + "".join(f"{c:>12}" for c in columns)]
+    cell = 2 + max([len(c) for c in columns] + [len(v.kind or "-") for v in by.values()])
+    lines = [f"{'scenario':<{width}}" + "".join(f"{c:>{cell}}" for c in columns)]
     for r in rows:
-        text = "".join(f"{(by[r, c].kind or '-') if (r, c) in by else '':>12}"
+        text = "".join(f"{(by[r, c].kind or '-') if (r, c) in by else '':>{cell}}"
                        for c in columns)
         lines.append(f"{r:<{width}}{text}")
     failing = {c.release for c in cells if c.kind}

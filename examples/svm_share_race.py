@@ -1,14 +1,13 @@
-"""Hunt the share-vs-page-in race, explain it, replay it, and check the fix.
+"""Hunt a share racing H_SVM_INIT_DONE, explain it, replay it, and check the fix.
 
 Run it:  python examples/svm_share_race.py
 
-kvmppc_share_page() must drop uvmem_lock around gfn_to_pfn(), which may fault; when it
-takes the lock back, a racing H_SVM_PAGE_IN from another vCPU may have made the GFN secure
-again, so the kernel looks again and retries. The quirk ``share-no-recheck`` removes that
-second look: the hunt finds a GFN left both backed by a device (secure) page and marked
-shared. Without the quirk the same hunt finds nothing. The racing page-in comes from the
-Ultravisor's fault path while it shares the same GFN, which only a UV that does not
-serialise its own work on one GFN does: ``-p uv=hostile``, the firmware the HV must survive.
+H_SVM_INIT_DONE moves every GFN that has no state yet to a device page. Before 651a63101134
+the HV kept one flag per GFN ("has a device page"), so a GFN the guest had shared looked
+like one with no state, and INIT_DONE's migration took it back while the guest and QEMU
+used it as shared memory. The quirk ``single-flag-gfn-tracking`` puts that tracking back:
+the hunt finds a GFN both shared and backed by a device (secure) page. Without the quirk the
+same hunt finds nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from emu.sim import replay
 from emu.sim.explain import explain
 from emu.sim.perfetto import write_perfetto
 
-SCENARIO, QUIRK, PARAMS = "share-vs-pageout", "share-no-recheck", {"uv": "hostile"}
+SCENARIO, QUIRK, PARAMS = "init-done-vs-share", "single-flag-gfn-tracking", {}
 
 if __name__ == "__main__":
     hunt = emu.hunt(SCENARIO, params=PARAMS, quirks=[QUIRK], schedules=500, seed=0)

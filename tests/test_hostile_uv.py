@@ -10,9 +10,9 @@ import emu
 from emu.actors.ultravisor import HOSTILE, HOSTILE_DEFAULT
 
 FAITHFUL_HASHES = {
-    "svm-boot": "4064cb5ca2542b80",
-    "share-storm": "9d27bec56d78a852",
-    "share-vs-pageout": "0414e6f9b431a885",
+    "svm-boot": "840b40f84bf5c0cb",
+    "share-storm": "a2a2aa644cfd0570",
+    "share-vs-pageout": "1508600e2e8897d7",
 }
 
 
@@ -57,8 +57,9 @@ KNOWN = {
     # kvmppc_svm_page_in: UV_PAGE_IN fails -> goto out_finalize with *mig.dst unset; the
     # device page stays allocated and pfns[] says UVMEM, so the UV's retry is refused
     # (kvmppc_h_svm_page_in: "GFN already UVMEM" -> H_PARAMETER): the SVM cannot get its
-    # page back (svm-access; an unshare of such a GFN fails the same way)
-    "page-in-fail-private": (0, "svm-access", "H_SVM_PAGE_IN returned -4"),
+    # page back (here an unshare whose retry is refused; a touch fails the same way)
+    "page-in-fail-private": (0, "return-code", "UV_UNSHARE_PAGE(0x4, 0x1) returned "
+                             "H_PARAMETER (uncontended)"),
     # kvmppc_h_svm_init_done checks only INIT_START: a second INIT_DONE succeeds
     "init-done-twice": (1, "life-cycle", "VM Secure --INIT_DONE--> Secure with H_SUCCESS"),
     # kvmppc_h_svm_init_start sets secure_guest = INIT_START first, whatever it was: a

@@ -49,11 +49,12 @@ def test_the_matrix_in_numbers():
     assert "page-out-lock-leak" not in bugs("v5.6")  # e032e3b55b6f
     assert bugs("v5.7") == tuple(sorted(("no-init-done-migration", "single-flag-gfn-tracking",
                                          "strict-abort-caller-check", *always)))
-    assert bugs("v5.9") == bugs("v6.1") == bugs(NEWEST) == tuple(sorted((
+    assert bugs("v5.9") == bugs("v5.17") == bugs(NEWEST) == tuple(sorted((
         "init-start-rollback", *always)))
+    assert bugs("v6.1") == bugs("v6.12") == tuple(sorted((
+        "fault-ref-no-page-lock", "init-start-rollback", *always)))
     assert QUIRK_HISTORY["init-start-rollback"].fixed_in is None  # B8: still upstream
-    for never in ("svm-off-no-guard", "share-no-recheck"):
-        assert not any(never in bugs(r) for r in RELEASES)
+    assert not any("svm-off-no-guard" in bugs(r) for r in RELEASES)
 
 
 def test_every_svm_scenario_models_the_releases_and_no_engine_demo_does():
@@ -66,8 +67,9 @@ def test_every_svm_scenario_models_the_releases_and_no_engine_demo_does():
 
 def test_behaviour_changes_where_the_kernel_changed():
     b = {name: r.behaviour for name, r in RELEASES.items()}
-    assert [n for n in RELEASES if b[n].memslot_walk == "id-hash"] == ["v5.17", "v6.1", "v6.12"]
-    assert [n for n in RELEASES if b[n].page_free == "after-fault"] == ["v6.1", "v6.12"]
+    assert [n for n in RELEASES if b[n].memslot_walk == "id-hash"] == [
+        "v5.17", "v6.1", "v6.12", "v6.15"]
+    assert [n for n in RELEASES if b[n].page_free == "after-fault"] == ["v6.1", "v6.12", "v6.15"]
     assert [n for n in RELEASES if b[n].init_start_rollback == "none"] == [
         "v5.5", "v5.6", "v5.7", "v5.8"]
     assert releases.behaviour(None) == releases.DEFAULT == releases.Behaviour(
@@ -180,9 +182,10 @@ def test_v6_1_frees_the_device_page_after_the_fault_drops_it():
 
 
 def test_quirks_add_to_the_release_s_bugs():
-    r = emu.run("svm-boot", release="v6.12", quirks=["share-no-recheck"])
-    assert r.quirks == ("flags-only-drops-pages", "init-start-rollback", "mr-move-unhandled",
-                        "share-no-recheck", "uvmem-slot-leak")
+    r = emu.run("svm-boot", release="v6.12", quirks=["svm-off-no-guard"])
+    assert r.quirks == ("fault-ref-no-page-lock", "flags-only-drops-pages",
+                        "init-start-rollback", "mr-move-unhandled", "svm-off-no-guard",
+                        "uvmem-slot-leak")
 
 
 # --------------------------------------------------------------------------- the command
@@ -200,7 +203,7 @@ def test_list_shows_the_matrix(cli):
     assert r.status == 0 and "kernel releases" in r.out
     row = next(line for line in r.out.splitlines() if "init-start-rollback" in line
                and line.startswith("B8"))
-    assert row.split()[2:] == [".", ".", ".", ".", "x", "x", "x", "x", "."]
+    assert row.split()[2:] == [".", ".", ".", ".", "x", "x", "x", "x", "x", "."]
 
 
 def test_kernel_finding_replays(cli, tmp_path):

@@ -35,8 +35,8 @@ CAUGHT_BY = {
     "init-start-late-flag": ("return-path", "not UV_RETURN"),
     "svm-off-no-guard": ("invariant", "while SVM_OFF tears its VM down"),
     "init-start-rollback": ("slots", "incomplete rollback"),
-    "share-no-recheck": ("invariant", "never device-backed and shared"),
     "uvmem-slot-leak": ("slots", "uvmem slots for memslot"),
+    "fault-ref-no-page-lock": ("fault-livelock", "was retried 64 times"),
     "flags-only-drops-pages": ("life-cycle", "Secure --FLAGS_ONLY--> Normal"),
     "mr-move-unhandled": ("slots", "the UV has slots [0, 1] registered"),
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..kvm import mm
 from ..kvm.hvcall import EFAULT, H_SUCCESS, KVMPPC_SECURE_INIT_DONE
 from ..kvm.uvmem import gfn_state, vm_state
 from .vcpu import ALL_GFNS, AcceptSpec
@@ -78,17 +79,20 @@ class Host:
             frame.value, frame.secret, frame.encrypted, frame.zero = value, False, False, False
         return rc
 
-    async def reclaim(self, lpid: int, gfn: int, *, accept: AcceptSpec | None = None) -> int:
-        """The host reclaims (or KSM scans, or migrates) a regular page of the guest: the MMU
-        notifier invalidates it in KVM (kvm_unmap_radix). Returns what UV_PAGE_INVAL
-        returned (H_SUCCESS if the notifier did not need it)."""
+    async def reclaim(self, lpid: int, gfn: int, *, ksm: bool = False,
+                      accept: AcceptSpec | None = None) -> int:
+        """The host moves a regular page of the guest to a new frame: reclaim (swap out and
+        back in), compaction, or with ``ksm`` a KSM merge (only in a mergeable VMA; H_SVM_
+        INIT_START made the SVM's unmergeable). The MMU notifier invalidates it in KVM
+        first; a device page, a page under migration or one with extra references stays
+        (emu/kvm/mm.py). Returns what UV_PAGE_INVAL returned (H_SUCCESS if not needed)."""
         kvm = self._kvm(lpid)
         hva = kvm.gfn_to_hva(gfn)
-        if hva is None or kvm.mm.get_pte(hva) <= 0:  # device pages are not reclaimed
+        if hva is None:
             return H_SUCCESS
         inval = bool(kvm.secure_guest & KVMPPC_SECURE_INIT_DONE)
         with self._call(lpid, range(gfn, gfn + 1)) as record:
-            rc = await self._machine.hv.kvm_unmap_radix(kvm, gfn)
+            _, rc = await mm.migrate_pages(kvm, hva, self._machine.costs.copy_ns, ksm=ksm)
         if inval:
             self._check(lpid, "UV_PAGE_INVAL", [lpid, gfn], rc, record, accept)
         return rc
@@ -113,7 +117,7 @@ class Host:
             rc = await self._machine.hv.set_memory_region(kvm, slot, delete=True)
         self._check(lpid, "KVM_SET_USER_MEMORY_REGION", [slot_id, slot.base_gfn, 0], rc,
                     record, accept)
-        kvm.munmap_memslot(slot)
+        await kvm.munmap_memslot(slot)
         return rc
 
     async def set_flags(self, lpid: int, slot_id: int, flags: int, *,

@@ -30,6 +30,7 @@ from ..kvm.hvcall import (
     H_NO_MEM,
     H_P2,
     H_PAGE_IN_SHARED,
+    H_PARAMETER,
     H_SUCCESS,
     H_SVM_INIT_ABORT,
     H_SVM_INIT_DONE,
@@ -600,6 +601,12 @@ class Ultravisor:
             # or failed its own UV_PAGE_IN: try again (at most 20 times)
             if self._injected.pop(self.m.ctl.current.name, False) and tries:
                 tries -= 1
+                continue
+            if rc == H_PARAMETER and not self.faithful and tries:
+                # not collected: the hostile UV's own share of the GFN holds a reference
+                # (gfn_to_pfn) to the page, so the migration skipped it; try again
+                tries -= 1
+                await self.m.yield_point("retry H_SVM_PAGE_IN (page not collected)")
                 continue
             if rc != H_SUCCESS and gfn in svm.paged_out and gfn not in svm.shared:
                 self.m.fail("svm-access", f"the UV cannot page GFN {gfn:#x} back in for the "

@@ -474,7 +474,8 @@ class Guest:
         """Store ``value`` in the page at ``gpa``: H_SUCCESS, or H_PARAMETER for an address
         outside the guest's memory (checked as the call ``"write"``)."""
         gpa, value = gpa & MASK64, value & MASK64
-        rc = await self._vcpu.on_cpu(lambda: self._write(gpa, value))
+        with self._access(gpa):
+            rc = await self._vcpu.on_cpu(lambda: self._write(gpa, value))
         self._machine.codes.check(self._vcpu.name, "write", [gpa, value], rc, False, accept)
         return rc
 
@@ -482,10 +483,20 @@ class Guest:
         """The value of the page at ``gpa`` (None outside the guest's memory: checked as
         the call ``"read"`` returning H_PARAMETER, H_SUCCESS otherwise)."""
         gpa &= MASK64
-        value = await self._vcpu.on_cpu(lambda: self._read(gpa))
+        with self._access(gpa):
+            value = await self._vcpu.on_cpu(lambda: self._read(gpa))
         rc = H_SUCCESS if value is not None else H_PARAMETER
         self._machine.codes.check(self._vcpu.name, "read", [gpa], rc, False, accept)
         return value
+
+    def _access(self, gpa: int):
+        """A memory access is no call, except under a hostile UV: that UV does not order
+        an access to a GFN after its own page-in or unshare of it, so the access (holding
+        the page through gfn_to_pfn) contends with them."""
+        if self._machine.uv.faithful:
+            return contextlib.nullcontext()
+        gfn = gpa >> PAGE_SHIFT
+        return self.memory.call(range(gfn, gfn + 1), self._vcpu.name)
 
     async def _write(self, gpa: int, value: int) -> int:
         gfn = gpa >> PAGE_SHIFT

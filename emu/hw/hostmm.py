@@ -4,12 +4,16 @@ Each VMA keeps one word per 64 KiB page of its range (an ``array('q')``, 8 bytes
 0 = not populated (a zero page on first touch), ``pfn > 0`` = a normal page frame,
 ``-dpfn < 0`` = a ZONE_DEVICE private page standing for a secure page (touching it from the
 host faults, and the fault handler pages it out). ``mmap_lock`` guards the VMA list and the
-migrations that rewrite these words.
+migrations that rewrite these words. A page under migration also has a migration entry
+(``migrating``): its word still names the source page, and a host access waits for the
+migration to finish (the core mm in emu/kvm/mm.py keeps both).
 """
 
 from __future__ import annotations
 
 from array import array
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 
@@ -37,6 +41,12 @@ class HostMM:
     def __init__(self, mmap_lock: RWSem) -> None:
         self.mmap_lock = mmap_lock
         self.vmas: list[VMA] = []
+        self.migrating: dict[int, Any] = {}
+        """Host virtual address -> the completion its migration entry waits on."""
+        self.notifiers: list[Callable[[int, int], Awaitable[int]]] = []
+        """MMU notifiers (invalidate_range_start), in registration order: each is told the
+        host virtual range [start, end) is about to change, and returns 0 or the first
+        error code it met (the kernel ignores it; the model lets a host program check it)."""
 
     def mmap(self, vma: VMA) -> VMA:
         self.vmas.append(vma)

@@ -31,6 +31,10 @@ class FramePool:
 
     Which pfns are allocated is a bitmap; a frame's contents exist only once touched (a
     zero page until then), so preallocating 100 GB costs 1.6 MB, not 1.6 M objects.
+
+    A page's reference count is kept only beyond the one its mapping holds (``refs``):
+    get_user_pages, a long-term pin. A page whose mapping goes (``release``: migrated away,
+    unmapped, reclaimed) while such a reference is held is freed by the last ``put_page``.
     """
 
     def __init__(self, kind: str) -> None:
@@ -38,6 +42,10 @@ class FramePool:
         self.frames: dict[int, Frame] = {}
         self._live = bytearray(1)  # pfn 0 is never handed out: 0 means "no page"
         self._free: list[int] = []
+        self.refs: dict[int, int] = {}
+        """pfn -> references held beyond its mapping."""
+        self._unmapped: dict[int, bool] = {}
+        """pfns whose mapping went while ``refs`` held them: the last put_page frees them."""
 
     def alloc(self) -> int:
         if self._free:
@@ -53,6 +61,25 @@ class FramePool:
         first = len(self._live)
         self._live.extend(b"\x01" * n)
         return range(first, first + n)
+
+    def get_page(self, pfn: int) -> None:
+        self.refs[pfn] = self.refs.get(pfn, 0) + 1
+
+    def put_page(self, pfn: int) -> None:
+        left = self.refs[pfn] - 1
+        if left:
+            self.refs[pfn] = left
+            return
+        del self.refs[pfn]
+        if self._unmapped.pop(pfn, False):
+            self.free(pfn)
+
+    def release(self, pfn: int) -> None:
+        """The page's mapping went: free it now, or at its last ``put_page``."""
+        if pfn in self.refs:
+            self._unmapped[pfn] = True
+        else:
+            self.free(pfn)
 
     def free(self, pfn: int) -> None:
         self._live[pfn] = 0

@@ -10,6 +10,7 @@ Ultravisor issues, the seed-000 life-cycle tables.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import attrs
@@ -128,6 +129,7 @@ class Hypervisor:
     def add(self, kvm: KVM) -> KVM:
         self.kvms[kvm.lpid] = kvm
         kvm.uvmem_dev.kvms[kvm.lpid] = kvm
+        kvm.mm.notifiers.append(partial(self.kvm_mmu_notifier_invalidate_range_start, kvm))
         return kvm
 
     # ------------------------------------------------------------------ hcalls
@@ -253,17 +255,31 @@ class Hypervisor:
         self._no_leaks(kvm, "the radix page fault", held, refs)
         return ret
 
-    async def kvm_unmap_radix(self, kvm: KVM, gfn: int) -> int:
-        """An MMU notifier (reclaim, KSM, migration) invalidates one host page: under
-        mmu_lock, a VM past INIT_DONE only tells the UV (UV_PAGE_INVAL) and returns. The
-        kernel ignores what UV_PAGE_INVAL returns; the model hands it to the host handle,
-        which checks it."""
+    async def kvm_mmu_notifier_invalidate_range_start(self, kvm: KVM, start: int,
+                                                      end: int) -> int:
+        """KVM's MMU notifier (core mm calls it before migrating, unmapping, reclaiming or
+        merging host pages): under mmu_lock, kvm_unmap_radix of each GFN backed by the
+        range. The kernel ignores what UV_PAGE_INVAL returns; the model returns the first
+        failure so a host program can check it."""
+        gfns = kvm.hva_to_gfns(start, end)
+        if not gfns:
+            return U_SUCCESS
         rc = U_SUCCESS
         await kvm.mmu_lock.lock()
-        if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
-            rc = await kvm.uv.uv_page_inval(kvm.lpid, gfn << PAGE_SHIFT, PAGE_SHIFT)
+        for gfn in gfns:
+            got = await self.kvm_unmap_radix(kvm, gfn)
+            rc = rc or got
         kvm.mmu_lock.unlock()
         return rc
+
+    @staticmethod
+    async def kvm_unmap_radix(kvm: KVM, gfn: int) -> int:
+        """One GFN (mmu_lock held): a VM past INIT_DONE only tells the UV (UV_PAGE_INVAL)
+        and returns; otherwise the partition-scoped PTE goes (nothing the model keeps: a
+        guest access walks the host page table every time)."""
+        if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
+            return await kvm.uv.uv_page_inval(kvm.lpid, gfn << PAGE_SHIFT, PAGE_SHIFT)
+        return U_SUCCESS
 
     def _gfn_op(self, kvm: KVM, req: int, regs: list[int]
                 ) -> tuple[str | None, int, str, list[int]]:
@@ -507,7 +523,7 @@ class Hypervisor:
         uvmem-slot-leak; the model frees them, the evident fix). Then: no device page, no
         uvmem slot and no UV state may remain for the VM."""
         for slot in list(kvm.memslots):
-            kvm.munmap_memslot(slot)  # exit_mmap
+            await kvm.munmap_memslot(slot, exiting=True)  # exit_mmap
         await self.m.point("exit_files: the last VM reference, kvm_destroy_vm")
         await self.unpin_vpa_reset(kvm)  # kvmppc_core_vcpu_free_hv: unpin_vpa of each area
         if kvm.secure_guest:

@@ -92,10 +92,12 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
             _HASH),
     Release("v6.1", "do_swap_page holds the device page across migrate_to_ram "
                     "(16ce101db85d): page_free after uvmem_lock is dropped", _LATE_FREE),
-    Release("v6.12", "the newest modelled (LTS): B8 still there, nothing else changed for "
-                     "the model since v6.1", _LATE_FREE),
+    Release("v6.12", "LTS: B8 still there, nothing else changed for the model since v6.1",
+            _LATE_FREE),
+    Release("v6.15", "the newest modelled: do_swap_page locks the device page (the fix of "
+                     "M1, its release unconfirmed); B8 still there", _LATE_FREE),
 )}
-NEWEST = "v6.12"
+NEWEST = "v6.15"
 
 
 @attrs.frozen
@@ -171,15 +173,18 @@ QUIRK_HISTORY: dict[str, QuirkHistory] = {
         "read); the commit that added the drop to the radix flush (the v5.5 secure-guest "
         "series) is unconfirmed, so is whether QEMU ever turns dirty logging on for an SVM; "
         "in every release from v5.5"),
+    "fault-ref-no-page-lock": QuirkHistory(
+        "M1", "16ce101db85d", "v6.1", None, "v6.15",
+        "core mm, not uvmem: 16ce101db85d ('mm/memory.c: fix race when faulting a device "
+        "private page', v6.1) made do_swap_page take a reference around ->migrate_to_ram "
+        "without the page lock; 'mm/migrate: Trylock device page in do_swap_page' (Matthew "
+        "Brost, posted 2024-09-11, for the livelock Xe SVM hit) added the trylock; that it "
+        "first shipped in v6.15 is unconfirmed here"),
     "mr-move-unhandled": QuirkHistory(
         "-", SUPPORT, "v5.5", None, None,
         "'default: /* TODO: Handle KVM_MR_MOVE */' in kvmppc_core_commit_memory_region_hv "
         "since the v5.5 secure-guest series (the switch was in the posted 'Handle memory "
         "plug/unplug to secure VM'), still in a v6.x copy read: in every release from v5.5"),
-    "share-no-recheck": QuirkHistory(
-        "-", None, None, None, None,
-        "in no release: kvmppc_share_page rechecks after retaking uvmem_lock in the "
-        "008e359c copy (~v5.6) and in the >= v6.3 copy; a what-if, not a historic bug"),
 }
 
 

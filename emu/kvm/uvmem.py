@@ -49,8 +49,6 @@ from __future__ import annotations
 from array import array
 from typing import TYPE_CHECKING
 
-import attrs
-
 from .hvcall import (
     H_AUTHORITY,
     H_P2,
@@ -71,6 +69,14 @@ from .hvcall import (
     PAGE_SHIFT,
     PAGE_SIZE,
     U_SUCCESS,
+)
+from .mm import (
+    MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+    MIGRATE_VMA_SELECT_SYSTEM,
+    MigrateVma,
+    migrate_vma_finalize,
+    migrate_vma_pages,
+    migrate_vma_setup,
 )
 from .releases import QUIRK_HISTORY
 from .vm import KVM, Memslot, is_error_noslot_pfn, no_faults
@@ -108,10 +114,11 @@ QUIRKS = {
         "INIT_START error path deletes the failing memslot once per earlier slot instead of "
         "each earlier slot, leaking their UV registrations and uvmem slots; without the quirk "
         "the model runs the evident fix. Caught by: a failed INIT_START rolls back.",
-    "share-no-recheck":
-        "kvmppc_share_page without the recheck after retaking uvmem_lock: a racing page-in "
-        "leaves the GFN device-backed and marked shared. Caught by: never device-backed and "
-        "shared; confidentiality.",
+    "fault-ref-no-page-lock":
+        "M1, core mm from v6.1 until the trylock fix: do_swap_page takes a reference on a "
+        "device page around ->migrate_to_ram without locking the page, so two host faults on "
+        "one device page each see the other's reference, migrate_vma does not collect it, "
+        "and both retry in lock-step. Caught by: the fault livelock check.",
     "uvmem-slot-leak":
         "A candidate, still upstream: neither KVM_PPC_SVM_OFF (kvmhv_svm_off) nor "
         "H_SVM_INIT_ABORT frees the VM's uvmem slots, and the next H_SVM_INIT_START adds one "
@@ -135,9 +142,6 @@ QUIRKS = {
 
 assert set(QUIRK_HISTORY) == set(QUIRKS), "every quirk needs its history in releases.py"
 
-# migrate_vma flags
-MIGRATE_VMA_SELECT_SYSTEM = 1
-MIGRATE_VMA_SELECT_DEVICE_PRIVATE = 2
 
 
 # ---------------------------------------------------------------------- data structures
@@ -174,6 +178,8 @@ class UvmemDevice:
         """Device pfn -> references a host fault holds across migrate_to_ram (v6.1+)."""
         self.freed: dict[int, bool] = {}
         """Device pfns migrate_vma_finalize let go of while a fault still held them."""
+        self.locked: dict[int, bool] = {}
+        """Device pfns whose page lock a host fault holds (do_swap_page's trylock_page)."""
 
     def in_use(self) -> int:
         return self.npages - self.bitmap.count(0)
@@ -183,8 +189,9 @@ class UvmemDevice:
         """kvmppc_uvmem_migrate_to_ram: a host fault on a device page pages it out."""
         bit = dpfn - 1
         kvm = self.kvms[self.pvt_lpid[bit]]
+        fault_page = dpfn if dpfn in self.fault_refs else 0  # v6.1+
         ret = await kvmppc_svm_page_out(vma, addr, addr + PAGE_SIZE, PAGE_SHIFT, kvm,
-                                        self.pvt_gpa[bit])
+                                        self.pvt_gpa[bit], fault_page)
         return 1 if ret else 0  # VM_FAULT_SIGBUS
 
     # the device page's reference count, as far as it decides when page_free runs
@@ -408,64 +415,18 @@ async def kvmppc_h_svm_init_start(kvm: KVM) -> int:
     return ret
 
 
-# ---------------------------------------------------------------------- migrate_vma
-@attrs.define
-class MigrateVma:
-    """struct migrate_vma for one page."""
-
-    vma: VMA
-    start: int
-    flags: int
-    src: int = 0
-    """The page found at setup: >0 normal pfn, <0 device pfn, 0 none."""
-    migrate: bool = False
-    dst: int = 0
-    done: bool = False
-
-
-def migrate_vma_setup(kvm: KVM, mig: MigrateVma) -> int:
-    """Collect and isolate the source page; a page of the wrong kind is not selected."""
-    if kvm.fail_migrate_setup(mig):
-        return -16  # -EBUSY
-    mig.src = mig.vma.pte[mig.vma.index(mig.start)]
-    if mig.flags == MIGRATE_VMA_SELECT_SYSTEM:
-        # migrate_vma_check_page: a page with a reference beyond its mappings (a long-term
-        # pin, kvmppc_pin_guest_page) is not migrated
-        mig.migrate = mig.src >= 0 and mig.start not in kvm.pinned
-    else:
-        mig.migrate = mig.src < 0
-    return 0
-
-
-def migrate_vma_pages(mig: MigrateVma) -> None:
-    if mig.migrate and mig.dst:
-        mig.vma.pte[mig.vma.index(mig.start)] = mig.dst
-        mig.done = True
-
-
-def migrate_vma_finalize(kvm: KVM, mig: MigrateVma) -> None:
-    """Free the page that lost (the source if migrated); device pages go to page_free."""
-    if not mig.done:
-        if mig.dst < 0:
-            kvm.uvmem_dev.put_device_page(-mig.dst)
-        return
-    if mig.src > 0:
-        kvm.memory.normal.free(mig.src)
-    elif mig.src < 0:
-        kvm.uvmem_dev.put_device_page(-mig.src)
-
-
 # ---------------------------------------------------------------------- page-out
 async def __kvmppc_svm_page_out(vma: VMA, start: int, end: int, page_shift: int, kvm: KVM,
-                                gpa: int) -> int:
+                                gpa: int, fault_page: int = 0) -> int:
     """Provision a normal page and copy the secure content out with UV_PAGE_OUT (unless
-    skip_page_out). Caller holds uvmem_lock."""
+    skip_page_out). Caller holds uvmem_lock. ``fault_page``: the device page whose host
+    fault calls this (v6.1+), whose reference is then expected."""
     uv = kvm.uv
     ret = U_SUCCESS
     if kvmppc_gfn_is_uvmem_pfn(gpa >> page_shift, kvm) is None:
         return ret  # already paged out
-    mig = MigrateVma(vma, start, MIGRATE_VMA_SELECT_DEVICE_PRIVATE)
-    if migrate_vma_setup(kvm, mig):
+    mig = MigrateVma(vma, start, MIGRATE_VMA_SELECT_DEVICE_PRIVATE, fault_page)
+    if await migrate_vma_setup(kvm, mig):
         return -1
     if mig.src >= 0 or not mig.migrate:
         migrate_vma_finalize(kvm, mig)
@@ -481,15 +442,15 @@ async def __kvmppc_svm_page_out(vma: VMA, start: int, end: int, page_shift: int,
         kvm.memory.normal.free(dpage)
         migrate_vma_finalize(kvm, mig)
         return ret
-    migrate_vma_pages(mig)
+    await migrate_vma_pages(kvm, mig)
     migrate_vma_finalize(kvm, mig)
     return ret
 
 
 async def kvmppc_svm_page_out(vma: VMA, start: int, end: int, page_shift: int, kvm: KVM,
-                              gpa: int) -> int:
+                              gpa: int, fault_page: int = 0) -> int:
     await kvm.uvmem_lock.lock()
-    ret = await __kvmppc_svm_page_out(vma, start, end, page_shift, kvm, gpa)
+    ret = await __kvmppc_svm_page_out(vma, start, end, page_shift, kvm, gpa, fault_page)
     if ret == -1 and kvm.quirk("page-out-lock-leak"):
         return ret  # B1: the setup-failure path forgot the unlock
     kvm.uvmem_lock.unlock()
@@ -559,7 +520,7 @@ async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
                              page_shift: int, pagein: bool) -> int:
     """Move the page to a device page; with ``pagein`` copy it to the UV with UV_PAGE_IN."""
     mig = MigrateVma(vma, start, MIGRATE_VMA_SELECT_SYSTEM)
-    ret = migrate_vma_setup(kvm, mig)
+    ret = await migrate_vma_setup(kvm, mig)
     if ret:
         return ret
     if not mig.migrate:
@@ -580,7 +541,7 @@ async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
             migrate_vma_finalize(kvm, mig)
             return ret
     mig.dst = -dpfn
-    migrate_vma_pages(mig)
+    await migrate_vma_pages(kvm, mig)
     migrate_vma_finalize(kvm, mig)
     return ret
 
@@ -591,8 +552,11 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
     have no state yet (at most ``limit``), done as array operations.
 
     The kernel migrates these pages one by one under uvmem_lock and mmap_lock with no yield
-    between two cond_resched() calls, so doing a run at once is observably the same; the
-    per-page function stays the one that copies. Returns (GFNs moved, ok): ok is False if
+    between two cond_resched() calls; doing a run at once is the same except for what
+    another CPU could do inside one page's migration (no copy, so a window of a few
+    instructions): fill a hole (the insert would abort) or take the notifier's mmu_lock.
+    Those windows are not interleaved here (a stated convenience); the per-page function,
+    which copies, has them all. Returns (GFNs moved, ok): ok is False if
     the page after the moved ones failed as kvmppc_svm_page_in would (an injected
     migrate_vma_setup failure, or no free device page); a run that ends at a GFN with state
     or at a device page ends without failing."""
@@ -602,14 +566,17 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
     n = min(limit, p.nr_pfns - i0, len(vma.pte) - v0)
     words, ptes = p.pfns[i0:i0 + n], vma.pte[v0:v0 + n]
     inject = kvm.fail_migrate_setup is not no_faults
+    refs, migrating = kvm.memory.normal.refs, kvm.mm.migrating
     run, ok = 0, True
     for word, pte in zip(words, ptes, strict=True):
         if word:
             break
-        if pte < 0 or (kvm.pinned and start + run * PAGE_SIZE in kvm.pinned) or \
+        if pte < 0 or (refs and pte in refs) or \
+                (migrating and start + run * PAGE_SIZE in migrating) or \
                 (inject and kvm.fail_migrate_setup(
                 MigrateVma(vma, start + run * PAGE_SIZE, MIGRATE_VMA_SELECT_SYSTEM))):
-            ok = False  # not migratable (a device page, a pinned page) or setup failed: -1
+            ok = False  # not collected (a device page, a page with extra references or
+            # under migration) or setup failed: -1
             break
         run += 1
     done, b, bitmap = 0, dev._hint, dev.bitmap
@@ -633,7 +600,7 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
         ok = False  # out of device pages: kvmppc_uvmem_get_page returned NULL
     for src in ptes[:done]:  # migrate_vma_finalize frees the normal pages that moved
         if src > 0:
-            kvm.memory.normal.free(src)
+            kvm.memory.normal.release(src)
     return done, ok
 
 
@@ -722,8 +689,10 @@ async def kvmppc_share_page(kvm: KVM, gpa: int, page_shift: int) -> int:
             return ret
         await kvm.uvmem_lock.lock()
         uvmem_pfn = kvmppc_gfn_is_uvmem_pfn(gfn, kvm)
-        if uvmem_pfn is not None and not kvm.quirk("share-no-recheck"):
-            mark_skip(uvmem_pfn)  # a racing page-in won: page it out again
+        if uvmem_pfn is not None:
+            # a racing page-in won: page it out again. Unreachable with the reference
+            # gfn_to_pfn holds (migrate_vma does not collect such a page): README, findings
+            mark_skip(uvmem_pfn)
             kvm.kvm_release_pfn_clean(pfn)
             continue
         break

@@ -18,6 +18,7 @@ import attrs
 from ..hw.hostmm import VMA, HostMM
 from ..hw.memory import PhysicalMemory
 from ..sim import Machine
+from . import mm
 from .hvcall import PAGE_SHIFT
 from .releases import ID_HASH_BITS, Behaviour, behaviour, hash_32
 
@@ -32,7 +33,6 @@ KVM_MR_CREATE, KVM_MR_DELETE, KVM_MR_MOVE, KVM_MR_FLAGS_ONLY = "CREATE", "DELETE
 """enum kvm_mr_change: what a KVM_SET_USER_MEMORY_REGION does to a slot."""
 VPA_KINDS = ("vpa", "dtl", "slb_shadow")
 KVM_PFN_NOSLOT = -1
-KVM_PFN_ERR_FAULT = -2
 
 
 def no_faults(mig: Any) -> bool:
@@ -95,10 +95,10 @@ class KVM:
     behaviour: Behaviour = None  # type: ignore[assignment]
     """What the release changes besides its quirks (emu/kvm/releases.py)."""
     published: int = 0
-    pinned: dict[int, int] = attrs.Factory(dict)
-    """Host virtual address -> long-term references (kvmppc_pin_guest_page: the VPA, DTL and
-    SLB shadow of each vCPU). migrate_vma_setup does not select a page with such an extra
-    reference (migrate_vma_check_page), so the page cannot become a device page."""
+    pinned: dict[int, list[int]] = attrs.Factory(dict)
+    """Host virtual address -> the pfns of its long-term references (kvmppc_pin_guest_page:
+    the VPA, DTL and SLB shadow of each vCPU). Each is a page reference migrate_vma_setup
+    does not collect (emu/kvm/mm.py), so the page cannot become a device page."""
     vpas: dict[tuple[int, str], int] = attrs.Factory(dict)
     """(vCPU, "vpa" | "dtl" | "slb_shadow") -> the pinned GPA (vcpu->arch.vpa etc.)."""
     pate: bool = True
@@ -159,18 +159,24 @@ class KVM:
     def remove_memslot(self, slot: Memslot) -> None:
         self.memslots = [s for s in self.memslots if s is not slot]
 
-    def munmap_memslot(self, slot: Memslot) -> None:
-        """QEMU unmaps a removed slot's backing: zapping frees every page still mapped
-        (a device page through its page_free callback)."""
+    async def munmap_memslot(self, slot: Memslot, *, exiting: bool = False) -> None:
+        """QEMU unmaps a removed slot's backing (or exits: exit_mmap, whose notifier is
+        ->release, which leaves KVM nothing the model keeps)."""
         vma = self.mm.vma_lookup(slot.userspace_addr)
-        if vma is None:
-            return
-        self.mm.munmap(vma)
-        for pte in vma.pte:
-            if pte > 0:
-                self.memory.normal.free(pte)
-            elif pte < 0:
-                self.uvmem_dev.put_device_page(-pte)
+        if vma is not None:
+            await mm.do_munmap(self, vma, notify=not exiting)
+
+    def hva_to_gfns(self, start: int, end: int) -> list[int]:
+        """The GFNs whose host pages lie in [start, end), in memslot order
+        (kvm_handle_hva_range)."""
+        gfns = []
+        for slot in self.memslots:
+            lo = max(start, slot.userspace_addr)
+            hi = min(end, slot.userspace_addr + (slot.npages << PAGE_SHIFT))
+            if lo < hi:
+                first = slot.base_gfn + ((lo - slot.userspace_addr) >> PAGE_SHIFT)
+                gfns.extend(range(first, first + ((hi - lo) >> PAGE_SHIFT)))
+        return gfns
 
     def gfn_to_memslot(self, gfn: int) -> Memslot | None:
         for slot in self.memslots:
@@ -194,51 +200,15 @@ class KVM:
             return KVM_PFN_NOSLOT
         pfn = await self.host_fault(hva)
         if pfn > 0:
+            self.memory.normal.get_page(pfn)
             actor = self.m.ctl.current.name
             self.pfn_refs[actor] = self.pfn_refs.get(actor, 0) + 1
         return pfn
 
     async def host_fault(self, hva: int) -> int:
-        """A host access to ``hva`` (get_user_pages, QEMU, a guest's radix access): take
-        mmap_lock for read and fault the page in. The normal pfn, or KVM_PFN_ERR_FAULT."""
-        await self.mm.mmap_lock.down_read()
-        try:
-            return await self.fault_in(hva)
-        finally:
-            self.mm.mmap_lock.up_read()
-
-    async def fault_in(self, hva: int) -> int:
-        """handle_mm_fault for one host page (mmap_lock held): the normal pfn now backing
-        it, or KVM_PFN_ERR_FAULT."""
-        vma = self.mm.vma_lookup(hva)
-        if vma is None:
-            return KVM_PFN_ERR_FAULT
-        i = vma.index(hva)
-        dev = self.uvmem_dev
-        while vma.pte[i] < 0:  # device-private entry: migrate_to_ram, then retry the walk
-            dpfn = -vma.pte[i]
-            if self.behaviour.page_free == "after-fault":
-                # do_swap_page since v6.1 (16ce101db85d): get_page, ->migrate_to_ram,
-                # put_page; the last reference, and so page_free, may be this one
-                dev.get_page(dpfn)
-                failed = await dev.migrate_to_ram(vma, hva, dpfn)
-                if dev.free_pending(dpfn):
-                    await self.m.point("do_swap_page: put_page(vmf->page)")
-                dev.put_page(dpfn)
-            else:
-                failed = await dev.migrate_to_ram(vma, hva, dpfn)
-            if failed:
-                return KVM_PFN_ERR_FAULT  # VM_FAULT_SIGBUS
-            if vma.pte[i] == -dpfn:
-                gfn = self.uvmem_dev.pvt_gpa[dpfn - 1] >> PAGE_SHIFT
-                self.m.fail("fault-livelock", f"migrate_to_ram succeeded for device page "
-                            f"{dpfn} of GFN {gfn:#x} without migrating it (the uvmem state no "
-                            "longer says the GFN has a device page): the host fault is retried "
-                            "forever")
-            await self.m.yield_point("get_user_pages: retry after fault")
-        if vma.pte[i] == 0:
-            vma.pte[i] = self.memory.normal.alloc()
-        return vma.pte[i]
+        """A host access to ``hva`` (get_user_pages, QEMU, a guest's radix access): the
+        normal pfn backing it after the fault, or KVM_PFN_ERR_FAULT (emu/kvm/mm.py)."""
+        return await mm.get_user_page(self, hva)
 
     # ------------------------------------------------------------------ long-term pins
     async def kvmppc_pin_guest_page(self, gpa: int) -> int | None:
@@ -250,7 +220,8 @@ class KVM:
         hva = self.gfn_to_hva(gfn)
         pfn = await self.host_fault(hva) if hva is not None else KVM_PFN_NOSLOT
         if pfn > 0:
-            self.pinned[hva] = self.pinned.get(hva, 0) + 1
+            self.memory.normal.get_page(pfn)
+            self.pinned.setdefault(hva, []).append(pfn)
         self.srcu.read_unlock(srcu_idx)
         return pfn if pfn > 0 else None
 
@@ -260,15 +231,18 @@ class KVM:
         slot = next((s for s in self.memslots if s.contains(gpa >> PAGE_SHIFT)), None)
         hva = slot.userspace_addr + (((gpa >> PAGE_SHIFT) - slot.base_gfn) << PAGE_SHIFT) \
             if slot else None
-        left = self.pinned.get(hva, 0) - 1
-        if left > 0:
-            self.pinned[hva] = left
-        else:
-            self.pinned.pop(hva, None)
+        pins = self.pinned.get(hva)
+        if not pins:
+            return
+        self.memory.normal.put_page(pins.pop())
+        if not pins:
+            del self.pinned[hva]
 
     def kvm_release_pfn_clean(self, pfn: int) -> None:
         actor = self.m.ctl.current.name
         left = self.pfn_refs.get(actor, 0) - 1
-        if left < 0:
+        if left < 0 or not self.memory.normal.refs.get(pfn):
             self.m.fail("pfn-refcount", f"{actor} releases pfn {pfn} it holds no reference to")
+            return
         self.pfn_refs[actor] = left
+        self.memory.normal.put_page(pfn)

@@ -29,15 +29,13 @@ QUIRK_SCENARIO = {
     "init-start-late-flag": "abort-on-register-failure",
     "svm-off-no-guard": "svm-off-vs-entry",
     "init-start-rollback": "abort-on-register-failure",
-    "share-no-recheck": "share-vs-pageout",
     "uvmem-slot-leak": "svm-reboot",
+    "fault-ref-no-page-lock": "share-storm",
     "flags-only-drops-pages": "flags-only",
     "mr-move-unhandled": "flags-only",
 }
-QUIRK_PARAMS = {"share-no-recheck": {"uv": "hostile"}, "mr-move-unhandled": {"change": "move"}}
-"""Parameters a quirk's scenario needs: kvmppc_share_page's recheck guards against a page-in
-of the GFN racing the share, which only a UV that does not serialise its own work on one
-GFN issues (the faithful UV never does)."""
+QUIRK_PARAMS = {"mr-move-unhandled": {"change": "move"}}
+"""Parameters a quirk's scenario needs."""
 
 
 ACCEPT: dict[str, AcceptSpec] = {"*": {H_SUCCESS}}
