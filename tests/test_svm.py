@@ -37,6 +37,7 @@ CAUGHT_BY = {
     "init-start-rollback": ("slots", "incomplete rollback"),
     "uvmem-slot-leak": ("slots", "uvmem slots for memslot"),
     "fault-ref-no-page-lock": ("fault-livelock", "was retried 64 times"),
+    "page-in-hole-race": ("life-cycle", "Normal --unshare--> Normal (succeeded)"),
     "flags-only-drops-pages": ("life-cycle", "Secure --FLAGS_ONLY--> Normal"),
     "mr-move-unhandled": ("slots", "the UV has slots [0, 1] registered"),
 }

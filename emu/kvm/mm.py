@@ -126,6 +126,7 @@ async def migrate_vma_pages(kvm: KVM, mig: MigrateVma) -> None:
         await kvm.m.point("migrate_vma_insert_page: pte_offset_map_lock")
         if mig.vma.pte[i] != 0 or mig.start in kvm.mm.migrating:
             mig.migrate = False  # the PTE changed under the migration: abort
+            kvm.m.note(f"migrate_vma_insert_page: the PTE of {mig.start:#x} changed, abort")
             return
     mig.vma.pte[i] = mig.dst
     mig.done = True

@@ -173,6 +173,13 @@ QUIRK_HISTORY: dict[str, QuirkHistory] = {
         "read); the commit that added the drop to the radix flush (the v5.5 secure-guest "
         "series) is unconfirmed, so is whether QEMU ever turns dirty logging on for an SVM; "
         "in every release from v5.5"),
+    "page-in-hole-race": QuirkHistory(
+        "-", SUPPORT, "v5.5", None, None,
+        "kvmppc_svm_page_in has ignored the MIGRATE_PFN_MIGRATE that migrate_vma_pages "
+        "clears on an aborted insert since the v5.5 series (the 'if (spage && pagein)' "
+        "shape); still in a v6.x copy read; that a fault can fill the hole in that window "
+        "follows migrate_vma_insert_page's pte_none check, and the UV's reaction is "
+        "unconfirmed"),
     "fault-ref-no-page-lock": QuirkHistory(
         "M1", "16ce101db85d", "v6.1", None, "v6.15",
         "core mm, not uvmem: 16ce101db85d ('mm/memory.c: fix race when faulting a device "

@@ -119,6 +119,13 @@ QUIRKS = {
         "device page around ->migrate_to_ram without locking the page, so two host faults on "
         "one device page each see the other's reference, migrate_vma does not collect it, "
         "and both retry in lock-step. Caught by: the fault livelock check.",
+    "page-in-hole-race":
+        "A candidate, still upstream: kvmppc_svm_page_in of a GFN QEMU never touched (a "
+        "hole: no page, so no UV_PAGE_IN) returns 0 even when migrate_vma_pages aborted the "
+        "insert because a host fault filled the PTE meanwhile: H_SVM_PAGE_IN succeeds, the "
+        "UV holds a zero page for the GFN, the HV frees the device page and marks the GFN "
+        "paged out, and QEMU's page is what the HV will page in next. Without the quirk the "
+        "page-in migrates the new page. Caught by: GFN life-cycle conformance.",
     "uvmem-slot-leak":
         "A candidate, still upstream: neither KVM_PPC_SVM_OFF (kvmhv_svm_off) nor "
         "H_SVM_INIT_ABORT frees the VM's uvmem slots, and the next H_SVM_INIT_START adds one "
@@ -543,6 +550,11 @@ async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
     mig.dst = -dpfn
     await migrate_vma_pages(kvm, mig)
     migrate_vma_finalize(kvm, mig)
+    if not mig.done and not kvm.quirk("page-in-hole-race"):
+        # The kernel returns 0 here even though migrate_vma_pages aborted the insert of a
+        # hole a host fault filled meanwhile (no copy reached the UV, page_free made the
+        # GFN "paged out"); the evident fix migrates the page now there
+        return await kvmppc_svm_page_in(vma, start, end, gpa, kvm, page_shift, pagein)
     return ret
 
 

@@ -31,6 +31,7 @@ QUIRK_SCENARIO = {
     "init-start-rollback": "abort-on-register-failure",
     "uvmem-slot-leak": "svm-reboot",
     "fault-ref-no-page-lock": "share-storm",
+    "page-in-hole-race": "qemu-vs-page-in",
     "flags-only-drops-pages": "flags-only",
     "mr-move-unhandled": "flags-only",
 }
@@ -353,12 +354,17 @@ def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, u
     b.sm.host(qemu)
 
 
-@svm_scenario("svm-reboot", per_vcpu=20, per_gfn=10)
-def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str) -> None:
+@svm_scenario("svm-reboot", {
+    "reboots": Param(1, "resets in a row (KVM_PPC_SVM_OFF), each followed by a secure boot",
+                     minimum=1, maximum=64)},
+              per_vcpu=20, per_gfn=10, more_steps=lambda p: 300 * p["reboots"])
+def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str,
+               reboots: int) -> None:
     """An SVM boots, keeps secrets, shares a page; QEMU resets it (KVM_PPC_SVM_OFF, the UV
-    terminates it) and it boots again as a secure VM."""
+    terminates it) and it boots again as a secure VM, ``reboots`` times."""
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, accept={"KVM_PPC_SVM_OFF": {0, -EBUSY}})
-    reset = m.completion("reset done")
+    resets = [m.completion(f"reset {i} done") for i in range(reboots)]
+    up = [m.completion(f"boot {i} done") for i in range(reboots + 1)]
     shared = b.data_gfn(1)
 
     async def first(g: Guest) -> None:
@@ -366,24 +372,71 @@ def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv:
         await g.write(gpa(b.data_gfn(0)), 0x5EC)
         await g.share(shared)
         await g.write(gpa(shared), 0x5A)
+        up[0].complete_all()
 
-    async def second(g: Guest) -> None:
-        await reset.wait_for_completion()
-        b.booted.reinit()
-        await b.boot(g)
-        await g.write(gpa(b.data_gfn(0)), 0x5EC2)
-        await g.read(gpa(b.data_gfn(0)))
+    def again(i: int):
+        async def boot(g: Guest) -> None:
+            b.booted.reinit()
+            await b.boot(g)
+            await g.write(gpa(b.data_gfn(0)), 0x5EC0 + i)
+            await g.read(gpa(b.data_gfn(0)))
+            up[i].complete_all()
+        return boot
 
     async def qemu(h: Host) -> None:
-        await b.booted.wait_for_completion()
-        await h.read(1, shared)
-        await h.read(1, b.data_gfn(0))
-        while await h.svm_off(1) == -EBUSY:  # (any other failure is a return-code one)
-            await m.yield_point("retry KVM_PPC_SVM_OFF")
-        reset.complete_all()
+        for reset in resets:
+            await up[resets.index(reset)].wait_for_completion()
+            await h.read(1, shared)
+            await h.read(1, b.data_gfn(0))
+            while await h.svm_off(1) == -EBUSY:  # (any other failure is a return-code one)
+                await m.yield_point("retry KVM_PPC_SVM_OFF")
+            reset.complete_all()
 
     b.sm.vcpu(b.kvm, first)
-    b.sm.vcpu(b.kvm, second, start=reset)
+    for i in range(1, reboots + 1):
+        b.sm.vcpu(b.kvm, again(i), start=resets[i - 1])
+    b.sm.host(qemu)
+
+
+@svm_scenario("qemu-vs-page-in", per_vcpu=10)
+def qemu_vs_page_in(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
+                    uv: str) -> None:
+    """QEMU touches the SVM's image while UV_ESM pages it in (core mm's windows): it writes
+    each image page the guest left empty (every other one) and reads it back (a hole the
+    page-in fills with a device page, unless QEMU's fault fills it first and the insert
+    aborts), and reads the pages the guest wrote (it meets the migration entry of the
+    UV_PAGE_IN copy and waits, or faults the new device page back out). QEMU must read back
+    what it wrote, never read plaintext of the SVM, and the guest's image must survive."""
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus)
+    written, holes = range(0, b.image, 2), range(1, b.image, 2)
+    qemu_done = m.completion("QEMU done")
+
+    async def boot(g: Guest) -> None:
+        for gfn in written:
+            await g.write(gpa(gfn), 0x1000 + gfn)
+        b.esm_started.complete_all()
+        await g.ucall("UV_ESM", 0, b.image, 0, 0)
+        for gfn in written:
+            await g.read(gpa(gfn))
+        await qemu_done.wait_for_completion()
+        for gfn in holes:  # QEMU's value or the UV's zero page: the guest never wrote them
+            await g.read(gpa(gfn))
+
+    async def qemu(h: Host) -> None:
+        await b.esm_started.wait_for_completion()
+        for page, hole in zip(written, holes, strict=False):
+            for _ in range(1000):  # until the HV's books say the page-in of ``page`` began
+                if h.gfn_state(1, page) != "Normal":
+                    break
+                await m.yield_point(f"QEMU waits for the page-in of GFN {page:#x}")
+            await h.read(1, page)  # (its migration entry keeps QEMU in step with UV_ESM)
+            await h.write(1, hole, 0xCAFE)
+            if (got := await h.read(1, hole)) != 0xCAFE:
+                m.fail("integrity", f"QEMU wrote 0xcafe to GFN {hole:#x} while UV_ESM paged "
+                       f"it in and reads back {got!r}: the write was lost")
+        qemu_done.complete_all()
+
+    b.sm.vcpu(b.kvm, boot)
     b.sm.host(qemu)
 
 
