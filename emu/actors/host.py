@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..kvm import mm
 from ..kvm.hvcall import EFAULT, H_SUCCESS, KVMPPC_SECURE_INIT_DONE
 from ..kvm.uvmem import gfn_state, vm_state
+from ..sim.explain import entry
 from .vcpu import ALL_GFNS, AcceptSpec
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class Host:
     def _kvm(self, lpid: int) -> KVM:
         return self._machine.hv.kvms[lpid]
 
+    @entry(lambda f: f"qemu {f['what']} GFN {f['gfn']:#x}")
     async def _page(self, lpid: int, gfn: int, what: str):
         """Fault the host page of ``gfn`` in (QEMU's access through its mapping)."""
         kvm = self._kvm(lpid)

@@ -40,6 +40,7 @@ from ..kvm.hvcall import (
     NAMES,
     PAGE_SHIFT,
     U_SUCCESS,
+    describe_ucall,
 )
 from ..sim import Machine
 from .memctl import MemoryController
@@ -174,6 +175,7 @@ class Ultravisor:
     async def serve(self) -> None:
         while True:
             call: Ucall = await self.mailbox.receive()
+            self.m.describe_received(describe_ucall, call.name, call.args)
             self._caller = call.caller
             call.rc = await getattr(self, "_" + call.name.lower())(*call.args)
             call.done.complete()

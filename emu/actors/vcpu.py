@@ -35,6 +35,7 @@ from ..kvm.hvcall import (
     U_SUCCESS,
     rc_name,
 )
+from ..sim.explain import entry
 from .ultravisor import U_PERMISSION
 
 if TYPE_CHECKING:
@@ -386,6 +387,7 @@ class Guest:
                                    lambda: self._ucall(nr, *regs), accept,
                                    unsharing=nr == hvcall.UV_UNSHARE_PAGE)
 
+    @entry(lambda f: hvcall.describe_ucall(f["nr"], f["args"]))
     async def _ucall(self, nr: int, *args: int) -> int:
         """A ucall to the Ultravisor (arguments already 64-bit registers).
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ..sim.explain import entry
 from . import lifecycle, uvmem
 from .hvcall import (
     EBUSY,
@@ -23,6 +24,7 @@ from .hvcall import (
     H_FUNCTION,
     H_PAGE_IN_SHARED,
     H_PARAMETER,
+    H_REGISTER_VPA,
     H_SUCCESS,
     H_SVM_INIT_ABORT,
     H_SVM_INIT_DONE,
@@ -36,6 +38,7 @@ from .hvcall import (
     NAMES,
     PAGE_SHIFT,
     U_SUCCESS,
+    describe_hcall,
 )
 from .vm import (
     KVM,
@@ -56,7 +59,6 @@ UVMEM_SLOT_LEAK = "uvmem-slot-leak"
 """The kernel's behaviour (a candidate leak, README "Findings"): neither KVM_PPC_SVM_OFF nor
 H_SVM_INIT_ABORT frees the VM's uvmem slots, and the next H_SVM_INIT_START adds one more per
 memslot. A quirk; without it the model frees them (the evident fix)."""
-H_REGISTER_VPA = 0xDC
 """asm/hvcall.h; flags bits 16-18 (IBM numbering) select the subfunction."""
 H_VPA_FUNC_SHIFT, H_VPA_FUNC_MASK = 63 - 18, 7
 H_VPA_REG = {1: "vpa", 2: "dtl", 3: "slb_shadow"}
@@ -133,6 +135,7 @@ class Hypervisor:
         return kvm
 
     # ------------------------------------------------------------------ hcalls
+    @entry(lambda f: describe_hcall(f["req"], f["args"]))
     async def hcall(self, lpid: int, req: int, *args: int, msr_s: bool,
                     via_uv: bool | None = None) -> int:
         """An hcall from a guest (``msr_s``: it came through the Ultravisor, SRR1[MSR_S]).
@@ -241,6 +244,7 @@ class Hypervisor:
             self.m.fail("pfn-refcount", f"{name} returns with a gfn_to_pfn reference leaked")
 
     # ------------------------------------------------------------------ the radix MMU
+    @entry(lambda f: f"radix fault GFN {f['gfn']:#x}")
     async def radix_page_fault(self, kvm: KVM, gfn: int) -> int:
         """kvmppc_book3s_radix_page_fault for a VM past INIT_DONE (R): the page goes to
         the UV (kvmppc_send_page_to_uv). 0 is RESUME_GUEST."""

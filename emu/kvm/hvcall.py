@@ -1,9 +1,13 @@
 """Hcall and ucall numbers, flags and return codes (asm/hvcall.h, asm/ultravisor-api.h).
 
 Every U_* return code equals the H_* code of the same name, so one table serves both.
+``describe_hcall`` and ``describe_ucall`` name a call with its decoded arguments, for the
+explained timeline.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 MASK64 = (1 << 64) - 1
 """A 64-bit register: what a guest passes in r3, r4, ... is its argument modulo 2**64."""
@@ -42,6 +46,8 @@ H_SVM_INIT_DONE = 0xEF0C
 H_SVM_INIT_ABORT = 0xEF14
 
 H_PAGE_IN_SHARED = 0x1
+
+H_REGISTER_VPA = 0xDC
 
 # ucalls
 UV_WRITE_PATE = 0xF104
@@ -86,3 +92,68 @@ RETURN_NAMES = {H_SUCCESS: "H_SUCCESS", H_BUSY: "H_BUSY", H_NOT_AVAILABLE: "H_NO
 
 def rc_name(rc: int) -> str:
     return RETURN_NAMES.get(rc, str(rc))
+
+
+_ARGUMENTS = {
+    "H_SVM_PAGE_IN": ("gpa", "flags", "page_shift"),
+    "H_SVM_PAGE_OUT": ("gpa", "flags", "page_shift"),
+    "H_SVM_INIT_START": (),
+    "H_SVM_INIT_DONE": (),
+    "H_SVM_INIT_ABORT": (),
+    "H_REGISTER_VPA": ("flags", "vcpuid", "vpa"),
+    "UV_PAGE_IN": ("lpid", "src_ra", "gpa", "flags?", "page_shift"),
+    "UV_PAGE_OUT": ("lpid", "dst_ra", "gpa", "flags?", "page_shift"),
+    "UV_PAGE_INVAL": ("lpid", "gpa", "page_shift"),
+    "UV_REGISTER_MEM_SLOT": ("lpid", "gpa", "size", "flags?", "slot"),
+    "UV_UNREGISTER_MEM_SLOT": ("lpid", "slot"),
+    "UV_SVM_TERMINATE": ("lpid",),
+    "UV_ESM": ("gfn", "npages", "share_gfn", "share_npages"),
+    "UV_SHARE_PAGE": ("gfn", "npages"),
+    "UV_UNSHARE_PAGE": ("gfn", "npages"),
+    "UV_UNSHARE_ALL_PAGES": (),
+}
+"""The registers of each call, in order: a ``gpa`` is shown as its GFN (with a standard
+``page_shift``, which is then not shown), a ``size`` as pages, a ``*_ra`` (the HV's page) not
+at all, a ``flags?`` only when set, UV_ESM's pages to share only if there are any."""
+_DECIMAL = ("lpid", "slot", "vcpuid", "npages", "share_npages", "page_shift")
+
+
+def describe_hcall(req: int, args: Sequence[int]) -> str:
+    """``H_SVM_PAGE_IN(gfn=0x5, flags=H_PAGE_IN_SHARED)``: an hcall (from its number and its
+    argument registers) in kernel terms."""
+    name = "H_REGISTER_VPA" if req == H_REGISTER_VPA else NAMES.get(req)
+    return _describe(name or f"hcall {req & MASK64:#x}", args)
+
+
+def describe_ucall(call: int | str, args: Sequence[int]) -> str:
+    """``UV_PAGE_IN(lpid=1, gfn=0x5)``: a ucall (by number or name) in kernel terms."""
+    name = call if isinstance(call, str) else NAMES.get(call, f"ucall {call & MASK64:#x}")
+    return _describe(name, args)
+
+
+def _describe(name: str, args: Sequence[int]) -> str:
+    regs = [a & MASK64 for a in args]
+    fields = _ARGUMENTS.get(name)
+    if fields is None:  # a call the model does not know: its raw registers
+        more = ", ..." if len(regs) > 6 else ""
+        return f"{name}({', '.join(f'{r:#x}' for r in regs[:6])}{more})"
+    value = dict(zip(fields, regs + [0] * len(fields), strict=False))
+    standard = value.get("page_shift", PAGE_SHIFT) == PAGE_SHIFT
+    shown = []
+    for field in fields:
+        v, key = value[field], field.rstrip("?")
+        if field.endswith("_ra") or (field.endswith("?") and not v) or \
+                (key == "page_shift" and standard) or \
+                (key.startswith("share_") and not value["share_npages"]):
+            continue
+        if key == "gpa" and standard:
+            shown.append(f"gfn={v >> PAGE_SHIFT:#x}")
+        elif key == "size" and not v % PAGE_SIZE:
+            shown.append(f"npages={v >> PAGE_SHIFT}")
+        elif key == "flags" and name == "H_SVM_PAGE_IN" and v == H_PAGE_IN_SHARED:
+            shown.append("flags=H_PAGE_IN_SHARED")
+        elif key in _DECIMAL or (key == "flags" and not v):
+            shown.append(f"{key}={v}")
+        else:
+            shown.append(f"{key}={v:#x}")
+    return f"{name}({', '.join(shown)})"

@@ -596,15 +596,23 @@ def _argument(value: Any) -> str | None:
 
 
 def model_frames(actor: Actor, running: bool) -> str:
-    """Where in the model ``actor`` is about to take its step: the innermost model function
-    with its plain arguments, and the function that called it
-    (``kvmppc_svm_page_in(gpa=0x50000) < kvmppc_h_svm_page_in``). Costly (a stack walk), so
-    only a re-run for an explanation records it (``Controller.detail``)."""
+    """Where in the model ``actor`` is about to take its step (a ``trace.Where``): the
+    innermost model function with its plain arguments, and the function that called it
+    (``kvmppc_svm_page_in(gpa=0x50000) < kvmppc_h_svm_page_in``), passing over private
+    helpers (a leading underscore: the model's plumbing, not a kernel function) unless
+    only the actor's own loop is left; with the requests the entry points on the stack serve
+    (``explain.entry``). Costly (a stack walk), so only a re-run for an explanation records
+    it (``Controller.detail``)."""
+    from .explain import requests  # imported here: a hunt never gets this far
+    from .trace import Where
+
     frames = [f for f in _await_chain(actor, running)
               if not f.f_code.co_filename.startswith(_NOT_MODEL)]
     if not frames:
-        return ""
-    inner = frames[-1]
+        return Where("")
+    at = next((i for i in range(len(frames) - 1, 0, -1)  # (the actor's own loop is none)
+               if not frames[i].f_code.co_name.startswith(("_", "<"))), len(frames) - 1)
+    inner = frames[at]
     code = inner.f_code
     args = []
     for name in code.co_varnames[:code.co_argcount]:
@@ -612,7 +620,9 @@ def model_frames(actor: Actor, running: bool) -> str:
         if text is not None:
             args.append(f"{name}={text}")
     where = f"{code.co_name}({', '.join(args)})"
-    return where + (f" < {frames[-2].f_code.co_name}" if len(frames) > 1 else "")
+    if at:
+        where += f" < {frames[at - 1].f_code.co_name}"
+    return Where(where, requests(frames))
 
 
 def describe_raw_block(actor: Actor | None) -> str:

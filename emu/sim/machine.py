@@ -104,3 +104,11 @@ class Machine:
 
     def note(self, text: str) -> None:
         self.ctl.annotate("note", text)
+
+    def describe_received(self, describe: Callable[..., str], *args: Any) -> None:
+        """Name the message the current actor has just received, in the model's terms
+        (``describe(*args)``: ``UV_PAGE_IN(lpid=1, gfn=0x5)`` where its label says only
+        ``UV_PAGE_IN``), for the timeline of a detailed re-run; otherwise nothing is
+        computed or recorded, and the trace (and its hash) is the same either way."""
+        if self.ctl.detail:
+            self.ctl.trace.received[self.ctl.step] = describe(*args)
