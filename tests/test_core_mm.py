@@ -18,10 +18,10 @@ GFN = 5
 def test_a_page_unmapped_under_a_reference_is_freed_by_the_last_put():
     pool = FramePool("normal")
     pfn = pool.alloc()
-    pool.get_page(pfn)  # get_user_pages
-    pool.release(pfn)  # its mapping goes (migrated away, unmapped, reclaimed)
+    pool.refs.get_page(pfn)  # get_user_pages
+    pool.refs.release(pfn)  # its mapping goes (migrated away, unmapped, reclaimed)
     assert pool.get(pfn) is not None
-    pool.put_page(pfn)
+    pool.refs.put_page(pfn)
     assert pool.get(pfn) is None
 
 

@@ -8,6 +8,8 @@ pages it touches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 
@@ -26,15 +28,50 @@ class Frame:
         self.encrypted = encrypt and src.secret
 
 
+class PageRefs:
+    """Page references beyond the one a page's mapping holds (get_user_pages, a long-term
+    pin, a fault's reference on a device page), and the pages whose mapping went while one
+    was held: the last ``put_page`` frees those, through ``free``."""
+
+    def __init__(self, free: Callable[[int], None]) -> None:
+        self.counts: dict[int, int] = {}
+        """pfn -> references held beyond its mapping."""
+        self._unmapped: dict[int, bool] = {}
+        self._free = free
+
+    def get_page(self, pfn: int) -> None:
+        self.counts[pfn] = self.counts.get(pfn, 0) + 1
+
+    def put_page(self, pfn: int) -> None:
+        left = self.counts[pfn] - 1
+        if left:
+            self.counts[pfn] = left
+            return
+        del self.counts[pfn]
+        if self._unmapped.pop(pfn, False):
+            self._free(pfn)
+
+    def release(self, pfn: int) -> None:
+        """The page's mapping went: free it now, or at its last ``put_page``."""
+        if pfn in self.counts:
+            self._unmapped[pfn] = True
+        else:
+            self._free(pfn)
+
+    def unmapped(self, pfn: int) -> bool:
+        """Its mapping went: the next ``put_page`` may be the last reference."""
+        return self._unmapped.get(pfn, False)
+
+
 class FramePool:
     """One kind of memory (normal RAM, or the Ultravisor's secure memory).
 
     Which pfns are allocated is a bitmap; a frame's contents exist only once touched (a
     zero page until then), so preallocating 100 GB costs 1.6 MB, not 1.6 M objects.
 
-    A page's reference count is kept only beyond the one its mapping holds (``refs``):
-    get_user_pages, a long-term pin. A page whose mapping goes (``release``: migrated away,
-    unmapped, reclaimed) while such a reference is held is freed by the last ``put_page``.
+    ``refs`` counts the references beyond a page's mapping (get_user_pages, a long-term
+    pin); a page whose mapping goes (``refs.release``: migrated away, unmapped, reclaimed)
+    while one is held is freed by the last ``refs.put_page``.
     """
 
     def __init__(self, kind: str) -> None:
@@ -42,10 +79,7 @@ class FramePool:
         self.frames: dict[int, Frame] = {}
         self._live = bytearray(1)  # pfn 0 is never handed out: 0 means "no page"
         self._free: list[int] = []
-        self.refs: dict[int, int] = {}
-        """pfn -> references held beyond its mapping."""
-        self._unmapped: dict[int, bool] = {}
-        """pfns whose mapping went while ``refs`` held them: the last put_page frees them."""
+        self.refs = PageRefs(self.free)
 
     def alloc(self) -> int:
         if self._free:
@@ -61,25 +95,6 @@ class FramePool:
         first = len(self._live)
         self._live.extend(b"\x01" * n)
         return range(first, first + n)
-
-    def get_page(self, pfn: int) -> None:
-        self.refs[pfn] = self.refs.get(pfn, 0) + 1
-
-    def put_page(self, pfn: int) -> None:
-        left = self.refs[pfn] - 1
-        if left:
-            self.refs[pfn] = left
-            return
-        del self.refs[pfn]
-        if self._unmapped.pop(pfn, False):
-            self.free(pfn)
-
-    def release(self, pfn: int) -> None:
-        """The page's mapping went: free it now, or at its last ``put_page``."""
-        if pfn in self.refs:
-            self._unmapped[pfn] = True
-        else:
-            self.free(pfn)
 
     def free(self, pfn: int) -> None:
         self._live[pfn] = 0

@@ -22,7 +22,7 @@ QEMU or a fault touching it waits (migration_entry_wait) and then retries. A hol
 entry: if a fault fills it before ``migrate_vma_pages``, the insert aborts (the PTE changed).
 
 A page whose mapping goes is freed when its last reference goes (FramePool.release, and for
-a device page UvmemDevice.put_device_page). The kernel retries a fault without bound; the
+a device page through UvmemDevice.refs and page_free). The kernel retries a fault without bound; the
 model allows ``MAX_FAULT_RETRIES`` and reports a livelock beyond.
 
 Modelling choices, said here so they are not silent: KVM's notifier is called once per page
@@ -85,9 +85,9 @@ class MigrateVma:
 def extra_references(kvm: KVM, page: int, fault_page: int = 0) -> int:
     """References beyond the mapping and the migrator's (migrate_vma_check_page's count)."""
     if page > 0:
-        return kvm.memory.normal.refs.get(page, 0)
+        return kvm.memory.normal.refs.counts.get(page, 0)
     dpfn = -page
-    return kvm.uvmem_dev.fault_refs.get(dpfn, 0) - (dpfn == fault_page)
+    return kvm.uvmem_dev.refs.counts.get(dpfn, 0) - (dpfn == fault_page)
 
 
 async def migrate_vma_setup(kvm: KVM, mig: MigrateVma) -> int:
@@ -140,14 +140,14 @@ def migrate_vma_finalize(kvm: KVM, mig: MigrateVma) -> None:
         mig.entry.complete_all()
     if not mig.done:
         if mig.dst < 0:
-            kvm.uvmem_dev.put_device_page(-mig.dst)
+            kvm.uvmem_dev.refs.release(-mig.dst)
         elif mig.dst > 0:
             kvm.memory.normal.free(mig.dst)
         return
     if mig.src > 0:
-        kvm.memory.normal.release(mig.src)
+        kvm.memory.normal.refs.release(mig.src)
     elif mig.src < 0:
-        kvm.uvmem_dev.put_device_page(-mig.src)
+        kvm.uvmem_dev.refs.release(-mig.src)
 
 
 # ---------------------------------------------------------------------- the host fault
@@ -210,13 +210,13 @@ async def do_swap_page_device(kvm: KVM, vma: VMA, hva: int, dpfn: int) -> int | 
         if dpfn in dev.locked:
             return None
         dev.locked[dpfn] = True
-    dev.get_page(dpfn)
+    dev.refs.get_page(dpfn)
     failed = await dev.migrate_to_ram(vma, hva, dpfn)
     if not unlocked:
         del dev.locked[dpfn]  # unlock_page, then put_page
-    if dev.free_pending(dpfn):
+    if dev.refs.unmapped(dpfn):
         await kvm.m.point("do_swap_page: put_page(vmf->page)")
-    dev.put_page(dpfn)
+    dev.refs.put_page(dpfn)  # page_free here if the migration let go of it
     return failed
 
 
@@ -232,9 +232,9 @@ async def do_munmap(kvm: KVM, vma: VMA, *, notify: bool = True) -> None:
     mm.munmap(vma)
     for pte in vma.pte:
         if pte > 0:
-            kvm.memory.normal.release(pte)
+            kvm.memory.normal.refs.release(pte)
         elif pte < 0:
-            kvm.uvmem_dev.put_device_page(-pte)
+            kvm.uvmem_dev.refs.release(-pte)
     mm.mmap_lock.up_write()
 
 
@@ -252,19 +252,19 @@ async def migrate_pages(kvm: KVM, hva: int, copy_ns: int, *, ksm: bool = False
         return False, 0
     i = vma.index(hva)
     src = vma.pte[i]
-    if src <= 0 or hva in mm.migrating or kvm.memory.normal.refs.get(src):
+    if src <= 0 or hva in mm.migrating or kvm.memory.normal.refs.counts.get(src):
         return False, 0
     entry = mm.migrating[hva] = kvm.m.completion(f"migration entry {hva:#x}")
     rc = await mmu_notifier_invalidate(mm, hva, hva + PAGE_SIZE)  # try_to_migrate
     normal = kvm.memory.normal
-    moved = not normal.refs.get(src)
+    moved = not normal.refs.counts.get(src)
     if moved:
         dst = normal.alloc()
         if copy_ns:
             await kvm.m.sleep(copy_ns)  # the copy, with the migration entry installed
         normal.frames[dst] = attrs.evolve(normal[src])  # ciphertext stays ciphertext
         vma.pte[i] = dst
-        normal.release(src)
+        normal.refs.release(src)
     del mm.migrating[hva]
     entry.complete_all()  # remove_migration_ptes
     return moved, rc

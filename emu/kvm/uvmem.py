@@ -49,6 +49,7 @@ from __future__ import annotations
 from array import array
 from typing import TYPE_CHECKING
 
+from ..hw.memory import PageRefs
 from .hvcall import (
     H_AUTHORITY,
     H_P2,
@@ -181,10 +182,9 @@ class UvmemDevice:
         self.pvt_flags = bytearray(npages)
         self.pvt_lpid = array("L", [0]) * npages  # ("L" is 8 bytes on LP64, not 4)
         self.kvms: dict[int, KVM] = {}
-        self.fault_refs: dict[int, int] = {}
-        """Device pfn -> references a host fault holds across migrate_to_ram (v6.1+)."""
-        self.freed: dict[int, bool] = {}
-        """Device pfns migrate_vma_finalize let go of while a fault still held them."""
+        self.refs = PageRefs(self.page_free)
+        """The references a host fault holds across migrate_to_ram (v6.1+): page_free runs
+        at the last reference, migrate_vma_finalize's or the fault's put_page."""
         self.locked: dict[int, bool] = {}
         """Device pfns whose page lock a host fault holds (do_swap_page's trylock_page)."""
 
@@ -196,37 +196,10 @@ class UvmemDevice:
         """kvmppc_uvmem_migrate_to_ram: a host fault on a device page pages it out."""
         bit = dpfn - 1
         kvm = self.kvms[self.pvt_lpid[bit]]
-        fault_page = dpfn if dpfn in self.fault_refs else 0  # v6.1+
+        fault_page = dpfn if dpfn in self.refs.counts else 0  # v6.1+
         ret = await kvmppc_svm_page_out(vma, addr, addr + PAGE_SIZE, PAGE_SHIFT, kvm,
                                         self.pvt_gpa[bit], fault_page)
         return 1 if ret else 0  # VM_FAULT_SIGBUS
-
-    # the device page's reference count, as far as it decides when page_free runs
-    def get_page(self, dpfn: int) -> None:
-        """do_swap_page's get_page(vmf->page) before ->migrate_to_ram (v6.1+)."""
-        self.fault_refs[dpfn] = self.fault_refs.get(dpfn, 0) + 1
-
-    def put_page(self, dpfn: int) -> None:
-        """do_swap_page's put_page(vmf->page) after ->migrate_to_ram returned: if the
-        migration already let go of the page, this was the last reference."""
-        left = self.fault_refs[dpfn] - 1
-        if left:
-            self.fault_refs[dpfn] = left
-            return
-        del self.fault_refs[dpfn]
-        if self.freed.pop(dpfn, False):
-            self.page_free(dpfn)  # after uvmem_lock was dropped: nothing held here
-
-    def free_pending(self, dpfn: int) -> bool:
-        return self.freed.get(dpfn, False)
-
-    def put_device_page(self, dpfn: int) -> None:
-        """The reference migrate_vma_finalize (or a zap) drops: page_free now, unless a host
-        fault still holds the page (v6.1+), in which case its put_page frees it."""
-        if dpfn in self.fault_refs:
-            self.freed[dpfn] = True
-        else:
-            self.page_free(dpfn)
 
     # dev_pagemap_ops.page_free
     def page_free(self, dpfn: int) -> None:
@@ -578,7 +551,7 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
     n = min(limit, p.nr_pfns - i0, len(vma.pte) - v0)
     words, ptes = p.pfns[i0:i0 + n], vma.pte[v0:v0 + n]
     inject = kvm.fail_migrate_setup is not no_faults
-    refs, migrating = kvm.memory.normal.refs, kvm.mm.migrating
+    refs, migrating = kvm.memory.normal.refs.counts, kvm.mm.migrating
     run, ok = 0, True
     for word, pte in zip(words, ptes, strict=True):
         if word:
@@ -612,7 +585,7 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
         ok = False  # out of device pages: kvmppc_uvmem_get_page returned NULL
     for src in ptes[:done]:  # migrate_vma_finalize frees the normal pages that moved
         if src > 0:
-            kvm.memory.normal.release(src)
+            kvm.memory.normal.refs.release(src)
     return done, ok
 
 

@@ -200,7 +200,7 @@ class KVM:
             return KVM_PFN_NOSLOT
         pfn = await self.host_fault(hva)
         if pfn > 0:
-            self.memory.normal.get_page(pfn)
+            self.memory.normal.refs.get_page(pfn)
             actor = self.m.ctl.current.name
             self.pfn_refs[actor] = self.pfn_refs.get(actor, 0) + 1
         return pfn
@@ -220,7 +220,7 @@ class KVM:
         hva = self.gfn_to_hva(gfn)
         pfn = await self.host_fault(hva) if hva is not None else KVM_PFN_NOSLOT
         if pfn > 0:
-            self.memory.normal.get_page(pfn)
+            self.memory.normal.refs.get_page(pfn)
             self.pinned.setdefault(hva, []).append(pfn)
         self.srcu.read_unlock(srcu_idx)
         return pfn if pfn > 0 else None
@@ -234,15 +234,15 @@ class KVM:
         pins = self.pinned.get(hva)
         if not pins:
             return
-        self.memory.normal.put_page(pins.pop())
+        self.memory.normal.refs.put_page(pins.pop())
         if not pins:
             del self.pinned[hva]
 
     def kvm_release_pfn_clean(self, pfn: int) -> None:
         actor = self.m.ctl.current.name
         left = self.pfn_refs.get(actor, 0) - 1
-        if left < 0 or not self.memory.normal.refs.get(pfn):
+        if left < 0 or not self.memory.normal.refs.counts.get(pfn):
             self.m.fail("pfn-refcount", f"{actor} releases pfn {pfn} it holds no reference to")
             return
         self.pfn_refs[actor] = left
-        self.memory.normal.put_page(pfn)
+        self.memory.normal.refs.put_page(pfn)
