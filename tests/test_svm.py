@@ -21,7 +21,7 @@ from emu.kvm.hvcall import (
 )
 from emu.kvm.lifecycle import true_gfn_state
 from emu.kvm.uvmem import QUIRKS, gfn_state, vm_state
-from emu.scenarios.svm import QUIRK_PARAMS, QUIRK_SCENARIO
+from emu.scenarios.svm import QUIRK_PARAMS, QUIRK_SCENARIO, QUIRK_STRATEGY
 from emu.scenarios.svm_machine import SvmMachine
 
 U_STATE = H_STATE  # every U_* code equals the H_* code of the same name
@@ -38,6 +38,7 @@ CAUGHT_BY = {
     "uvmem-slot-leak": ("slots", "uvmem slots for memslot"),
     "fault-ref-no-page-lock": ("fault-livelock", "was retried 64 times"),
     "page-in-hole-race": ("life-cycle", "Normal --unshare--> Normal (succeeded)"),
+    "init-done-busy-page": ("return-code", "UV_ESM(0x0, 0x8, 0x8, 0x1) returned H_STATE"),
     "flags-only-drops-pages": ("life-cycle", "Secure --FLAGS_ONLY--> Normal"),
     "mr-move-unhandled": ("slots", "the UV has slots [0, 1] registered"),
 }
@@ -50,7 +51,9 @@ def test_every_quirk_has_a_scenario_and_a_catch():
 @pytest.mark.parametrize("quirk", sorted(QUIRKS))
 def test_quirk_is_found_and_the_fixed_model_is_clean(quirk):
     scenario, params = QUIRK_SCENARIO[quirk], QUIRK_PARAMS.get(quirk, {})
-    found = emu.hunt(scenario, params=params, quirks=[quirk], schedules=20, seed=0).found
+    strategy, depth, seed = QUIRK_STRATEGY.get(quirk, ("random", 3, 0))
+    found = emu.hunt(scenario, params=params, quirks=[quirk], schedules=20, seed=seed,
+                     strategy=strategy, depth=depth).found
     assert found is not None, f"{quirk} not found by {scenario}"
     kind, text = CAUGHT_BY[quirk]
     assert found.violation.kind == kind and text in found.violation.message

@@ -127,6 +127,12 @@ QUIRKS = {
         "UV holds a zero page for the GFN, the HV frees the device page and marks the GFN "
         "paged out, and QEMU's page is what the HV will page in next. Without the quirk the "
         "page-in migrates the new page. Caught by: GFN life-cycle conformance.",
+    "init-done-busy-page":
+        "A candidate, still upstream: kvmppc_uv_migrate_mem_slot fails H_SVM_INIT_DONE "
+        "(H_STATE, the VM must be terminated) at the first page migrate_vma does not "
+        "collect, including one a concurrent share holds only for the moment (its "
+        "gfn_to_pfn reference, taken with uvmem_lock dropped). Without the quirk INIT_DONE "
+        "retries such a busy page a few times. Caught by: UV_ESM's return code.",
     "uvmem-slot-leak":
         "A candidate, still upstream: neither KVM_PPC_SVM_OFF (kvmhv_svm_off) nor "
         "H_SVM_INIT_ABORT frees the VM's uvmem slots, and the next H_SVM_INIT_START adds one "
@@ -531,6 +537,17 @@ async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
     return ret
 
 
+BUSY_RETRIES = 16
+"""How often the fixed INIT_DONE retries a page other references keep it from migrating
+(a long-term pin stays: INIT_DONE then fails as the kernel's does)."""
+
+
+def page_busy(kvm: KVM, hva: int) -> bool:
+    """The page at ``hva`` has references beyond its mapping, or is under migration."""
+    pte = kvm.mm.get_pte(hva)
+    return hva in kvm.mm.migrating or (pte > 0 and pte in kvm.memory.normal.refs.counts)
+
+
 def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
                            limit: int) -> tuple[int, bool]:
     """``kvmppc_svm_page_in(pagein=false)`` for the run of consecutive GFNs from ``gfn`` that
@@ -597,6 +614,7 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
     gfn = memslot.base_gfn
     ret = 0
     batch = 0
+    retries = 0 if kvm.quirk("init-done-busy-page") else BUSY_RETRIES
     await kvm.mm.mmap_lock.mmap_read_lock()
     await kvm.uvmem_lock.lock()
     while (gfn := kvmppc_next_nontransitioned_gfn(memslot, kvm, gfn)) is not None:
@@ -611,16 +629,26 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
         if two_state:
             ret = await kvmppc_svm_page_in(vma, start, end, gfn << PAGE_SHIFT, kvm,
                                            PAGE_SHIFT, True)
-            if ret and ret != H_PARAMETER:  # H_PARAMETER: the UV refused a shared GFN
-                ret = H_STATE
-                break
-            moved = 1
+            moved, ok = 1, not ret or ret == H_PARAMETER  # H_PARAMETER: the UV refused
         else:
             moved, ok = kvmppc_svm_page_in_run(vma, start, gfn, kvm, RESCHED_BATCH - batch)
             if kvm.migrate_ns and moved:  # the cost model: the time those migrations take
                 await kvm.m.sleep(kvm.migrate_ns * moved)
-            if not ok:
+        if not ok:
+            stuck = start + (moved << PAGE_SHIFT) if not two_state else start
+            if not retries or not page_busy(kvm, stuck):
+                ret = H_STATE
                 break
+            # the evident fix of init-done-busy-page: a page another reference holds (a
+            # share's gfn_to_pfn) is busy, not broken: let the holder finish, then go on
+            retries -= 1
+            kvm.uvmem_lock.unlock()
+            kvm.mm.mmap_lock.mmap_read_unlock()
+            await kvm.m.yield_point(f"INIT_DONE: retry busy GFN {gfn + moved:#x}")
+            await kvm.mm.mmap_lock.mmap_read_lock()
+            await kvm.uvmem_lock.lock()
+            gfn += moved
+            continue
         ret = 0
         gfn += moved
         batch += moved
