@@ -122,8 +122,9 @@ def test_a_hole_filled_under_the_page_in_is_migrated_again():
 
 def test_the_hostile_uv_meets_a_page_that_is_not_collected():
     """share-vs-pageout under a hostile UV: a page-in of a GFN whose share holds the page
-    (gfn_to_pfn) is refused; the UV retries."""
-    assert _reach("share-vs-pageout", "retry H_SVM_PAGE_IN (page not collected)", range(60),
+    (gfn_to_pfn) does not collect it; the fixed HV retries the busy page (the kernel
+    returns H_PARAMETER: quirk busy-page-fails)."""
+    assert _reach("share-vs-pageout", "H_SVM_PAGE_IN: retry busy GFN", range(60),
                   params={"uv": "hostile"}) >= 1
 
 

@@ -48,13 +48,13 @@ def test_the_matrix_in_numbers():
                                          "page-out-lock-leak", "single-flag-gfn-tracking",
                                          *always)))
     assert "page-out-lock-leak" not in bugs("v5.6")  # e032e3b55b6f
-    assert "init-done-busy-page" not in bugs("v5.8")  # came with INIT_DONE's migration
+    assert "busy-page-fails" not in bugs("v5.8")  # came with INIT_DONE's migration
     assert bugs("v5.7") == tuple(sorted(("no-init-done-migration", "single-flag-gfn-tracking",
                                          "strict-abort-caller-check", *always)))
     assert bugs("v5.9") == bugs("v5.17") == bugs(NEWEST) == tuple(sorted((
-        "init-done-busy-page", "init-start-rollback", *always)))
+        "busy-page-fails", "init-start-rollback", *always)))
     assert bugs("v6.1") == bugs("v6.12") == tuple(sorted((
-        "fault-ref-no-page-lock", "init-done-busy-page", "init-start-rollback", *always)))
+        "fault-ref-no-page-lock", "busy-page-fails", "init-start-rollback", *always)))
     assert QUIRK_HISTORY["init-start-rollback"].fixed_in is None  # B8: still upstream
     assert not any("svm-off-no-guard" in bugs(r) for r in RELEASES)
 
@@ -185,8 +185,8 @@ def test_v6_1_frees_the_device_page_after_the_fault_drops_it():
 
 def test_quirks_add_to_the_release_s_bugs():
     r = emu.run("svm-boot", release="v6.12", quirks=["svm-off-no-guard"])
-    assert r.quirks == ("fault-ref-no-page-lock", "flags-only-drops-pages",
-                        "init-done-busy-page", "init-start-rollback", "mr-move-unhandled", "page-in-hole-race",
+    assert r.quirks == ("busy-page-fails", "fault-ref-no-page-lock", "flags-only-drops-pages",
+                        "init-start-rollback", "mr-move-unhandled", "page-in-hole-race",
                         "svm-off-no-guard", "uvmem-slot-leak")
 
 

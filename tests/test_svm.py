@@ -38,7 +38,7 @@ CAUGHT_BY = {
     "uvmem-slot-leak": ("slots", "uvmem slots for memslot"),
     "fault-ref-no-page-lock": ("fault-livelock", "was retried 64 times"),
     "page-in-hole-race": ("life-cycle", "Normal --unshare--> Normal (succeeded)"),
-    "init-done-busy-page": ("return-code", "UV_ESM(0x0, 0x8, 0x8, 0x1) returned H_STATE"),
+    "busy-page-fails": ("return-code", "UV_ESM(0x0, 0x8, 0x8, 0x1) returned H_STATE"),
     "flags-only-drops-pages": ("life-cycle", "Secure --FLAGS_ONLY--> Normal"),
     "mr-move-unhandled": ("slots", "the UV has slots [0, 1] registered"),
 }

@@ -173,12 +173,13 @@ QUIRK_HISTORY: dict[str, QuirkHistory] = {
         "read); the commit that added the drop to the radix flush (the v5.5 secure-guest "
         "series) is unconfirmed, so is whether QEMU ever turns dirty logging on for an SVM; "
         "in every release from v5.5"),
-    "init-done-busy-page": QuirkHistory(
+    "busy-page-fails": QuirkHistory(
         "-", "dfaa973ae960", "v5.9", None, None,
         "kvmppc_uv_migrate_mem_slot's 'if (ret) { ret = H_STATE; break; }' since the "
-        "INIT_DONE migration came (dfaa973ae960, v5.9), still in a v6.x copy read; that a "
-        "share's gfn_to_pfn reference is what stops migrate_vma follows "
-        "migrate_vma_check_page; whether the real UV retries INIT_DONE is unconfirmed"),
+        "INIT_DONE migration came (dfaa973ae960, v5.9; H_SVM_PAGE_IN's H_PARAMETER for an "
+        "uncollected page is older, but only INIT_DONE's form is dated here), still in a "
+        "v6.x copy read; that a transient reference or a migration stops migrate_vma "
+        "follows migrate_vma_check_page; whether the real UV retries is unconfirmed"),
     "page-in-hole-race": QuirkHistory(
         "-", SUPPORT, "v5.5", None, None,
         "kvmppc_svm_page_in has ignored the MIGRATE_PFN_MIGRATE that migrate_vma_pages "

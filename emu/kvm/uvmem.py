@@ -127,12 +127,13 @@ QUIRKS = {
         "UV holds a zero page for the GFN, the HV frees the device page and marks the GFN "
         "paged out, and QEMU's page is what the HV will page in next. Without the quirk the "
         "page-in migrates the new page. Caught by: GFN life-cycle conformance.",
-    "init-done-busy-page":
-        "A candidate, still upstream: kvmppc_uv_migrate_mem_slot fails H_SVM_INIT_DONE "
-        "(H_STATE, the VM must be terminated) at the first page migrate_vma does not "
-        "collect, including one a concurrent share holds only for the moment (its "
-        "gfn_to_pfn reference, taken with uvmem_lock dropped). Without the quirk INIT_DONE "
-        "retries such a busy page a few times. Caught by: UV_ESM's return code.",
+    "busy-page-fails":
+        "A candidate, still upstream: a page migrate_vma does not collect only for the "
+        "moment (a concurrent share's gfn_to_pfn reference, taken with uvmem_lock dropped; "
+        "the host migrating it) fails H_SVM_INIT_DONE (H_STATE: the VM must be terminated) "
+        "and H_SVM_PAGE_IN (H_PARAMETER: the SVM cannot get its page). Without the quirk "
+        "both retry such a busy page a few times. Caught by: UV_ESM's return code; "
+        "svm-access.",
     "uvmem-slot-leak":
         "A candidate, still upstream: neither KVM_PPC_SVM_OFF (kvmhv_svm_off) nor "
         "H_SVM_INIT_ABORT frees the VM's uvmem slots, and the next H_SVM_INIT_START adds one "
@@ -538,8 +539,8 @@ async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
 
 
 BUSY_RETRIES = 16
-"""How often the fixed INIT_DONE retries a page other references keep it from migrating
-(a long-term pin stays: INIT_DONE then fails as the kernel's does)."""
+"""How often the fixed INIT_DONE and H_SVM_PAGE_IN retry a page other references or a
+migration keep from migrating (a long-term pin stays: they then fail as the kernel's do)."""
 
 
 def page_busy(kvm: KVM, hva: int) -> bool:
@@ -614,7 +615,7 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
     gfn = memslot.base_gfn
     ret = 0
     batch = 0
-    retries = 0 if kvm.quirk("init-done-busy-page") else BUSY_RETRIES
+    retries = 0 if kvm.quirk("busy-page-fails") else BUSY_RETRIES
     await kvm.mm.mmap_lock.mmap_read_lock()
     await kvm.uvmem_lock.lock()
     while (gfn := kvmppc_next_nontransitioned_gfn(memslot, kvm, gfn)) is not None:
@@ -639,7 +640,7 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
             if not retries or not page_busy(kvm, stuck):
                 ret = H_STATE
                 break
-            # the evident fix of init-done-busy-page: a page another reference holds (a
+            # the evident fix of busy-page-fails: a page another reference holds (a
             # share's gfn_to_pfn) is busy, not broken: let the holder finish, then go on
             retries -= 1
             kvm.uvmem_lock.unlock()
@@ -730,18 +731,27 @@ async def kvmppc_h_svm_page_in(kvm: KVM, gpa: int, flags: int, page_shift: int) 
         return await kvmppc_share_page(kvm, gpa, page_shift)
     ret = H_PARAMETER
     gfn = gpa >> page_shift
+    retries = 0 if kvm.quirk("busy-page-fails") else BUSY_RETRIES
     srcu_idx = await kvm.srcu.read_lock()
     await kvm.mm.mmap_lock.mmap_read_lock()
     start = kvm.gfn_to_hva(gfn)
-    if start is not None:
+    while start is not None:
         await kvm.uvmem_lock.lock()
+        busy = False
         if kvmppc_gfn_is_uvmem_pfn(gfn, kvm) is None:  # fail an already paged-in page
             end = start + (1 << page_shift)
             vma = _vma_covering(kvm, start, end)
-            if vma and not await kvmppc_svm_page_in(vma, start, end, gpa, kvm, page_shift,
-                                                    True):
+            rc = vma and await kvmppc_svm_page_in(vma, start, end, gpa, kvm, page_shift, True)
+            if vma and not rc:
                 ret = H_SUCCESS
+            busy = rc == -1 and retries > 0 and page_busy(kvm, start)
         kvm.uvmem_lock.unlock()
+        if not busy:
+            break
+        # the evident fix of busy-page-fails: a page under migration or held by another
+        # reference for the moment is busy, not broken; let the holder finish
+        retries -= 1
+        await kvm.m.yield_point(f"H_SVM_PAGE_IN: retry busy GFN {gfn:#x}")
     kvm.mm.mmap_lock.mmap_read_unlock()
     kvm.srcu.read_unlock(srcu_idx)
     return ret

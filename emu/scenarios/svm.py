@@ -32,13 +32,13 @@ QUIRK_SCENARIO = {
     "uvmem-slot-leak": "svm-reboot",
     "fault-ref-no-page-lock": "share-storm",
     "page-in-hole-race": "qemu-vs-page-in",
-    "init-done-busy-page": "init-done-vs-share",
+    "busy-page-fails": "init-done-vs-share",
     "flags-only-drops-pages": "flags-only",
     "mr-move-unhandled": "flags-only",
 }
-QUIRK_PARAMS = {"mr-move-unhandled": {"change": "move"}, "init-done-busy-page": {"slots": 2}}
+QUIRK_PARAMS = {"mr-move-unhandled": {"change": "move"}, "busy-page-fails": {"slots": 2}}
 """Parameters a quirk's scenario needs."""
-QUIRK_STRATEGY = {"init-done-busy-page": ("pct", 2, 242)}
+QUIRK_STRATEGY = {"busy-page-fails": ("pct", 2, 242)}
 """A quirk random walk does not reach in 2,000 schedules: (strategy, depth, first seed that
 finds it)."""
 
@@ -179,9 +179,12 @@ def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv
     pages (UV_PAGE_INVAL, then a fault sends them to the UV again); finally a vCPU unshares
     everything (UV_UNSHARE_ALL_PAGES, as before a kexec)."""
     # an unshare loses to another vCPU's unshare of the same page (U_PARAMETER: not shared
-    # any more, or H_PARAMETER: already paged in); uncontended, every call must succeed
+    # any more, or H_PARAMETER: already paged in), or to QEMU's reclaim of it (the page-in
+    # does not collect a page under migration: H_PARAMETER); uncontended, every call must
+    # succeed
+    unshare = accept(H_SUCCESS, contended=[H_PARAMETER])
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus,
-             accept={"UV_UNSHARE_PAGE": accept(H_SUCCESS, contended=[H_PARAMETER])})
+             accept={"UV_UNSHARE_PAGE": unshare, "UV_UNSHARE_ALL_PAGES": unshare})
     gfns = [b.data_gfn(i) for i in range(pool)]
     done = m.completion("storm done")
 
