@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import emu
-from emu.scenarios.svm import ESM_COUNTER, QUIRK_PARAMS, QUIRK_SCENARIO
+from emu.scenarios.svm import ESM_COUNTER, QUIRK_PARAMS, QUIRK_SCENARIO, QUIRK_STRATEGY
 
 DESIGNS = ("gfn-states", "two-state")
 
@@ -38,9 +38,10 @@ def main() -> None:
     for quirk, scenario in QUIRK_SCENARIO.items():
         cells = []
         for design in DESIGNS:
+            strategy, depth, seed = QUIRK_STRATEGY.get(quirk, ("random", 3, 0))
             h = emu.hunt(scenario, quirks=[quirk],
                          params={**QUIRK_PARAMS.get(quirk, {}), "design": design},
-                         schedules=args.schedules)
+                         schedules=args.schedules, strategy=strategy, depth=depth, seed=seed)
             cells.append(f"caught: {h.found.violation.kind} (seed {h.found.seed})"
                          if h.found else "not caught")
         print(f"{quirk + ' (' + scenario + ')':<56} " + " ".join(f"{c:>24}" for c in cells))
