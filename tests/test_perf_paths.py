@@ -6,7 +6,9 @@
   the whole slot) reports;
 - the pvt arrays grow on demand and read as zeros past what was written;
 - a decision skips actors parked on a channel or completion whose state has not changed,
-  and the schedule (its trace hash) is the same as calling every predicate.
+  and the schedule (its trace hash) is the same as calling every predicate;
+- a schedule that ends with actors still parked (daemons, or a violation) wakes them to
+  unwind instead of cancelling their Trio tasks, with the same result as the cancel.
 """
 
 from __future__ import annotations
@@ -116,3 +118,26 @@ def test_parked_actors_do_not_change_the_schedule(monkeypatch, scenario, params)
     monkeypatch.setattr(controller.Controller, "_park", lambda self, parked: None)
     slow = [emu.run(scenario, params=params, seed=s).trace_hash for s in range(4)]
     assert fast == slow
+
+
+def _cancel_halt(self):
+    """The old end of a schedule: cancel the nursery (every parked actor gets Cancelled)."""
+    if not self.stopped:
+        self.stopped = self.trace.closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+@pytest.mark.parametrize("scenario,quirks", [("svm-boot", ()), ("share-storm", ()),
+                                             ("svm-off-vs-entry", ("svm-off-no-guard",)),
+                                             ("share-vs-pageout", ("page-out-lock-leak",))])
+def test_waking_parked_actors_ends_a_schedule_as_cancelling_does(monkeypatch, scenario, quirks):
+    def results():
+        runs = [emu.run(scenario, quirks=quirks, seed=s) for s in range(6)]
+        return [(r.trace_hash, r.steps, [(v.kind, v.message) for v in r.violations])
+                for r in runs]
+
+    fast = results()
+    assert any(violations for _, _, violations in fast) == bool(quirks)  # a fail halts too
+    monkeypatch.setattr(controller.Controller, "_halt", _cancel_halt)
+    assert results() == fast

@@ -15,6 +15,7 @@ vCPU thread sleeping in the HV would interleave more finely).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -31,8 +32,9 @@ class CpuRequest:
     result: Any = None
     error: Exception | None = None
 
-    def trace_label(self) -> str:
-        return self.vcpu
+    # the vCPU names the request in the trace; a property over C code, not a method: it is
+    # read at every send and receive of a pCPU's mailbox
+    trace_label = property(attrgetter("vcpu"))
 
 
 class PCpu:
@@ -42,6 +44,7 @@ class PCpu:
         self.name = f"pcpu{index}"
         self.current: str | None = None
         """The vCPU running on this pCPU right now."""
+        self._done = f"{self.name} done"
         self.queue = m.channel(self.name, capacity=8)
         m.spawn(self.name, self.run, group="pCPUs", daemon=True)
 
@@ -58,7 +61,7 @@ class PCpu:
 
     async def execute(self, vcpu: str, op: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``op`` on this pCPU for ``vcpu`` and return its result (called by the vCPU)."""
-        req = CpuRequest(vcpu, op, self.m.completion(f"{self.name} done"))
+        req = CpuRequest(vcpu, op, self.m.completion(self._done))
         await self.queue.send(req)
         await req.done.wait_for_completion()
         if req.error is not None:

@@ -29,6 +29,7 @@ class Channel(Sleepers):
         self.name = name
         self.capacity = capacity
         self._queue: deque[tuple[int, Any]] = deque()
+        self._send_op, self._recv_op = f"send {name}", f"recv {name}"
 
     def trace_label(self) -> str:
         return self.name
@@ -48,8 +49,8 @@ class Channel(Sleepers):
     async def send(self, message: Any, *, sleeps: bool = True) -> None:
         ctl = self._ctl
         if sleeps:
-            ctl.might_sleep(f"send({self.name})")
-        await ctl.point(f"send {self.name}", self._has_room, self)
+            ctl.might_sleep("send", self.name)
+        await ctl.point(self._send_op, self._has_room, self)
         flow = ctl.next_flow()
         self._queue.append((flow, message))
         self.changed()
@@ -57,8 +58,8 @@ class Channel(Sleepers):
 
     async def receive(self) -> Any:
         ctl = self._ctl
-        ctl.might_sleep(f"receive({self.name})")
-        await ctl.point(f"recv {self.name}", self._has_message, self)
+        ctl.might_sleep("receive", self.name)
+        await ctl.point(self._recv_op, self._has_message, self)
         flow, message = self._queue.popleft()
         self.changed()
         ctl.trace.add(ctl.step, ctl.current.index, "recv", self.name, [flow, label(message)])
@@ -103,7 +104,7 @@ class Completion(Sleepers):
     async def wait_for_completion(self, *, sleeps: bool = True) -> None:
         ctl = self._ctl
         if sleeps:
-            ctl.might_sleep(f"wait_for_completion({self.name})")
+            ctl.might_sleep("wait_for_completion", self.name)
         await ctl.point(f"wait_for_completion {self.name}", self._is_done, self)
         self.done -= 1
         self.changed()

@@ -55,7 +55,6 @@ import heapq
 import os
 import sys
 import traceback
-from bisect import insort
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -76,10 +75,6 @@ TIMER = "timer"
 """The pseudo-actor whose step fires the earliest pending timer (a reserved actor name)."""
 
 
-def _index(actor: Actor) -> int:
-    return actor.index
-
-
 class Sleepers:
     """A primitive whose blocking predicates are its own bound methods and change only when
     it calls ``changed``: a decision that finds such a predicate false parks the actor on
@@ -91,8 +86,10 @@ class Sleepers:
         self.sleepers: list[Actor] = []
 
     def changed(self) -> None:
+        """The state changed: the parked actors are candidates again."""
         if self.sleepers:
-            self._ctl.wake(self.sleepers)
+            for a in self.sleepers:
+                a.parked = False
             self.sleepers = []
 
 
@@ -121,6 +118,9 @@ class Actor:
     """The primitive it blocks on (for the wait-for graph)."""
     held: list = attrs.Factory(list)
     """Locks held, in acquisition order (lockdep's held-lock stack)."""
+    parked: bool = False
+    """Disabled on a ``Sleepers`` primitive that has not changed since: its predicate is
+    still false, so a decision need not call it."""
     done: bool = False
     daemon: bool = False
     """A server (memory controller, mailbox loop): it never blocks the schedule's end, and
@@ -168,10 +168,6 @@ class Controller:
         self.lockdep = Lockdep(self)
         self.actors: list[Actor] = []
         self.live: list[Actor] = []
-        self._active: list[Actor] = []
-        """The live actors, in the same order, less those parked on a primitive that wakes
-        them (``Sleepers``) whose predicate was false and whose state has not changed since:
-        their predicate is still false, so a decision need not call it."""
         self.current: Actor | None = None
         self.step = 0
         self.now = 0
@@ -200,12 +196,11 @@ class Controller:
             raise RuntimeError("actors are spawned while building the machine, before it runs")
         if name == TIMER:
             raise ValueError(f"{TIMER!r} is reserved for the controller's timer pseudo-actor")
-        if any(a.name == name for a in self.actors):
+        if name in self.trace.actors:  # (the names of the actors spawned so far)
             raise ValueError(f"two actors named {name!r}")
         actor = Actor(name, self.trace.add_actor(name, group), group, fn, args, daemon=daemon)
         self.actors.append(actor)
         self.live.append(actor)
-        self._active.append(actor)
         self._workers += not daemon
         return actor
 
@@ -233,9 +228,11 @@ class Controller:
             try:
                 await wait_task_rescheduled(_abort)
             except trio.Cancelled:
-                # The schedule ended while we were parked: unwind as Stop, so model code
-                # sees one exception and its cleanup is inert (see running / releasing).
                 raise Stop from None
+            if self.stopped:
+                # The schedule ended while we were parked (``_halt``): unwind as Stop, so
+                # model code sees one exception and its cleanup is inert (see running).
+                raise Stop
         actor.enabled = None
         actor.waits_for = None
 
@@ -262,19 +259,24 @@ class Controller:
         """Sleep ``dt`` units of virtual time (nanoseconds by convention)."""
         if dt < 0:
             raise ValueError("sleep takes a non-negative duration")
-        self.might_sleep(f"sleep({dt})")
+        self.might_sleep("sleep", dt)
         deadline = self.now + dt
         if dt:  # a zero sleep is due already: no timer to fire
             self._timer_seq += 1
             heapq.heappush(self._timers, (deadline, self._timer_seq))
         await self.point(f"sleep {dt}", lambda: self.now >= deadline)
 
-    def might_sleep(self, what: str) -> None:
-        """The kernel's might_sleep(): sleeping while holding a spinlock is a bug."""
-        spin = [h.lock.name for h in self.running().held if h.lock.atomic]
+    def might_sleep(self, call: str, arg: Any) -> None:
+        """The kernel's might_sleep() in ``call(arg)``: sleeping while holding a spinlock is
+        a bug. (The call is named in parts: most callers hold no lock, and then no text is
+        built.)"""
+        if self.stopped:
+            raise Stop
+        held = self.current.held  # (``running`` inlined: this is on every send and lock)
+        spin = [h.lock.name for h in held if h.lock.atomic] if held else None
         if spin:
             self.fail("sleep-in-atomic",
-                      f"BUG: sleeping function called from invalid context: {what} "
+                      f"BUG: sleeping function called from invalid context: {call}({arg}) "
                       f"while holding spinlock {', '.join(spin)}")
 
     # ----------------------------------------------------------------- findings
@@ -313,10 +315,21 @@ class Controller:
                 self.fail("invariant", f"{name}: {message}")
 
     def _halt(self) -> None:
+        """End the schedule: nothing more is recorded, and every actor parked at a
+        scheduling point is woken to unwind (its point raises Stop): much cheaper than
+        cancelling their Trio tasks. The current actor is parked nowhere: it is running, or
+        blocked in raw Trio, which only the watchdog's cancel reaches."""
+        if self.stopped:
+            return
         self.stopped = True
         self.trace.closed = True
-        if self._scope is not None:
-            self._scope.cancel()
+        if self._scope is None:
+            return
+        self._watchdog_scope.cancel()
+        running = current_task()
+        for a in self.live:
+            if a is not self.current and a.task is not running:
+                reschedule(a.task)
 
     # ----------------------------------------------------------------- the decision
     def _decide(self) -> Actor | None:
@@ -328,16 +341,15 @@ class Controller:
         if self.invariants:
             self._check(self.invariants)
         enabled: list[Actor] = []
-        parked: list[Actor] = []
-        for a in self._active:
+        for a in self.live:
+            if a.parked:
+                continue
             pred = a.enabled
             if pred is None or pred():
                 enabled.append(a)
             elif getattr(pred, "__self__", None) is a.waits_for and \
                     isinstance(a.waits_for, Sleepers):
-                parked.append(a)
-        if parked:
-            self._park(parked)
+                self._park(a)
         if self._timers:
             self._timer_candidate(enabled)
         elif not enabled:
@@ -353,19 +365,12 @@ class Controller:
             self.trace.where[self.step] = model_frames(chosen, chosen is self.current)
         return chosen
 
-    def _park(self, parked: list[Actor]) -> None:
-        """Leave these disabled actors out of the next decisions until the primitive they
-        wait on changes (it calls ``wake``)."""
-        self._active = [a for a in self._active if a not in parked]
-        for a in parked:
-            a.waits_for.sleepers.append(a)
-
-    def wake(self, actors: list[Actor]) -> None:
-        """A primitive's state changed: its parked actors are candidates again (in live
-        order, which is spawn order)."""
-        for a in actors:
-            if not a.done:
-                insort(self._active, a, key=_index)
+    def _park(self, actor: Actor) -> None:
+        """Leave this disabled actor out of the next decisions until the primitive it waits
+        on changes (``Sleepers.changed``). A flag, not a list of the others: parking and waking
+        are as frequent as decisions in a machine of mailboxes and completions."""
+        actor.parked = True
+        actor.waits_for.sleepers.append(actor)
 
     def _timer_candidate(self, enabled: list[Actor]) -> None:
         """Timers are pending: fire them while nobody can run (forced, not a decision), then
@@ -494,6 +499,8 @@ class Controller:
             reschedule(self._starter)
         try:
             await wait_task_rescheduled(_abort)
+            if self.stopped:  # the schedule ended before its first step (``_halt``)
+                return
             actor.enabled = None
             await actor.fn(*actor.args)
             if actor.held:
@@ -517,7 +524,6 @@ class Controller:
         actor.done = True
         actor.op = "exit"
         self.live.remove(actor)
-        self._active.remove(actor)
         self._workers -= not actor.daemon
         try:
             chosen = self._decide()
@@ -564,6 +570,7 @@ class Controller:
                     break
             self.error = ScenarioError(message)
             self._halt()
+            self._scope.cancel()  # the current actor waits in raw Trio: only this reaches it
 
 def _await_chain(actor: Actor, running: bool) -> list[Any]:
     """The frames of ``actor``'s stack, outermost first: from the live frame if it runs,

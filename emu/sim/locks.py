@@ -43,6 +43,7 @@ class Mutex:
         self.name = name
         self.lock_class = lock_class or name
         self.owner: Actor | None = None
+        self._acquire = f"{self.acquire_op} {name}"
 
     def trace_label(self) -> str:
         return self.name
@@ -60,9 +61,9 @@ class Mutex:
         ctl = self._ctl
         actor = ctl.running()
         if not self.atomic:
-            ctl.might_sleep(f"{self.acquire_op}({self.name})")
+            ctl.might_sleep(self.acquire_op, self.name)
         ctl.lockdep.acquire(actor, self)
-        await ctl.point(f"{self.acquire_op} {self.name}", self._free, self)
+        await ctl.point(self._acquire, self._free, self)
         self.owner = actor
         actor.held.append(Held(self, False, ctl.step))
 
@@ -157,7 +158,7 @@ class SRCU:
     async def synchronize(self) -> None:
         ctl = self._ctl
         actor = ctl.running()
-        ctl.might_sleep(f"synchronize_srcu({self.name})")
+        ctl.might_sleep("synchronize_srcu", self.name)
         if self.held_by(actor):
             ctl.fail("deadlock", f"{actor.name} calls synchronize_srcu({self.name}) inside its "
                      "own read-side critical section")
@@ -213,7 +214,7 @@ class RWSem:
     async def down_read(self) -> None:
         ctl = self._ctl
         actor = ctl.running()
-        ctl.might_sleep(f"down_read({self.name})")
+        ctl.might_sleep("down_read", self.name)
         ctl.lockdep.acquire(actor, self)
         await ctl.point(f"down_read {self.name}",
                         lambda: self.writer is None and not self.waiting_writers,
@@ -234,7 +235,7 @@ class RWSem:
     async def down_write(self) -> None:
         ctl = self._ctl
         actor = ctl.running()
-        ctl.might_sleep(f"down_write({self.name})")
+        ctl.might_sleep("down_write", self.name)
         ctl.lockdep.acquire(actor, self)
         self.waiting_writers.append(actor)
         try:
