@@ -606,7 +606,8 @@ class Ultravisor:
                 continue
             if rc == H_PARAMETER and not self.faithful and tries:
                 # not collected: the hostile UV's own share of the GFN holds a reference
-                # (gfn_to_pfn) to the page, so the migration skipped it; try again
+                # (gfn_to_pfn) to the page, and the HV did not retry the busy page (quirk
+                # busy-page-fails) or ran out of retries; try again
                 tries -= 1
                 await self.m.yield_point("retry H_SVM_PAGE_IN (page not collected)")
                 continue

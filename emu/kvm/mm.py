@@ -21,9 +21,10 @@ migrate_to_ram skip it). A collected page gets a migration entry until finalize,
 QEMU or a fault touching it waits (migration_entry_wait) and then retries. A hole has no
 entry: if a fault fills it before ``migrate_vma_pages``, the insert aborts (the PTE changed).
 
-A page whose mapping goes is freed when its last reference goes (FramePool.release, and for
-a device page through UvmemDevice.refs and page_free). The kernel retries a fault without bound; the
-model allows ``MAX_FAULT_RETRIES`` and reports a livelock beyond.
+A page whose mapping goes is freed when its last reference goes (``refs.release`` of the
+FramePool, or of the UvmemDevice for a device page, which frees through page_free). The
+kernel retries a fault without bound; the model allows ``MAX_FAULT_RETRIES`` and reports a
+livelock beyond.
 
 Modelling choices, said here so they are not silent: KVM's notifier is called once per page
 range, before the change (invalidate_range_start; _end does nothing the model keeps);
@@ -88,6 +89,13 @@ def extra_references(kvm: KVM, page: int, fault_page: int = 0) -> int:
         return kvm.memory.normal.refs.counts.get(page, 0)
     dpfn = -page
     return kvm.uvmem_dev.refs.counts.get(dpfn, 0) - (dpfn == fault_page)
+
+
+def page_busy(kvm: KVM, hva: int) -> bool:
+    """The normal page at ``hva`` is not collected now but may be later: it is under
+    migration, or has references beyond its mapping (a long-term pin looks the same)."""
+    pte = kvm.mm.get_pte(hva)
+    return hva in kvm.mm.migrating or (pte > 0 and extra_references(kvm, pte) > 0)
 
 
 async def migrate_vma_setup(kvm: KVM, mig: MigrateVma) -> int:

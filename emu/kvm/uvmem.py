@@ -78,6 +78,7 @@ from .mm import (
     migrate_vma_finalize,
     migrate_vma_pages,
     migrate_vma_setup,
+    page_busy,
 )
 from .releases import QUIRK_HISTORY
 from .vm import KVM, Memslot, is_error_noslot_pfn, no_faults
@@ -156,8 +157,6 @@ QUIRKS = {
 }
 
 assert set(QUIRK_HISTORY) == set(QUIRKS), "every quirk needs its history in releases.py"
-
-
 
 # ---------------------------------------------------------------------- data structures
 class UvmemSlot:
@@ -543,12 +542,6 @@ BUSY_RETRIES = 16
 migration keep from migrating (a long-term pin stays: they then fail as the kernel's do)."""
 
 
-def page_busy(kvm: KVM, hva: int) -> bool:
-    """The page at ``hva`` has references beyond its mapping, or is under migration."""
-    pte = kvm.mm.get_pte(hva)
-    return hva in kvm.mm.migrating or (pte > 0 and pte in kvm.memory.normal.refs.counts)
-
-
 def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
                            limit: int) -> tuple[int, bool]:
     """``kvmppc_svm_page_in(pagein=false)`` for the run of consecutive GFNs from ``gfn`` that
@@ -569,13 +562,12 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
     n = min(limit, p.nr_pfns - i0, len(vma.pte) - v0)
     words, ptes = p.pfns[i0:i0 + n], vma.pte[v0:v0 + n]
     inject = kvm.fail_migrate_setup is not no_faults
-    refs, migrating = kvm.memory.normal.refs.counts, kvm.mm.migrating
+    any_busy = kvm.memory.normal.refs.counts or kvm.mm.migrating  # (rarely: skip the check)
     run, ok = 0, True
     for word, pte in zip(words, ptes, strict=True):
         if word:
             break
-        if pte < 0 or (refs and pte in refs) or \
-                (migrating and start + run * PAGE_SIZE in migrating) or \
+        if pte < 0 or (any_busy and page_busy(kvm, start + run * PAGE_SIZE)) or \
                 (inject and kvm.fail_migrate_setup(
                 MigrateVma(vma, start + run * PAGE_SIZE, MIGRATE_VMA_SELECT_SYSTEM))):
             ok = False  # not collected (a device page, a page with extra references or

@@ -396,8 +396,8 @@ def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv:
         return boot
 
     async def qemu(h: Host) -> None:
-        for reset in resets:
-            await up[resets.index(reset)].wait_for_completion()
+        for booted, reset in zip(up, resets, strict=False):
+            await booted.wait_for_completion()
             await h.read(1, shared)
             await h.read(1, b.data_gfn(0))
             while await h.svm_off(1) == -EBUSY:  # (any other failure is a return-code one)
