@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import emu
 from emu.hw.memory import FramePool
+from emu.kvm import uvmem
 from emu.kvm.hvcall import H_PARAMETER, H_SUCCESS, PAGE_SHIFT
 from emu.kvm.uvmem import gfn_state
 from tests.test_invariants import boot, gpa, run
@@ -147,3 +148,20 @@ def test_the_late_page_free_refuses_a_page_in_from_v6_1():
     assert found is not None and found.violation.kind == "svm-access"
     assert "H_SVM_PAGE_IN returned -4" in found.violation.message
     assert emu.run("qemu-vs-page-in", strategy="pct", depth=3, seed=217).ok  # before v6.1
+
+
+def test_qemu_vs_page_in_catches_a_lost_write(monkeypatch):
+    """The scenario's own check: without migrate_vma_insert_page's PTE recheck, the device
+    page replaces the page QEMU's fault put in the hole, and QEMU reads back the UV's zero
+    page instead of what it wrote."""
+    async def blind_insert(kvm, mig):
+        if mig.migrate and mig.dst:
+            if mig.src == 0:
+                await kvm.m.point("migrate_vma_insert_page: pte_offset_map_lock")
+            mig.vma.pte[mig.vma.index(mig.start)] = mig.dst
+            mig.done = True
+
+    monkeypatch.setattr(uvmem, "migrate_vma_pages", blind_insert)
+    found = emu.hunt("qemu-vs-page-in", schedules=200, seed=0).found
+    assert found is not None and found.violation.kind == "integrity"
+    assert "while UV_ESM paged it in and reads back" in found.violation.message
