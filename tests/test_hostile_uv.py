@@ -10,9 +10,9 @@ import emu
 from emu.actors.ultravisor import HOSTILE, HOSTILE_DEFAULT
 
 FAITHFUL_HASHES = {
-    "svm-boot": "840b40f84bf5c0cb",
-    "share-storm": "a2a2aa644cfd0570",
-    "share-vs-pageout": "1508600e2e8897d7",
+    "svm-boot": "c93a46773ba0359b",
+    "share-storm": "45b3fc8b420659cd",
+    "share-vs-pageout": "6585ba766db36bd2",
 }
 
 

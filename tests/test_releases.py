@@ -42,8 +42,8 @@ def test_each_quirk_is_on_exactly_between_introduction_and_fix(quirk):
 
 
 def test_the_matrix_in_numbers():
-    always = ("flags-only-drops-pages", "mr-move-unhandled", "page-in-hole-race",
-              "uvmem-slot-leak")
+    always = ("flags-only-drops-pages", "init-start-unserialised", "mr-move-unhandled",
+              "page-in-hole-race", "uvmem-slot-leak")
     assert bugs("v5.5") == tuple(sorted(("init-start-late-flag", "no-init-done-migration",
                                          "page-out-lock-leak", "single-flag-gfn-tracking",
                                          *always)))
@@ -186,8 +186,8 @@ def test_v6_1_frees_the_device_page_after_the_fault_drops_it():
 def test_quirks_add_to_the_release_s_bugs():
     r = emu.run("svm-boot", release="v6.12", quirks=["svm-off-no-guard"])
     assert r.quirks == ("busy-page-fails", "fault-ref-no-page-lock", "flags-only-drops-pages",
-                        "init-start-rollback", "mr-move-unhandled", "page-in-hole-race",
-                        "svm-off-no-guard", "uvmem-slot-leak")
+                        "init-start-rollback", "init-start-unserialised", "mr-move-unhandled",
+                        "page-in-hole-race", "svm-off-no-guard", "uvmem-slot-leak")
 
 
 # --------------------------------------------------------------------------- the command

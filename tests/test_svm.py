@@ -41,6 +41,7 @@ CAUGHT_BY = {
     "busy-page-fails": ("return-code", "UV_ESM(0x0, 0x8, 0x8, 0x1) returned H_STATE"),
     "flags-only-drops-pages": ("life-cycle", "Secure --FLAGS_ONLY--> Normal"),
     "mr-move-unhandled": ("slots", "the UV has slots [0, 1] registered"),
+    "init-start-unserialised": ("return-code", "UV_ESM(0x0, 0x4, 0x0, 0x0) returned H_PARAMETER"),
 }
 
 
@@ -65,14 +66,16 @@ def test_two_state_design_is_clean(scenario):
     assert emu.hunt(scenario, params={"design": "two-state"}, schedules=100, seed=0).ok
 
 
-def test_hotplug_during_esm_finds_the_double_registration_race():
-    """A candidate race of the modelled kernel (README, 'Findings'): the hot-plugged slot is
-    registered twice and device pages outlive their state. PCT depth 3 finds it at seed
-    1170 (emu hunt hotplug-during-esm --strategy pct --depth 3 --schedules 2000)."""
-    found = emu.run("hotplug-during-esm", strategy="pct", depth=3, seed=1170)
+def test_hotplug_during_esm_double_registration_loses_a_uvmem_slot():
+    """The other outcome of ``init-start-unserialised`` (README, 'Findings'): the hook's
+    registration loses and its error path frees INIT_START's uvmem slot, so a device page
+    outlives its GFN's word. The fixed model is clean on the same schedule."""
+    args = dict(strategy="pct", depth=3, seed=1170)
+    found = emu.run("hotplug-during-esm", quirks=["init-start-unserialised"], **args)
     assert found.violation.kind == "invariant"
     assert "device pages match the GFN states" in found.violation.message
     assert "(not UVMEM) but its host PTE is device page" in found.violation.message
+    assert emu.run("hotplug-during-esm", **args).ok
 
 
 # --------------------------------------------------------------------------- harness

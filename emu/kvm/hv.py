@@ -492,7 +492,9 @@ class Hypervisor:
             if not kvm.secure_guest or kvm.quirk(FLAGS_ONLY_DROPS):
                 await uvmem.kvmppc_radix_flush_memslot(kvm, old)
         if kvm.secure_guest:
-            if change == KVM_MR_CREATE:
+            if change == KVM_MR_CREATE and kvm.uvmem_walk_pending:
+                pass  # INIT_START's walk, waiting for slots_lock, will register it
+            elif change == KVM_MR_CREATE:
                 await uvmem.kvmppc_uvmem_memslot_create(kvm, slot)
             elif change == KVM_MR_DELETE:
                 await uvmem.kvmppc_uvmem_memslot_delete(kvm, old)

@@ -194,6 +194,13 @@ QUIRK_HISTORY: dict[str, QuirkHistory] = {
         "without the page lock; 'mm/migrate: Trylock device page in do_swap_page' (Matthew "
         "Brost, posted 2024-09-11, for the livelock Xe SVM hit) added the trylock; that it "
         "first shipped in v6.15 is unconfirmed here"),
+    "init-start-unserialised": QuirkHistory(
+        "-", SUPPORT, "v5.5", None, None,
+        "found by emu: the v5.5 secure-guest series registers memslots both in "
+        "kvmppc_h_svm_init_start (srcu_read_lock, kvm_for_each_memslot) and in "
+        "kvmppc_core_commit_memory_region_hv's KVM_MR_CREATE (under slots_lock), and "
+        "nothing orders the two; still so in a v6.x copy read. What the real UV answers to "
+        "a duplicate UV_REGISTER_MEM_SLOT is unconfirmed (the model's refuses it)"),
     "mr-move-unhandled": QuirkHistory(
         "-", SUPPORT, "v5.5", None, None,
         "'default: /* TODO: Handle KVM_MR_MOVE */' in kvmppc_core_commit_memory_region_hv "

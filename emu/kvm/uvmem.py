@@ -149,6 +149,13 @@ QUIRKS = {
         "skip_page_out and clears its pfns[] words: the HV's books say Normal for GFNs the "
         "UV still holds secure. Without the quirk a secure VM's pages are left alone. Caught "
         "by: a flags-only change leaves every GFN's state as it was.",
+    "init-start-unserialised":
+        "The kernel's behaviour (a candidate): H_SVM_INIT_START walks the memslots holding "
+        "only kvm->srcu, so a slot QEMU hot-plugs meanwhile is registered twice, by the walk "
+        "and by kvmppc_uvmem_memslot_create in the commit hook; the loser's error path frees "
+        "the first uvmem slot on the list with that base, which may be the winner's. Without "
+        "the quirk INIT_START holds slots_lock across the walk. Caught by: UV_ESM's return "
+        "code; a device page's GFN says UVMEM.",
     "mr-move-unhandled":
         "The kernel's behaviour (a candidate): KVM_MR_MOVE of a secure VM's memslot falls "
         "into 'default: /* TODO: Handle KVM_MR_MOVE */': the uvmem slot and the UV "
@@ -373,12 +380,31 @@ async def __kvmppc_uvmem_memslot_create(kvm: KVM, memslot: Memslot) -> int:
 
 # ---------------------------------------------------------------------- H_SVM_INIT_START
 async def kvmppc_h_svm_init_start(kvm: KVM) -> int:
+    """The kernel walks the memslots under ``kvm->srcu`` only: a slot QEMU publishes after
+    the flag is set but before the walk reaches it is registered by both the walk and the
+    commit hook (``init-start-unserialised``). The evident fix, run without the quirk:
+    ``uvmem_walk_pending`` from the flag to the end of the walk (the hook leaves a new slot
+    to the walk) and ``slots_lock`` across the walk (taken before ``srcu_read_lock``, as
+    kvm_set_memory_region orders them), so a memory-region change commits wholly before the
+    walk (which registers its slot) or after it (the hook does). The flag stays first (B5)."""
     if not kvm.quirk("init-start-late-flag"):
         kvm.secure_guest = KVMPPC_SECURE_INIT_START  # first: errors return via UV_RETURN (B5)
     if not kvm.radix:  # (no UV bitmap cannot happen here: the device exists)
         return H_UNSUPPORTED
     if not kvm.svm_enabled:
         return H_AUTHORITY
+    if kvm.quirk("init-start-unserialised"):
+        return await _init_start_walk(kvm)
+    kvm.uvmem_walk_pending = True
+    await kvm.slots_lock.lock()
+    ret = await _init_start_walk(kvm)
+    kvm.uvmem_walk_pending = False
+    kvm.slots_lock.unlock()
+    return ret
+
+
+async def _init_start_walk(kvm: KVM) -> int:
+    """Register every memslot with the UV; on failure, roll back the earlier ones."""
     srcu_idx = await kvm.srcu.read_lock()
     ret = H_SUCCESS
     slots = kvm.memslots

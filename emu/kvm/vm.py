@@ -74,6 +74,9 @@ class KVM:
     svm_enabled: bool = True
     radix: bool = True
     secure_guest: int = 0
+    uvmem_walk_pending: bool = False
+    """The fix for ``init-start-unserialised``: H_SVM_INIT_START has set its flag and not yet
+    walked the memslots, so the commit hook leaves a new slot to that walk."""
     mmu_ready: int = 1
     vcpus_running: int = 0
     memslots: list[Memslot] = attrs.Factory(list)
