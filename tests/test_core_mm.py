@@ -114,6 +114,13 @@ def test_qemu_waits_for_the_migration_entry_of_a_page_in():
     assert _reach("qemu-vs-page-in", "wait_for_completion migration entry", range(100)) >= 10
 
 
+def test_a_store_races_the_copy_of_its_own_page_out():
+    """store-vs-pageout: the SVM stores to a page while the UV copies it out (the UV
+    unmapped it first, so the store faults and pages it back in after the copy); every
+    store survives. 153 of 200 random schedules reach the window."""
+    assert _reach("store-vs-pageout", "while the UV copies it out", range(60)) >= 20
+
+
 def test_a_hole_filled_under_the_page_in_is_migrated_again():
     """The window of the page-in-hole-race candidate: QEMU's fault fills a hole between
     migrate_vma_setup and migrate_vma_pages; the fixed model migrates the new page (the

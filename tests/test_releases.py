@@ -43,7 +43,7 @@ def test_each_quirk_is_on_exactly_between_introduction_and_fix(quirk):
 
 def test_the_matrix_in_numbers():
     always = ("flags-only-drops-pages", "init-start-unserialised", "mr-move-unhandled",
-              "page-in-hole-race", "uvmem-slot-leak")
+              "page-in-fail-leaves-uvmem", "page-in-hole-race", "uvmem-slot-leak")
     assert bugs("v5.5") == tuple(sorted(("init-start-late-flag", "no-init-done-migration",
                                          "page-out-lock-leak", "single-flag-gfn-tracking",
                                          *always)))
@@ -187,7 +187,8 @@ def test_quirks_add_to_the_release_s_bugs():
     r = emu.run("svm-boot", release="v6.12", quirks=["svm-off-no-guard"])
     assert r.quirks == ("busy-page-fails", "fault-ref-no-page-lock", "flags-only-drops-pages",
                         "init-start-rollback", "init-start-unserialised", "mr-move-unhandled",
-                        "page-in-hole-race", "svm-off-no-guard", "uvmem-slot-leak")
+                        "page-in-fail-leaves-uvmem", "page-in-hole-race", "svm-off-no-guard",
+                        "uvmem-slot-leak")
 
 
 # --------------------------------------------------------------------------- the command

@@ -42,6 +42,7 @@ CAUGHT_BY = {
     "flags-only-drops-pages": ("life-cycle", "Secure --FLAGS_ONLY--> Normal"),
     "mr-move-unhandled": ("slots", "the UV has slots [0, 1] registered"),
     "init-start-unserialised": ("return-code", "UV_ESM(0x0, 0x4, 0x0, 0x0) returned H_PARAMETER"),
+    "page-in-fail-leaves-uvmem": ("liveness", "pcpu1 kept stepping"),
 }
 
 

@@ -82,6 +82,8 @@ class SvmState:
     frames: dict[int, int] = attrs.Factory(dict)
     """GFN -> secure frame (paged in)."""
     paged_out: dict[int, bool] = attrs.Factory(dict)
+    copying_out: dict[int, bool] = attrs.Factory(dict)
+    """GFNs whose UV_PAGE_OUT copy is under way (unmapped from the SVM, not yet copied)."""
     shared: dict[int, int] = attrs.Factory(dict)
     """GFN -> the HV's normal pfn the UV maps as shared."""
     invalidated: dict[int, bool] = attrs.Factory(dict)
@@ -314,7 +316,9 @@ class Ultravisor:
         spfn = svm.frames.pop(gfn, None)  # unmapped from the SVM first: an access by the SVM
         svm.paged_out[gfn] = True  # now faults and pages it back in (after this copy)
         src = self.memory.secure[spfn] if spfn else Frame(secret=True, zero=True)
+        svm.copying_out[gfn] = True
         await self.memctl.copy(src, self.memory.normal[dst_ra >> PAGE_SHIFT], into_secure=False)
+        del svm.copying_out[gfn]
         if spfn:
             self.memory.secure.free(spfn)
         return U_SUCCESS
@@ -596,6 +600,8 @@ class Ultravisor:
 
     async def _touch(self, svm: SvmState, gfn: int) -> tuple[Frame | None, bool]:
         lpid, tries = svm.lpid, 20
+        if gfn in svm.copying_out:  # (the window store-vs-pageout targets)
+            self.m.note(f"the SVM touches GFN {gfn:#x} while the UV copies it out")
         while gfn not in svm.shared and gfn in svm.paged_out:
             rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
                                      msr_s=True)

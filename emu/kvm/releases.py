@@ -201,6 +201,12 @@ QUIRK_HISTORY: dict[str, QuirkHistory] = {
         "kvmppc_core_commit_memory_region_hv's KVM_MR_CREATE (under slots_lock), and "
         "nothing orders the two; still so in a v6.x copy read. What the real UV answers to "
         "a duplicate UV_REGISTER_MEM_SLOT is unconfirmed (the model's refuses it)"),
+    "page-in-fail-leaves-uvmem": QuirkHistory(
+        "-", SUPPORT, "v5.5", None, None,
+        "kvmppc_svm_page_in's 'if (ret) goto out_finalize;' after uv_page_in, before "
+        "'*mig.dst = migrate_pfn(page_to_pfn(dpage))', since the v5.5 series; still in a "
+        "v6.x copy read. That the real UV fails a UV_PAGE_IN the HV asked for (busy, "
+        "integrity) is unconfirmed"),
     "mr-move-unhandled": QuirkHistory(
         "-", SUPPORT, "v5.5", None, None,
         "'default: /* TODO: Handle KVM_MR_MOVE */' in kvmppc_core_commit_memory_region_hv "

@@ -156,6 +156,14 @@ QUIRKS = {
         "the first uvmem slot on the list with that base, which may be the winner's. Without "
         "the quirk INIT_START holds slots_lock across the walk. Caught by: UV_ESM's return "
         "code; a device page's GFN says UVMEM.",
+    "page-in-fail-leaves-uvmem":
+        "A candidate, still upstream: when UV_PAGE_IN fails inside kvmppc_svm_page_in the "
+        "kernel jumps to out_finalize with *mig.dst unset: the device page stays allocated "
+        "and the GFN flagged UVMEM while the host PTE is the normal page again. The UV's "
+        "retry is refused ('already UVMEM': H_PARAMETER) and a later share of the GFN "
+        "retries forever (kvmppc_share_page's 'goto retry'). Without the quirk the page-in "
+        "releases the device page and restores the GFN's word. Caught by: the share's "
+        "liveness; UV_UNSHARE_PAGE's return code.",
     "mr-move-unhandled":
         "The kernel's behaviour (a candidate): KVM_MR_MOVE of a secure VM's memslot falls "
         "into 'default: /* TODO: Handle KVM_MR_MOVE */': the uvmem slot and the UV "
@@ -538,6 +546,7 @@ async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
     if not mig.migrate:
         migrate_vma_finalize(kvm, mig)
         return -1
+    word = kvmppc_uvmem_slot_lookup(kvm, gpa >> page_shift)
     dpfn = kvmppc_uvmem_get_page(gpa, kvm)
     if dpfn is None:
         migrate_vma_finalize(kvm, mig)
@@ -545,12 +554,17 @@ async def kvmppc_svm_page_in(vma: VMA, start: int, end: int, gpa: int, kvm: KVM,
     if pagein and mig.src > 0:
         ret = await kvm.uv.uv_page_in(kvm.lpid, mig.src << page_shift, gpa, 0, page_shift)
         if ret:
-            # The kernel jumps to out_finalize with *mig.dst unset: the device page stays
-            # allocated and the GFN flagged UVMEM (a latent leak, modelled as it is). The
-            # two-state proposal instead fails the migration and releases the page.
-            if kvm.design == "two-state":
-                mig.dst = -dpfn
+            if kvm.design == "gfn-states" and kvm.quirk("page-in-fail-leaves-uvmem"):
+                # the kernel jumps to out_finalize with *mig.dst unset: the device page
+                # stays allocated and the GFN flagged UVMEM
+                migrate_vma_finalize(kvm, mig)
+                return ret
+            # the evident fix (and the two-state proposal's): fail the migration, release
+            # the device page and give the GFN back the state it had
+            mig.dst = -dpfn
             migrate_vma_finalize(kvm, mig)
+            kvmppc_mark_gfn(gpa >> page_shift, kvm, word & KVMPPC_GFN_FLAG_MASK,
+                            word & KVMPPC_GFN_PFN_MASK)
             return ret
     mig.dst = -dpfn
     await migrate_vma_pages(kvm, mig)

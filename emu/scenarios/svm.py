@@ -36,6 +36,7 @@ QUIRK_SCENARIO = {
     "flags-only-drops-pages": "flags-only",
     "mr-move-unhandled": "flags-only",
     "init-start-unserialised": "hotplug-during-esm",
+    "page-in-fail-leaves-uvmem": "page-in-fail-vs-share",
 }
 QUIRK_PARAMS = {"mr-move-unhandled": {"change": "move"}, "busy-page-fails": {"slots": 2}}
 """Parameters a quirk's scenario needs."""
@@ -449,6 +450,86 @@ def qemu_vs_page_in(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str
         qemu_done.complete_all()
 
     b.sm.vcpu(b.kvm, boot)
+    b.sm.host(qemu)
+
+
+@svm_scenario("store-vs-pageout", {
+    "rounds": Param(3, "stores to each page, each raced by a QEMU read that pages it out",
+                    minimum=1, maximum=64)},
+              per_vcpu=30, more_steps=lambda p: 90 * p["rounds"])
+def store_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str,
+                     rounds: int) -> None:
+    """The SVM stores to its pages while QEMU's reads page the same pages out (host fault,
+    migrate_to_ram, UV_PAGE_OUT): the UV unmaps a page before copying it out, so a store
+    racing the copy faults and pages the page back in after it. Each vCPU reads back what
+    it last stored (vCPU 0 the pages, the others read them too); the reach of the window (a
+    store while the UV copies that page out) is measured in tests/test_core_mm.py."""
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus)
+    pages = [b.data_gfn(i) for i in range(2)]
+
+    async def owner(g: Guest) -> None:
+        await b.boot(g)
+        for r in range(rounds):
+            for gfn in pages:
+                await g.write(gpa(gfn), 0x570 + 16 * r + gfn)
+                await g.read(gpa(gfn))
+
+    async def reader(g: Guest) -> None:
+        await b.booted.wait_for_completion()
+        for _ in range(rounds):
+            for gfn in pages:
+                await g.read(gpa(gfn))
+
+    async def qemu(h: Host) -> None:
+        await b.booted.wait_for_completion()
+        for _ in range(rounds):
+            for gfn in pages:
+                await h.read(1, gfn)
+
+    b.sm.vcpu(b.kvm, owner)
+    for _ in range(1, vcpus):
+        b.sm.vcpu(b.kvm, reader)
+    b.sm.host(qemu)
+
+
+@svm_scenario("page-in-fail-vs-share", per_vcpu=30)
+def page_in_fail_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str,
+                          uv: str) -> None:
+    """The UV fails the UV_PAGE_IN of an unshare (a busy or integrity failure the HV must
+    survive: the unshare fails), then, the firmware recovered, another vCPU shares that GFN
+    again and uses it while QEMU reads it. With quirk ``page-in-fail-leaves-uvmem`` (the
+    kernel) the failed page-in leaves the GFN flagged UVMEM while its host PTE is the normal
+    page: the UV's retry is refused, and the later share's ``goto retry`` never ends."""
+    b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus,
+             accept={"UV_UNSHARE_PAGE": {H_SUCCESS, H_PARAMETER}})
+    gfn = b.data_gfn(0)
+    failed = m.completion("unshare failed")
+    fw = b.sm.uv
+
+    async def owner(g: Guest) -> None:
+        await b.boot(g)
+        await g.share(gfn)
+        fw.misbehave, fw.page_in_fail_paths, fw.hostile_pct = \
+            frozenset({"page-in-fail"}), frozenset({"page-in"}), 100
+        if await g.unshare(gfn) == H_SUCCESS:
+            m.fail("return-code", f"UV_UNSHARE_PAGE of GFN {gfn:#x} succeeded though the UV "
+                   "failed every UV_PAGE_IN of it")
+        fw.misbehave = frozenset()
+        failed.complete_all()
+
+    async def sharer(g: Guest) -> None:
+        await failed.wait_for_completion()
+        if await g.share(gfn) == H_SUCCESS:
+            await g.write(gpa(gfn), 0x5A5A)
+            await g.read(gpa(gfn))
+
+    async def qemu(h: Host) -> None:
+        await failed.wait_for_completion()
+        await h.read(1, gfn)
+
+    b.sm.vcpu(b.kvm, owner)
+    for _ in range(1, max(vcpus, 2)):
+        b.sm.vcpu(b.kvm, sharer)
     b.sm.host(qemu)
 
 
