@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -27,7 +28,7 @@ from .sim.interrupt import Interrupted, handle_signals
 from .sim.perfetto import write_perfetto
 from .sim.replay import MAX_SEED
 from .sim.runner import MAX_DEPTH, HuntResult, RunResult, detailed, hunt, prepare, run
-from .sim.scenario import builtin_scenarios, suites
+from .sim.scenario import builtin_scenarios, file_scenarios, suites
 from .sim.strategies import pct_bound
 from .study import SIZES_GB, STUDIES, esm_scaling, plot, releases_study, releases_table, table
 
@@ -118,14 +119,25 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command("list")
-def list_cmd() -> int:
-    """List the suites, scenarios (parameters, quirks) and what each quirk is."""
+@click.argument("path", required=False, metavar="[FILE.py]")
+def list_cmd(path: str | None) -> int:
+    """List the suites, scenarios (parameters, quirks) and what each quirk is; with FILE.py,
+    the scenarios that file defines (run them as FILE.py:function)."""
     described: dict[str, str] = {}
-    for suite, (text, names) in suites().items():
-        click.echo(click.style(f"suite {suite}", bold=True) + f": {text}: {', '.join(names)}")
-    for name, sc in builtin_scenarios().items():
+    if path is None:
+        for suite, (text, names) in suites().items():
+            click.echo(click.style(f"suite {suite}", bold=True) + f": {text}: {', '.join(names)}")
+        listed = builtin_scenarios()
+    else:
+        if not path.endswith(".py"):
+            raise EmuError(f"emu list takes a scenario file ending in .py, not {path!r}")
+        listed = file_scenarios(Path(path))
+        if not listed:
+            raise EmuError(f"{path} defines no scenario (a @scenario object, or a function "
+                           "whose first parameter is the machine m)")
+    for name, sc in listed.items():
         summary = " ".join(sc.description.split("\n\n")[0].split())
-        click.echo("\n" + click.style(name, bold=True) + f": {summary}")
+        click.echo(("" if path else "\n") + click.style(name, bold=True) + f": {summary}")
         for pname, p in sc.params.items():
             default = str(p.default).lower() if isinstance(p.default, bool) else p.default
             choices = f" (one of: {', '.join(map(str, p.choices))})" if p.choices else ""
@@ -135,6 +147,10 @@ def list_cmd() -> int:
         if sc.quirks:
             click.echo(f"    --quirk {', '.join(sc.quirks)}")
             described.update(sc.quirks)
+    if path is not None:
+        for qname, text in described.items():
+            click.echo(f"  quirk {qname}: {text}")
+        return CLEAN
     click.echo("\n" + click.style("quirks", bold=True))
     for qname, text in described.items():
         click.echo(f"  {qname}: {text}")

@@ -16,6 +16,17 @@ def test_list_shows_scenarios_params_and_quirks(cli):
         assert text in r.out
 
 
+def test_list_shows_a_file_s_scenarios(cli, race_file, tmp_path):
+    r = cli("list", str(race_file))
+    assert r.status == 0 and r.err == ""
+    assert f"{race_file}:race" in r.out and f"{race_file}:other" in r.out
+    assert "-p workers=" in r.out
+    helper = tmp_path / "helpers.py"
+    helper.write_text("def snapshot(kvm, what):\n    pass\n")
+    r = cli("list", str(helper))
+    assert r.status == 2 and "defines no scenario" in r.err
+
+
 def test_scenario_from_a_file_outside_the_package(cli, race_file, tmp_path):
     r = cli("hunt", f"{race_file}:race", "-p", "workers=3", "--out", str(tmp_path / "out"))
     assert r.status == 1 and "sum: c=" in r.out

@@ -245,7 +245,8 @@ def resolve(spec: str) -> Scenario:
     raise EmuError(f"unknown scenario {spec!r}{hint}")
 
 
-def _from_file(path: Path, func: str, spec: str) -> Scenario:
+def _load(path: Path):
+    """Import a scenario file once per path and content: (module, source)."""
     if not path.is_file():
         raise EmuError(f"no scenario file {str(path)!r}")
     try:
@@ -271,7 +272,12 @@ def _from_file(path: Path, func: str, spec: str) -> Scenario:
         except BaseException as exc:
             raise EmuError(f"cannot load {path}: {type(exc).__name__}: {exc}") from None
         sys.modules[module_name] = module
-    obj = getattr(module, func, None)
+    return module, source
+
+
+def _as_scenario(obj: Any, spec: str, source: tuple[str, str]) -> Scenario | None:
+    """A file's scenario: a ``@scenario`` object, or a plain function whose parameters after
+    the machine have defaults (they become its parameters); None for anything else."""
     if isinstance(obj, Scenario):
         return attrs.evolve(obj, name=spec, source=source)
     if callable(obj):
@@ -279,4 +285,32 @@ def _from_file(path: Path, func: str, spec: str) -> Scenario:
         params = {n: Param(p.default) for n, p in list(sig.parameters.items())[1:]
                   if p.default is not inspect.Parameter.empty}
         return Scenario(spec, obj, inspect.getdoc(obj) or "", params, source=source)
-    raise EmuError(f"{path} has no scenario function {func!r}")
+    return None
+
+
+def _from_file(path: Path, func: str, spec: str) -> Scenario:
+    module, source = _load(path)
+    sc = _as_scenario(getattr(module, func, None), spec, source)
+    if sc is None:
+        raise EmuError(f"{path} has no scenario function {func!r}")
+    return sc
+
+
+def file_scenarios(path: Path) -> dict[str, Scenario]:
+    """The scenarios a file defines, by the spec that runs them (``path:function``): its
+    ``@scenario`` objects and its own functions whose first parameter is the machine (named
+    ``m`` or annotated ``Machine``)."""
+    module, source = _load(path)
+    found = {}
+    for func, obj in vars(module).items():
+        if func.startswith("_"):
+            continue
+        if not isinstance(obj, Scenario):
+            if not inspect.isfunction(obj) or obj.__module__ != module.__name__:
+                continue
+            first = next(iter(inspect.signature(obj).parameters.values()), None)
+            if first is None or (first.name != "m" and "Machine" not in str(first.annotation)):
+                continue
+        spec = f"{path}:{func}"
+        found[spec] = _as_scenario(obj, spec, source)
+    return found
