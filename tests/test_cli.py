@@ -87,3 +87,40 @@ def test_hunt_a_suite_runs_each_scenario(cli, tmp_path):
     for name in ("abba", "lost-update", "srcu-uaf"):
         assert f"hunt {name} (random)" in r.out
     assert "suite svm" in cli("list").out
+
+
+SUITE_MODULE = '''
+import emu
+
+SUITE = "a third-party suite"
+
+
+@emu.scenario("third-party-race")
+def race(m, workers=2):
+    """Two workers lose an update."""
+    c = m.shared("c", 0)
+
+    async def work(c):
+        v = await c.read()
+        await c.write(v + 1)
+
+    for i in range(workers):
+        m.spawn(f"w{i}", work, c)
+    m.final("sum", lambda: None if c.value == workers else f"c={c.value}")
+'''
+
+
+def test_a_third_party_package_adds_a_suite(cli, tmp_path, monkeypatch):
+    """Suites are found through the ``emu.scenarios`` entry-point group: an installed
+    package (here a dist-info directory on sys.path) adds its own."""
+    (tmp_path / "emu_thirdparty.py").write_text(SUITE_MODULE)
+    dist = tmp_path / "emu_thirdparty-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: emu-thirdparty\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[emu.scenarios]\nmine = emu_thirdparty\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = cli("list")
+    assert "suite mine: a third-party suite: third-party-race" in r.out
+    assert "suite svm" in r.out
+    r = cli("hunt", "mine", "--schedules", "50", "--out", str(tmp_path / "out"))
+    assert r.status == 1 and "sum: c=1" in r.out

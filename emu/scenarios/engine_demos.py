@@ -14,6 +14,9 @@ MAX_ACTORS = 2048
 """Each decision looks at every live actor, so a schedule's time grows with the square of
 their number: a few thousand take minutes."""
 
+SUITE = "the engine demos"
+"""What ``emu list`` says of the suite (entry point in pyproject.toml)."""
+
 
 def _trace_memory(steps: int, actors: int) -> int:
     """40 MB for emu itself, 13 KB an actor, 300 bytes a step of trace."""

@@ -44,6 +44,9 @@ QUIRK_STRATEGY = {"busy-page-fails": ("pct", 3, 13), "init-start-unserialised": 
 """A quirk random walk does not reach in 2,000 schedules: (strategy, depth, first seed that
 finds it)."""
 
+SUITE = "POWER secure VMs: every scenario of seeds 000, 001 and 004"
+"""What ``emu list`` says of the suite (entry point in pyproject.toml)."""
+
 
 ACCEPT: dict[str, AcceptSpec] = {"*": {H_SUCCESS}}
 """What every scenario accepts unless it says otherwise: success, from every call (H_SUCCESS

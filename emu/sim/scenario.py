@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import os
@@ -217,19 +218,40 @@ def scenario(name: str | None = None, *, params: Mapping[str, Any] | None = None
     return decorate
 
 
+ENTRY_POINTS = "emu.scenarios"
+"""The entry-point group of scenario suites: name = suite, value = the module whose import
+registers the suite's scenarios; the module's ``SUITE`` describes it."""
+
+
+def _suite_modules() -> dict[str, Any]:
+    """Suite name -> its module, every installed package's, imported (sorted by name)."""
+    eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINTS), key=lambda ep: ep.name)
+    if not eps:
+        raise EmuError(f"no scenario suites are installed (entry-point group {ENTRY_POINTS!r}): "
+                       "install emu with pip, e.g. pip install -e .")
+    modules = {}
+    for ep in eps:
+        try:
+            modules[ep.name] = ep.load()
+        except Exception as exc:  # a broken third-party suite must not hide the others
+            raise EmuError(f"cannot load scenario suite {ep.name!r} ({ep.value}): "
+                           f"{type(exc).__name__}: {exc}") from None
+    return modules
+
+
 def builtin_scenarios() -> dict[str, Scenario]:
-    """The scenarios that ship with emu (what ``emu list`` shows)."""
-    importlib.import_module("emu.scenarios")
-    return {name: sc for name, sc in sorted(REGISTRY.items())
-            if sc.build.__module__.startswith("emu.scenarios")}
+    """The scenarios of every installed suite (what ``emu list`` shows), by name."""
+    modules = {m.__name__ for m in _suite_modules().values()}
+    return {name: sc for name, sc in sorted(REGISTRY.items()) if sc.build.__module__ in modules}
 
 
 def suites() -> dict[str, tuple[str, list[str]]]:
     """Suite name -> (what it is, its scenarios' names)."""
-    module = importlib.import_module("emu.scenarios")
+    modules = _suite_modules()
     known = builtin_scenarios()
-    return {name: (text, [n for n, sc in known.items() if sc.build.__module__ == mod.__name__])
-            for name, (mod, text) in module.SUITES.items()}
+    return {name: (getattr(mod, "SUITE", name),
+                   [n for n, sc in known.items() if sc.build.__module__ == mod.__name__])
+            for name, mod in modules.items()}
 
 
 def resolve(spec: str) -> Scenario:
