@@ -155,6 +155,11 @@ def test_the_late_page_free_refuses_a_page_in_from_v6_1():
     assert found is not None and found.violation.kind == "svm-access"
     assert "H_SVM_PAGE_IN returned -4" in found.violation.message
     assert emu.run("qemu-vs-page-in", strategy="pct", depth=3, seed=217).ok  # before v6.1
+    # store-vs-pageout lives in that window: random walk finds it at once from v6.1
+    for release in ("v6.1", "v6.15"):
+        found = emu.hunt("store-vs-pageout", release=release, schedules=1, seed=0).found
+        assert found is not None and found.violation.kind == "svm-access", release
+    assert emu.run("store-vs-pageout", release="v5.17", seed=0).ok
 
 
 def test_qemu_vs_page_in_catches_a_lost_write(monkeypatch):
