@@ -29,6 +29,8 @@ class MemoryController:
         self.m = m
         self.copy_ns = copy_ns
         self.requests = m.channel("memctl", capacity=8)
+        self._mine: dict[str, CopyRequest] = {}
+        """Requesting actor -> its request, reused: an actor waits for its copy."""
         self.copies = 0
         m.spawn("memctl", self.run, group="hardware", daemon=True)
 
@@ -42,6 +44,12 @@ class MemoryController:
 
     async def copy(self, src: Frame, dst: Frame, *, into_secure: bool) -> None:
         """Copy one page and wait for it (called by the requesting actor)."""
-        done = self.m.completion("copy done")
-        await self.requests.send(CopyRequest(src, dst, into_secure, done))
-        await done.wait_for_completion()
+        actor = self.m.ctl.running().name
+        req = self._mine.get(actor)
+        if req is None:
+            req = self._mine[actor] = CopyRequest(src, dst, into_secure,
+                                                  self.m.completion("copy done"))
+        else:
+            req.src, req.dst, req.into_secure = src, dst, into_secure
+        await self.requests.send(req)
+        await req.done.wait_for_completion()

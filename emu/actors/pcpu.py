@@ -45,6 +45,8 @@ class PCpu:
         self.current: str | None = None
         """The vCPU running on this pCPU right now."""
         self._done = f"{self.name} done"
+        self._requests: dict[str, CpuRequest] = {}
+        """vCPU -> its request, reused: a vCPU has one in flight at a time."""
         self.queue = m.channel(self.name, capacity=8)
         m.spawn(self.name, self.run, group="pCPUs", daemon=True)
 
@@ -61,7 +63,11 @@ class PCpu:
 
     async def execute(self, vcpu: str, op: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``op`` on this pCPU for ``vcpu`` and return its result (called by the vCPU)."""
-        req = CpuRequest(vcpu, op, self.m.completion(self._done))
+        req = self._requests.get(vcpu)
+        if req is None:
+            req = self._requests[vcpu] = CpuRequest(vcpu, op, self.m.completion(self._done))
+        else:
+            req.op, req.result, req.error = op, None, None
         await self.queue.send(req)
         await req.done.wait_for_completion()
         if req.error is not None:

@@ -154,11 +154,46 @@ class ReturnCodes:
 
 @attrs.define(eq=False)
 class _Call:
-    """A call in flight on a range of GFNs, for contention."""
+    """A call in flight on a range of GFNs, for contention: as a context manager, it is
+    among ``calls`` while it lasts, and marks every call of someone else it overlaps as
+    raced (and itself, if there is one)."""
 
+    calls: list[_Call]
     gfns: range
     who: str
     raced: bool = False
+
+    def __enter__(self) -> _Call:
+        for other in self.calls:
+            if other.who != self.who and _overlap(other.gfns, self.gfns):
+                other.raced = self.raced = True
+        self.calls.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.calls.remove(self)
+
+
+class _Sharing:
+    """A share of ``gfns`` in flight (``GuestMemory.sharing_range``)."""
+
+    def __init__(self, memory: GuestMemory, gfns: range) -> None:
+        self.memory, self.gfns = memory, gfns
+
+    def __enter__(self) -> None:
+        memory, gfns = self.memory, self.gfns
+        for gfn in [g for g in memory.expected if g in gfns] if gfns else ():
+            memory.forget(gfn)
+        for raced in memory.watchers:
+            raced.append(gfns)
+        memory.sharing.append(gfns)
+
+    def __exit__(self, *exc: object) -> None:
+        self.memory.sharing.remove(self.gfns)
+
+
+_NO_CALL = contextlib.nullcontext()
+"""A memory access that is no call (``Guest._access``)."""
 
 
 def _overlap(a: range, b: range) -> bool:
@@ -190,19 +225,10 @@ class GuestMemory:
     call is *contended* if a call of someone else on an overlapping range was in flight
     at some moment of it (``Accept.contended``)."""
 
-    @contextlib.contextmanager
-    def call(self, gfns: range, who: str, raced: bool = False):
-        """A call on ``gfns`` by ``who`` is in flight; yields its record (``.raced``, set
-        from the start if ``raced``)."""
-        me = _Call(gfns, who, raced)
-        for other in self.calls:
-            if other.who != who and _overlap(other.gfns, gfns):
-                other.raced = me.raced = True
-        self.calls.append(me)
-        try:
-            yield me
-        finally:
-            self.calls.remove(me)
+    def call(self, gfns: range, who: str, raced: bool = False) -> _Call:
+        """A call on ``gfns`` by ``who`` is in flight while the context lasts; it yields its
+        record (``.raced``, set from the start if ``raced``)."""
+        return _Call(self.calls, gfns, who, raced)
 
     def forget(self, gfn: int) -> None:
         self.expected.pop(gfn, None)
@@ -211,18 +237,10 @@ class GuestMemory:
     def in_flight(self, gfn: int) -> bool:
         return any(gfn in r for r in self.sharing)
 
-    @contextlib.contextmanager
-    def sharing_range(self, gfns: range):
-        """A share of ``gfns`` is in flight: forget their content now and while it lasts."""
-        for gfn in [g for g in self.expected if g in gfns] if gfns else ():
-            self.forget(gfn)
-        for raced in self.watchers:
-            raced.append(gfns)
-        self.sharing.append(gfns)
-        try:
-            yield
-        finally:
-            self.sharing.remove(gfns)
+    def sharing_range(self, gfns: range) -> _Sharing:
+        """A share of ``gfns`` is in flight while the context lasts: forget their content
+        now and meanwhile."""
+        return _Sharing(self, gfns)
 
 
 @attrs.define(eq=False)
@@ -235,13 +253,12 @@ class VCpu:
     start: Completion | None = None
     """If set, the vCPU enters the guest (KVM_RUN) only once this completes."""
     in_guest: bool = False
+    name: str = attrs.field(init=False)
+    """vm<lpid>.vcpu<index>: its actor's name."""
 
     def __attrs_post_init__(self) -> None:
+        self.name = f"vm{self.kvm.lpid}.vcpu{self.index}"
         self.kvm.online_vcpus += 1  # KVM_CREATE_VCPU
-
-    @property
-    def name(self) -> str:
-        return f"vm{self.kvm.lpid}.vcpu{self.index}"
 
     async def run(self) -> None:
         if self.start is not None:
@@ -496,7 +513,7 @@ class Guest:
         an access to a GFN after its own page-in or unshare of it, so the access (holding
         the page through gfn_to_pfn) contends with them."""
         if self._machine.uv.faithful:
-            return contextlib.nullcontext()
+            return _NO_CALL
         gfn = gpa >> PAGE_SHIFT
         return self.memory.call(range(gfn, gfn + 1), self._vcpu.name)
 

@@ -41,6 +41,9 @@ class HostMM:
     def __init__(self, mmap_lock: RWSem) -> None:
         self.mmap_lock = mmap_lock
         self.vmas: list[VMA] = []
+        self.generation = 0
+        """Bumped by every change of ``vmas`` (the kernel's vmacache_seqnum): whoever caches
+        a lookup knows when to redo it."""
         self.migrating: dict[int, Any] = {}
         """Host virtual address -> the completion its migration entry waits on."""
         self.notifiers: list[Callable[[int, int], Awaitable[int]]] = []
@@ -51,10 +54,12 @@ class HostMM:
     def mmap(self, vma: VMA) -> VMA:
         self.vmas.append(vma)
         self.vmas.sort(key=lambda v: v.start)
+        self.generation += 1
         return vma
 
     def munmap(self, vma: VMA) -> None:
         self.vmas.remove(vma)
+        self.generation += 1
 
     def find_vma_intersection(self, start: int, end: int) -> VMA | None:
         for vma in self.vmas:
@@ -63,11 +68,14 @@ class HostMM:
         return None
 
     def vma_lookup(self, addr: int) -> VMA | None:
-        return self.find_vma_intersection(addr, addr + 1)
+        for vma in self.vmas:  # (find_vma_intersection(addr, addr + 1), inlined)
+            if vma.start <= addr < vma.end:
+                return vma
+        return None
 
     def get_pte(self, hva: int) -> int:
         vma = self.vma_lookup(hva)
-        return vma.pte[vma.index(hva)] if vma else 0
+        return vma.pte[(hva - vma.start) >> PAGE_SHIFT] if vma else 0
 
     def set_pte(self, hva: int, value: int) -> None:
         vma = self.vma_lookup(hva)

@@ -10,6 +10,7 @@ Ultravisor issues, the seed-000 life-cycle tables.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,8 @@ H_VPA_DEREG = {5: "vpa", 6: "dtl", 7: "slb_shadow"}
 FLAGS_ONLY_DROPS = "flags-only-drops-pages"
 MR_MOVE_UNHANDLED = "mr-move-unhandled"
 GFN_OPS = ("share", "unshare")
+_NOT_BUSY: tuple[AbstractSet[int], AbstractSet[int]] = (frozenset(), frozenset())
+"""What an hcall other than INIT_DONE hands the conformance check for ``busy``."""
 VM_OPS = {H_SVM_INIT_START: "INIT_START", H_SVM_INIT_DONE: "INIT_DONE",
           H_SVM_INIT_ABORT: "INIT_ABORT"}
 
@@ -119,7 +122,8 @@ class Hypervisor:
         """lpid -> what was wrong with the pfns[] words of the uvmem slots the last abort
         freed (checked with the abort's other results)."""
         self.teardown: dict[int, bool] = {}
-        """lpid -> KVM_PPC_SVM_OFF is tearing the VM down (no vCPU may be in the guest)."""
+        """The lpids of the VMs KVM_PPC_SVM_OFF is tearing down (no vCPU may be in the guest
+        of one): empty unless a teardown is in progress."""
         self.vm_ops: dict[int, list[int]] = {}
         """lpid -> [VM-wide operations in flight, started] (H_SVM_INIT_START, INIT_DONE,
         INIT_ABORT, KVM_PPC_SVM_OFF): they move many GFNs, or the whole VM, at once, so a
@@ -149,7 +153,7 @@ class Hypervisor:
         regs = [(a & MASK64) for a in args] + [0] * (3 - len(args))
         vm_before = uvmem.vm_state(kvm)
         gfn_op, gfn, gfn_before, shared_before = self._gfn_op(kvm, req, regs)
-        marks = self._gfn_marks(lpid) if gfn_op == "init_done" else {}
+        marks = self._gfn_marks(lpid) if gfn_op == "init_done" else None
         ops = self.gfn_ops.setdefault((lpid, gfn if gfn_op in GFN_OPS else None), [0, 0])
         overlapped = ops[0] > 0
         ops[0] += 1
@@ -158,7 +162,7 @@ class Hypervisor:
         window = self._window(lpid, req in VM_OPS)
 
         slot_op = req == H_SVM_INIT_START
-        mine = self._registered_by(kvm, actor.name) if slot_op else set()
+        mine = self._registered_by(kvm, actor.name) if slot_op else frozenset()
         self.slot_ops[lpid] = self.slot_ops.get(lpid, 0) + slot_op
         rc = await self._dispatch(kvm, req, regs, msr_s)
         self.slot_ops[lpid] -= slot_op
@@ -168,9 +172,9 @@ class Hypervisor:
             gfn_before = ""  # another operation overlapped: only a success is checked
         if vm_overlapped:
             vm_before = ""  # so did another VM-wide one: the VM's state is not its alone
-        busy = self._gfn_busy(lpid, marks) if gfn_op == "init_done" else (set(), set())
+        busy = self._gfn_busy(lpid, marks) if gfn_op == "init_done" else _NOT_BUSY
 
-        name = NAMES.get(req, hex(req))
+        name = NAMES.get(req) or hex(req)
         self._no_leaks(kvm, name, held, refs)
         if msr_s and not kvm.secure_guest:
             self.m.fail("return-path", f"{name} came from the Ultravisor but returns with rfid "
@@ -298,7 +302,7 @@ class Hypervisor:
 
     def _conformance(self, kvm: KVM, req: int, rc: int, vm_before: str, gfn_op: str | None,
                      gfn: int, gfn_before: str, shared_before: list[int],
-                     busy: tuple[set[int], set[int]]) -> None:
+                     busy: tuple[AbstractSet[int], AbstractSet[int]]) -> None:
         problem = None
         if req in VM_OPS and vm_before:
             problem = lifecycle.check_vm(kvm, VM_OPS[req], vm_before, rc)
@@ -439,7 +443,7 @@ class Hypervisor:
             kvm.secure_guest = 0
             kvm.mmu_ready = mmu_was_ready
         self.slot_ops[kvm.lpid] -= 1
-        self.teardown[kvm.lpid] = False
+        self.teardown.pop(kvm.lpid, None)
         kvm.mmu_setup_lock.unlock()
         if not window.close() and ret == 0:  # (unless an abort or another reset overlapped)
             problem = lifecycle.check_vm(kvm, "TERMINATE", vm_before, H_SUCCESS) or \
@@ -468,7 +472,7 @@ class Hypervisor:
         old = slot
         states: dict[int, str] = {}
         if change in (KVM_MR_DELETE, KVM_MR_MOVE):
-            slot.flags |= KVM_MEMSLOT_INVALID  # readers stop using it...
+            kvm.set_memslot_flags(slot, slot.flags | KVM_MEMSLOT_INVALID)  # readers stop using it
             await kvm.srcu.synchronize()  # ...and the old ones have left
             await uvmem.kvmppc_radix_flush_memslot(kvm, slot)  # kvm_arch_flush_shadow_memslot
             kvm.remove_memslot(slot)
@@ -483,7 +487,7 @@ class Hypervisor:
                       for g in range(old.base_gfn, old.base_gfn + old.npages)} \
                 if kvm.secure_guest else {}
             toggled = (old.flags ^ new_flags) & KVM_MEM_LOG_DIRTY_PAGES
-            old.flags = new_flags  # (the kernel installs a copy; id, base and size stay)
+            kvm.set_memslot_flags(old, new_flags)  # (id, base and size stay)
         else:
             kvm.publish(slot)
         await kvm.srcu.synchronize()
@@ -538,7 +542,7 @@ class Hypervisor:
         if not kvm.quirk(UVMEM_SLOT_LEAK):
             for memslot in list(kvm.memslots):
                 await uvmem.kvmppc_uvmem_slot_free(kvm, memslot)
-        kvm.memslots = []  # kvm_free_memslots
+        kvm.free_memslots()
         kvm.destroyed = True
         problem = destroyed_leftovers(kvm)
         if problem:

@@ -80,6 +80,10 @@ class KVM:
     mmu_ready: int = 1
     vcpus_running: int = 0
     memslots: list[Memslot] = attrs.Factory(list)
+    memslots_generation: int = 0
+    """The generation of ``memslots`` (kvm_memslots.generation): every change of the slots, or
+    of a slot's flags, makes a new one, so whoever caches a translation through them knows
+    when to redo it."""
     uvmem_pfns: list[UvmemSlot] = attrs.Factory(list)
     """kvm->arch.uvmem_pfns; list_add puts new slots at the head."""
     pfn_refs: dict[str, int] = attrs.Factory(dict)
@@ -143,10 +147,14 @@ class KVM:
         self.published += 1
         slot.seq = self.published
         if self.behaviour.memslot_walk == "id-hash":
-            self.memslots = sorted([*self.memslots, slot],
-                                   key=lambda s: (hash_32(s.id, ID_HASH_BITS), -s.seq))
+            self._install(sorted([*self.memslots, slot],
+                                 key=lambda s: (hash_32(s.id, ID_HASH_BITS), -s.seq)))
         else:
-            self.memslots = sorted([*self.memslots, slot], key=lambda s: -s.base_gfn)
+            self._install(sorted([*self.memslots, slot], key=lambda s: -s.base_gfn))
+
+    def _install(self, memslots: list[Memslot]) -> None:
+        self.memslots = memslots
+        self.memslots_generation += 1
 
     def add_memslot(self, slot_id: int, base_gfn: int, npages: int,
                     prealloc: bool = False) -> Memslot:
@@ -160,7 +168,17 @@ class KVM:
         return slot
 
     def remove_memslot(self, slot: Memslot) -> None:
-        self.memslots = [s for s in self.memslots if s is not slot]
+        self._install([s for s in self.memslots if s is not slot])
+
+    def set_memslot_flags(self, slot: Memslot, flags: int) -> None:
+        """Change a slot's flags (KVM_MEMSLOT_INVALID, dirty logging) in place, where the
+        kernel installs a copy with them: a new generation all the same."""
+        slot.flags = flags
+        self.memslots_generation += 1
+
+    def free_memslots(self) -> None:
+        """kvm_free_memslots."""
+        self._install([])
 
     async def munmap_memslot(self, slot: Memslot, *, exiting: bool = False) -> None:
         """QEMU unmaps a removed slot's backing (or exits: exit_mmap, whose notifier is
@@ -182,8 +200,9 @@ class KVM:
         return gfns
 
     def gfn_to_memslot(self, gfn: int) -> Memslot | None:
-        for slot in self.memslots:
-            if slot.contains(gfn) and not slot.flags & KVM_MEMSLOT_INVALID:
+        for slot in self.memslots:  # (Memslot.contains, inlined: every access comes here)
+            if slot.base_gfn <= gfn < slot.base_gfn + slot.npages and \
+                    not slot.flags & KVM_MEMSLOT_INVALID:
                 return slot
         return None
 

@@ -3,7 +3,9 @@ their vCPUs, and QEMU. Scenarios and examples build one of these on the engine's
 
 Invariants checked before every step (cheap ones; the per-hcall checks live in
 ``kvm/hv.py``, the per-access ones in the guest and host handles):
-- a GFN is never device-backed on the HV side while the Ultravisor maps it as shared;
+- a GFN is never device-backed on the HV side while the Ultravisor maps it as shared
+  (incrementally: while the SVMs, their shared GFNs, the memslots and the VMAs are as the
+  last pass left them, only the host PTEs of the shared GFNs are read again);
 - no vCPU of a VM is in the guest while KVM_PPC_SVM_OFF tears that VM down.
 On every access:
 - a device page's private data (``kvmppc_uvmem_page_pvt``) is not used after
@@ -28,7 +30,7 @@ from typing import Any, ClassVar
 from ..actors.host import Host
 from ..actors.memctl import MemoryController
 from ..actors.pcpu import PCpu
-from ..actors.ultravisor import Ultravisor
+from ..actors.ultravisor import SvmState, Ultravisor
 from ..actors.vcpu import AcceptSpec, GuestMemory, GuestProgram, ReturnCodes, VCpu
 from ..hw.costs import UNIT, CostModel
 from ..hw.memory import PhysicalMemory
@@ -157,9 +159,11 @@ class _CheckedPvt:
         return data[i] if i < len(data) else 0
 
     def __getitem__(self, i):
-        if isinstance(i, int):
-            i = self._index(i)
-            self._live(i, "read of")
+        if isinstance(i, int):  # (the checks only called when they may have work to do)
+            if not 0 <= i < self._n:
+                i = self._index(i)
+            if not self._dev.bitmap[i]:
+                self._live(i, "read of")
             data = self._data
             return data[i] if i < len(data) else 0
         start, stop, _ = i.indices(self._n)
@@ -167,9 +171,13 @@ class _CheckedPvt:
 
     def __setitem__(self, i, value) -> None:
         if isinstance(i, int):
-            i = self._index(i)
-            self._live(i, "write to")
-            data = self._ensure(i + 1)
+            if not 0 <= i < self._n:
+                i = self._index(i)
+            if not self._dev.bitmap[i]:
+                self._live(i, "write to")
+            data = self._data
+            if i >= len(data):
+                data = self._ensure(i + 1)
             try:
                 data[i] = value
             except OverflowError:
@@ -216,6 +224,20 @@ class CheckedUvmemDevice(UvmemDevice):
         self.raw_flags = self.pvt_flags._data
 
 
+class _SharedSeen:
+    """What a pass of "never device-backed and shared" that found nothing read: the UV's
+    SVMs with a copy of each one's shared GFNs, the VMs with their memslot and VMA
+    generations, and the host PTE (array, index) each shared GFN resolved to."""
+
+    __slots__ = ("kvms", "layouts", "ptes", "shared", "svms")
+
+    def __init__(self, svms: dict[int, SvmState], kvms: dict[int, KVM]) -> None:
+        self.svms, self.kvms = dict(svms), dict(kvms)
+        self.shared: list[tuple[SvmState, dict[int, int]]] = []
+        self.layouts: list[tuple[KVM, int, int]] = []
+        self.ptes: list[tuple[array, int]] = []
+
+
 class SvmMachine:
     def __init__(self, m: Machine, *, design: str = "gfn-states", uv: str = "faithful",
                  quirks: tuple[str, ...] = (),
@@ -240,6 +262,7 @@ class SvmMachine:
         self.pcpus: list[PCpu] = []
         self._npcpus = pcpus
         self._guest_memory: dict[int, GuestMemory] = {}
+        self._shared_seen: _SharedSeen | None = None
         m.invariant("never device-backed and shared", self._shared_not_device)
         m.invariant("no vCPU in the guest during SVM_OFF", self._teardown_alone)
         m.final("device pages match the GFN states", self._device_pages_match)
@@ -281,13 +304,43 @@ class SvmMachine:
 
     # ------------------------------------------------------------------ invariants
     def _shared_not_device(self) -> str | None:
+        """Incremental: if the last pass found nothing and what it read is unchanged
+        (``_SharedSeen``) but for the PTEs, only those are read again; a PTE gone negative,
+        or anything else changed, and the full pass runs (and names the first bad GFN)."""
+        seen = self._shared_seen
+        if seen is None or self.uv.svms != seen.svms or self.hv.kvms != seen.kvms:
+            return self._shared_pass()
+        for svm, shared in seen.shared:  # (dicts and ints compared: this runs at every step)
+            if svm.shared != shared:
+                return self._shared_pass()
+        for kvm, slots, vmas in seen.layouts:
+            if kvm.memslots_generation != slots or kvm.mm.generation != vmas:
+                return self._shared_pass()
+        for pte, i in seen.ptes:
+            if pte[i] < 0:
+                return self._shared_pass()
+        return None
+
+    def _shared_pass(self) -> str | None:
+        """The full pass; when it finds nothing, it keeps what it read (``_SharedSeen``)."""
+        self._shared_seen = None
+        seen = _SharedSeen(self.uv.svms, self.hv.kvms)
         for lpid, svm in self.uv.svms.items():
             kvm = self.hv.kvms[lpid]
+            seen.shared.append((svm, dict(svm.shared)))
+            if svm.shared:
+                seen.layouts.append((kvm, kvm.memslots_generation, kvm.mm.generation))
             for gfn in svm.shared:
                 hva = kvm.gfn_to_hva(gfn)
-                if hva is not None and kvm.mm.get_pte(hva) < 0:
+                vma = kvm.mm.vma_lookup(hva) if hva is not None else None
+                if vma is None:
+                    continue
+                pte, i = vma.pte, vma.index(hva)
+                if pte[i] < 0:
                     return (f"GFN {gfn:#x} of VM {lpid} is shared with the HV but backed by a "
                             "device (secure) page")
+                seen.ptes.append((pte, i))
+        self._shared_seen = seen
         return None
 
     def _device_pages_match(self) -> str | None:
@@ -362,9 +415,10 @@ class SvmMachine:
         """The chunk checked one GFN at a time: (the problem, UVMEM words)."""
         dev, words = self.dev, 0
         gpa, lpids = dev.pvt_gpa, dev.pvt_lpid
+        pfns, first, stop = (p.pfns, p.base_pfn, p.base_pfn + p.nr_pfns) if p else ((), 0, 0)
         for i in range(i0, i0 + n):
             gfn = base + i
-            word = p.pfns[gfn - p.base_pfn] if p and p.contains(gfn) else 0
+            word = pfns[gfn - first] if first <= gfn < stop else 0  # (UvmemSlot.contains)
             pte_i = pte[v0 + i] if v0 + i < len(pte) else 0
             if not word & KVMPPC_GFN_UVMEM_PFN:
                 if pte_i < 0:
@@ -393,7 +447,7 @@ class SvmMachine:
         return None
 
     def _teardown_alone(self) -> str | None:
-        if not any(self.hv.teardown.values()):  # the common case: no VM is torn down
+        if not self.hv.teardown:  # the common case: no VM is torn down
             return None
         for vcpu in self.vcpus:
             if vcpu.in_guest and self.hv.teardown.get(vcpu.kvm.lpid):

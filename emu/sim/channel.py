@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 
 class Channel(Sleepers):
+    __slots__ = ("_queue", "_recv_op", "_send_op", "capacity", "name")
+
     def __init__(self, ctl: Controller, name: str, capacity: int = 1) -> None:
         if capacity < 1:
             raise ValueError(f"channel {name!r}: capacity must be at least 1")
@@ -48,31 +50,36 @@ class Channel(Sleepers):
 
     async def send(self, message: Any, *, sleeps: bool = True) -> None:
         ctl = self._ctl
-        if sleeps:
+        if sleeps and (ctl.stopped or ctl.current.held):
             ctl.might_sleep("send", self.name)
         await ctl.point(self._send_op, self._has_room, self)
         flow = ctl.next_flow()
         self._queue.append((flow, message))
-        self.changed()
+        if self.sleepers:
+            self.changed()
         ctl.trace.add(ctl.step, ctl.current.index, "send", self.name, [flow, label(message)])
 
     async def receive(self) -> Any:
         ctl = self._ctl
-        ctl.might_sleep("receive", self.name)
+        if ctl.stopped or ctl.current.held:
+            ctl.might_sleep("receive", self.name)
         await ctl.point(self._recv_op, self._has_message, self)
         flow, message = self._queue.popleft()
-        self.changed()
+        if self.sleepers:
+            self.changed()
         ctl.trace.add(ctl.step, ctl.current.index, "recv", self.name, [flow, label(message)])
         return message
 
 
 class Completion(Sleepers):
+    __slots__ = ("_completed", "_wait_op", "done", "name")
     _ALL = float("inf")
 
     def __init__(self, ctl: Controller, name: str) -> None:
         super().__init__(ctl)
         self.name = name
         self.done: float = 0
+        self._wait_op, self._completed = f"wait_for_completion {name}", f"complete({name})"
 
     def trace_label(self) -> str:
         return self.name
@@ -84,15 +91,16 @@ class Completion(Sleepers):
         if self._ctl.stopped:
             return
         self.done += 1
-        self.changed()
-        self._note("complete")
+        if self.sleepers:
+            self.changed()
+        self._ctl.annotate("note", self._completed)
 
     def complete_all(self) -> None:
         if self._ctl.stopped:
             return
         self.done = self._ALL
         self.changed()
-        self._note("complete_all")
+        self._ctl.annotate("note", f"complete_all({self.name})")
 
     def reinit(self) -> None:
         self.done = 0
@@ -103,11 +111,9 @@ class Completion(Sleepers):
 
     async def wait_for_completion(self, *, sleeps: bool = True) -> None:
         ctl = self._ctl
-        if sleeps:
+        if sleeps and (ctl.stopped or ctl.current.held):
             ctl.might_sleep("wait_for_completion", self.name)
-        await ctl.point(f"wait_for_completion {self.name}", self._is_done, self)
+        await ctl.point(self._wait_op, self._is_done, self)
         self.done -= 1
-        self.changed()
-
-    def _note(self, what: str) -> None:
-        self._ctl.annotate("note", f"{what}({self.name})")
+        if self.sleepers:
+            self.changed()

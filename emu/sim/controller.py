@@ -81,12 +81,15 @@ class Sleepers:
     the primitive (``sleepers``) and stops calling it until then. The list of enabled
     actors, and its order, are exactly those of calling every predicate."""
 
+    __slots__ = ("_ctl", "sleepers")
+
     def __init__(self, ctl: Controller) -> None:
         self._ctl = ctl
         self.sleepers: list[Actor] = []
 
     def changed(self) -> None:
-        """The state changed: the parked actors are candidates again."""
+        """The state changed: the parked actors are candidates again. (Nothing to do with
+        none parked: the frequent callers check ``sleepers`` first.)"""
         if self.sleepers:
             for a in self.sleepers:
                 a.parked = False
@@ -159,6 +162,8 @@ class Controller:
         self._offer_timer = getattr(strategy, "timer_choices", False)
         self.timer = Actor(TIMER, -1, "controller", _no_body)
         """The pseudo-actor offered to the strategy while timers are pending."""
+        self._timer_at = -1
+        """The deadline ``timer.op`` names."""
         self._timer_traced = False
         self.yielder: Actor | None = None
         """The actor whose pending step is a yield (``yield_point``), while it decides; a
@@ -269,7 +274,8 @@ class Controller:
     def might_sleep(self, call: str, arg: Any) -> None:
         """The kernel's might_sleep() in ``call(arg)``: sleeping while holding a spinlock is
         a bug. (The call is named in parts: most callers hold no lock, and then no text is
-        built.)"""
+        built. It does nothing unless the schedule has stopped or the actor holds a lock:
+        the primitives most used check that themselves before calling it.)"""
         if self.stopped:
             raise Stop
         held = self.current.held  # (``running`` inlined: this is on every send and lock)
@@ -381,7 +387,9 @@ class Controller:
         if not enabled:
             self._deadlock()
         if self._timers and (self._offer_timer or self.fair):
-            self.timer.op = f"fire timer at {self._timers[0][0]}"
+            deadline = self._timers[0][0]
+            if deadline != self._timer_at:  # (the same earliest timer: the same operation)
+                self._timer_at, self.timer.op = deadline, f"fire timer at {deadline}"
             enabled.append(self.timer)
 
     def _timer_step(self) -> Actor | None:

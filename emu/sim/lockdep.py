@@ -15,12 +15,17 @@ class, but the dependencies taken *inside* a read section do count: an updater t
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 if TYPE_CHECKING:
     from .controller import Actor, Controller
+
+
+_NONE: MappingProxyType[str, Any] = MappingProxyType({})
+"""The dependencies of a class that has none yet (no empty dict made per lookup)."""
 
 
 @attrs.frozen
@@ -69,7 +74,7 @@ class Lockdep:
                                  f"to acquire {lock.name} but already holds {held.lock.name}")
                     return
                 continue
-            if read or new in self.graph.get(old, {}):
+            if read or new in self.graph.get(old, _NONE):
                 continue
             chain = self._path(new, old)
             dependency = Dependency(old, new, actor.name, step)
@@ -85,7 +90,7 @@ class Lockdep:
         while frontier:
             following = []
             for node in frontier:
-                for nxt, dep in self.graph.get(node, {}).items():
+                for nxt, dep in self.graph.get(node, _NONE).items():
                     if nxt in parents:
                         continue
                     parents[nxt] = dep

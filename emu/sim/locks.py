@@ -128,6 +128,7 @@ class SRCU:
         self.idx = 0
         self.readers = [0, 0]
         self.gp_holder: Actor | None = None
+        self._read_op = f"srcu_read_lock {name}"
 
     def trace_label(self) -> str:
         return self.name
@@ -140,7 +141,7 @@ class SRCU:
         ctl = self._ctl
         actor = ctl.running()
         ctl.lockdep.acquire(actor, self, read=True)
-        await ctl.point(f"srcu_read_lock {self.name}")
+        await ctl.point(self._read_op)
         idx = self.idx
         self.readers[idx] += 1
         actor.held.append(Held(self, True, ctl.step, idx))
@@ -203,6 +204,8 @@ class RWSem:
         self.writer: Actor | None = None
         self.readers: list[Actor] = []
         self.waiting_writers: list[Actor] = []
+        self._read_op, self._write_op = f"down_read {name}", f"down_write {name}"
+        self._read_wait = _ReadWait(self)
 
     def trace_label(self) -> str:
         return self.name
@@ -211,14 +214,18 @@ class RWSem:
         """Whom a blocked writer waits for."""
         return ([self.writer] if self.writer is not None else []) + self.readers
 
+    def _can_read(self) -> bool:
+        return self.writer is None and not self.waiting_writers
+
+    def _can_write(self) -> bool:
+        return self.writer is None and not self.readers
+
     async def down_read(self) -> None:
         ctl = self._ctl
         actor = ctl.running()
         ctl.might_sleep("down_read", self.name)
         ctl.lockdep.acquire(actor, self)
-        await ctl.point(f"down_read {self.name}",
-                        lambda: self.writer is None and not self.waiting_writers,
-                        _ReadWait(self))
+        await ctl.point(self._read_op, self._can_read, self._read_wait)
         self.readers.append(actor)
         actor.held.append(Held(self, True, ctl.step))
 
@@ -239,8 +246,7 @@ class RWSem:
         ctl.lockdep.acquire(actor, self)
         self.waiting_writers.append(actor)
         try:
-            await ctl.point(f"down_write {self.name}",
-                            lambda: self.writer is None and not self.readers, self)
+            await ctl.point(self._write_op, self._can_write, self)
         finally:
             self.waiting_writers.remove(actor)
         self.writer = actor

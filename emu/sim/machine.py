@@ -27,8 +27,17 @@ class Machine:
         """The version of the modelled system to behave as (``--kernel``), an opaque name to
         the engine; None: the model's default."""
         self._known_quirks = known_quirks
-        self.random = random.Random(f"emu-data-{seed}")
-        """Seeded randomness for the scenario's own choices (never for scheduling)."""
+        self._seed = seed
+        self._random: random.Random | None = None
+
+    @property
+    def random(self) -> random.Random:
+        """Seeded randomness for the scenario's own choices (never for scheduling); made
+        when first used (seeding it costs as much as a few scheduling decisions, and most
+        scenarios draw nothing)."""
+        if self._random is None:
+            self._random = random.Random(f"emu-data-{self._seed}")
+        return self._random
 
     # actors and primitives
     def spawn(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any,
@@ -59,23 +68,24 @@ class Machine:
     def kobject(self, name: str) -> KObject:
         return KObject(self.ctl, name)
 
-    # scheduling points and time
-    async def point(self, op: str) -> None:
+    # scheduling points and time (each returns the controller's own awaitable: no coroutine
+    # of its own to create and to pass every resumption through)
+    def point(self, op: str) -> Awaitable[None]:
         """A bare scheduling point before ``op`` (an access the model wants interleaved)."""
-        await self.ctl.point(op)
+        return self.ctl.point(op)
 
-    async def yield_point(self, op: str) -> None:
+    def yield_point(self, op: str) -> Awaitable[None]:
         """A retry point before ``op``: the model's ``cond_resched()``, ``cpu_relax()``, or
         one more turn of a retry loop (``while (rc := await f()) == -EBUSY: await
         m.yield_point("retry f")``). A scheduling point like ``point``, and a yield: PCT
         drops the actor below every other, so a spinning actor cannot starve the one it
         waits for."""
-        await self.ctl.yield_point(op)
+        return self.ctl.yield_point(op)
 
-    async def sleep(self, dt: int) -> None:
+    def sleep(self, dt: int) -> Awaitable[None]:
         """Sleep ``dt`` ns of virtual time; firing the timer is one of the strategy's
         choices (it can come while other actors could still run)."""
-        await self.ctl.sleep(dt)
+        return self.ctl.sleep(dt)
 
     @property
     def now(self) -> int:
