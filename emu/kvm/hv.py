@@ -496,10 +496,9 @@ class Hypervisor:
             if not kvm.secure_guest or kvm.quirk(FLAGS_ONLY_DROPS):
                 await uvmem.kvmppc_radix_flush_memslot(kvm, old)
         if kvm.secure_guest:
-            if change == KVM_MR_CREATE and kvm.uvmem_walk_pending:
-                pass  # INIT_START's walk, waiting for slots_lock, will register it
-            elif change == KVM_MR_CREATE:
-                await uvmem.kvmppc_uvmem_memslot_create(kvm, slot)
+            if change == KVM_MR_CREATE:
+                if not kvm.uvmem_walk_pending:  # (else INIT_START's walk, waiting for
+                    await uvmem.kvmppc_uvmem_memslot_create(kvm, slot)  # slots_lock, does)
             elif change == KVM_MR_DELETE:
                 await uvmem.kvmppc_uvmem_memslot_delete(kvm, old)
             elif change == KVM_MR_MOVE and not kvm.quirk(MR_MOVE_UNHANDLED):

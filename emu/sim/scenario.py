@@ -239,16 +239,20 @@ def _suite_modules() -> dict[str, Any]:
     return modules
 
 
+def _installed(modules: Iterable[Any]) -> dict[str, Scenario]:
+    names = {m.__name__ for m in modules}
+    return {name: sc for name, sc in sorted(REGISTRY.items()) if sc.build.__module__ in names}
+
+
 def builtin_scenarios() -> dict[str, Scenario]:
     """The scenarios of every installed suite (what ``emu list`` shows), by name."""
-    modules = {m.__name__ for m in _suite_modules().values()}
-    return {name: sc for name, sc in sorted(REGISTRY.items()) if sc.build.__module__ in modules}
+    return _installed(_suite_modules().values())
 
 
 def suites() -> dict[str, tuple[str, list[str]]]:
     """Suite name -> (what it is, its scenarios' names)."""
     modules = _suite_modules()
-    known = builtin_scenarios()
+    known = _installed(modules.values())
     return {name: (getattr(mod, "SUITE", name),
                    [n for n, sc in known.items() if sc.build.__module__ == mod.__name__])
             for name, mod in modules.items()}
