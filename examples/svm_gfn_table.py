@@ -21,8 +21,8 @@ from emu.kvm.hvcall import (
     PAGE_SHIFT,
     rc_name,
 )
-from emu.kvm.uvmem import gfn_state, kvmppc_uvmem_slot_lookup, vm_state
-from emu.scenarios.svm_machine import SvmMachine
+from emu.kvm.uvmem import hv_gfn_state, kvmppc_uvmem_slot_lookup, vm_state
+from emu.machines.svm import SvmMachine
 
 GFNS = 12
 rows: list[str] = []
@@ -31,7 +31,7 @@ rows: list[str] = []
 def snapshot(kvm, what: str, rc: int | None = None) -> None:
     letters = []
     for gfn in range(GFNS):
-        word, state = kvmppc_uvmem_slot_lookup(kvm, gfn), gfn_state(kvm, gfn)
+        word, state = kvmppc_uvmem_slot_lookup(kvm, gfn), hv_gfn_state(kvm, gfn)
         letters.append("S" if word & KVMPPC_GFN_UVMEM_PFN else "s" if word & KVMPPC_GFN_MEM_PFN
                        else "H" if state == "Shared" else ".")
     result = "" if rc is None else f" -> {rc_name(rc)}"

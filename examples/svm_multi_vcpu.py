@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import emu
 from emu.kvm.hvcall import H_SUCCESS, PAGE_SHIFT
-from emu.scenarios.svm_machine import SvmMachine
+from emu.machines.svm import SvmMachine
 
 VCPUS = 4
 stats: dict[str, int] = {}

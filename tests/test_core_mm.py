@@ -10,7 +10,7 @@ import emu
 from emu.hw.memory import FramePool
 from emu.kvm import uvmem
 from emu.kvm.hvcall import H_PARAMETER, H_SUCCESS, PAGE_SHIFT
-from emu.kvm.uvmem import gfn_state
+from emu.kvm.uvmem import hv_gfn_state
 from tests.test_invariants import boot, gpa, run
 
 GFN = 5
@@ -39,10 +39,10 @@ def test_a_gfn_to_pfn_reference_makes_the_page_not_collected():
         pfn = await kvm.gfn_to_pfn(GFN)
         got.append(await g.uv_hcall("H_SVM_PAGE_IN", gpa(GFN), 0, PAGE_SHIFT,
                                     accept={H_PARAMETER}))
-        got.append(gfn_state(kvm, GFN))
+        got.append(hv_gfn_state(kvm, GFN))
         kvm.kvm_release_pfn_clean(pfn)
         got.append(await g.uv_hcall("H_SVM_PAGE_IN", gpa(GFN), 0, PAGE_SHIFT))
-        got.append(gfn_state(kvm, GFN))
+        got.append(hv_gfn_state(kvm, GFN))
 
     result = run(guest, box=box)
     assert result.ok, result.violation.describe()

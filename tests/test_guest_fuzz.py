@@ -50,7 +50,7 @@ from emu.kvm.hvcall import (
     PAGE_SIZE,
 )
 from emu.kvm.uvmem import QUIRKS, vm_state
-from emu.scenarios.svm_machine import SvmMachine
+from emu.machines.svm import SvmMachine
 
 KNOWN_CODES = frozenset({
     H_SUCCESS, H_BUSY, H_NOT_AVAILABLE, H_HARDWARE, H_FUNCTION, H_PRIVILEGE, H_PARAMETER,

@@ -15,7 +15,7 @@ import pytest
 
 import emu
 from emu.actors import ultravisor
-from emu.actors.vcpu import accept
+from emu.actors.returncodes import accept
 from emu.kvm import uvmem
 from emu.kvm.hvcall import (
     EBUSY,
@@ -29,7 +29,7 @@ from emu.kvm.hvcall import (
     PAGE_SHIFT,
 )
 from emu.kvm.uvmem import QUIRKS, UvmemSlot
-from emu.scenarios.svm_machine import SvmMachine
+from emu.machines.svm import SvmMachine
 
 GFN = 5
 """The data page the tests play with (the image is GFNs 0-3)."""

@@ -8,10 +8,10 @@ import emu
 from emu.kvm import hv
 from emu.kvm.hv import H_REGISTER_VPA
 from emu.kvm.hvcall import H_PARAMETER, H_STATE, H_SUCCESS, PAGE_SHIFT
-from emu.kvm.uvmem import QUIRKS, gfn_state, vm_state
+from emu.kvm.uvmem import QUIRKS, hv_gfn_state, vm_state
 from emu.kvm.vm import KVM_MEM_LOG_DIRTY_PAGES
+from emu.machines.svm import SvmMachine
 from emu.scenarios.svm import H_VPA_REG_VPA
-from emu.scenarios.svm_machine import SvmMachine
 
 VPA = 8
 """A data page outside the 4-page image: INIT_DONE migrates it without a copy."""
@@ -66,7 +66,7 @@ def test_a_pinned_vpa_fails_init_done_migration():
 
     run(guest, box=box)
     assert got["esm"] == H_STATE
-    assert vm_state(box["kvm"]) == "Transient" and gfn_state(box["kvm"], VPA) == "Normal"
+    assert vm_state(box["kvm"]) == "Transient" and hv_gfn_state(box["kvm"], VPA) == "Normal"
 
 
 def test_a_pinned_page_in_the_image_fails_its_page_in():

@@ -13,7 +13,7 @@ from emu.actors.ultravisor import SvmState
 from emu.hw.hostmm import VMA
 from emu.kvm.uvmem import QUIRKS
 from emu.kvm.vm import KVM_MEMSLOT_INVALID, Memslot
-from emu.scenarios.svm_machine import SvmMachine
+from emu.machines.svm import SvmMachine
 from emu.sim import Machine
 from emu.sim.controller import Controller
 from emu.sim.strategies import RandomWalk

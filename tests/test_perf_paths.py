@@ -18,7 +18,7 @@ import pytest
 import emu
 from emu.kvm import uvmem
 from emu.kvm.hvcall import KVMPPC_GFN_PFN_MASK, PAGE_SHIFT
-from emu.scenarios.svm_machine import _CHUNK, SvmMachine
+from emu.machines.svm import _CHUNK, SvmMachine
 from emu.sim import controller
 
 NPAGES = _CHUNK * 2 + 100
@@ -87,7 +87,7 @@ def test_chunked_device_check_matches_the_walk(edit):
 
 
 def test_pvt_arrays_grow_and_read_zero():
-    from emu.scenarios.svm_machine import CheckedUvmemDevice
+    from emu.machines.uvmem_device import CheckedUvmemDevice
 
     class M:
         def fail(self, kind, message):

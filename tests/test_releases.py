@@ -79,7 +79,7 @@ def test_behaviour_changes_where_the_kernel_changed():
 
 
 def _kvm(release: str | None):
-    from emu.scenarios.svm_machine import SvmMachine
+    from emu.machines.svm import SvmMachine
 
     m = Machine(Controller(RandomWalk(0)), {}, (), tuple(QUIRKS), 0)
     m.release = release

@@ -20,9 +20,9 @@ from emu.kvm.hvcall import (
     PAGE_SHIFT,
 )
 from emu.kvm.lifecycle import true_gfn_state
-from emu.kvm.uvmem import QUIRKS, gfn_state, vm_state
+from emu.kvm.uvmem import QUIRKS, hv_gfn_state, vm_state
+from emu.machines.svm import SvmMachine
 from emu.scenarios.svm import QUIRK_PARAMS, QUIRK_SCENARIO, QUIRK_STRATEGY
-from emu.scenarios.svm_machine import SvmMachine
 
 U_STATE = H_STATE  # every U_* code equals the H_* code of the same name
 
@@ -198,7 +198,7 @@ def test_gfn_life_cycle_row(state):
         result, kvm = run_svm(guest, host)
         assert result.ok, result.violation.describe()
         assert true_gfn_state(kvm, GFN) == after, (state, op, got)
-        assert gfn_state(kvm, GFN) == after, (state, op, "HV view")
+        assert hv_gfn_state(kvm, GFN) == after, (state, op, "HV view")
         # the one cell that is not a change: re-paging a paged-in GFN fails, harmlessly
         expected_rc = H_PARAMETER if (state, op) == ("Secure", "unshare") else 0
         assert got["rc"] == expected_rc, (state, op)

@@ -5,8 +5,8 @@ given to the Ultravisor faults, and the fault handler (``migrate_to_ram``) pages
 that is the window the share and page-out races live in. What QEMU reads must never be an
 SVM's plaintext, and a fault must return with no lock held.
 
-Every code QEMU gets back is checked against what the scenario accepts (``ReturnCodes`` in
-``vcpu.py``): ``"qemu read"`` and ``"qemu write"`` (0, or -EFAULT when the fault fails:
+Every code QEMU gets back is checked against what the scenario accepts
+(``returncodes.py``): ``"qemu read"`` and ``"qemu write"`` (0, or -EFAULT when the fault fails:
 SIGBUS), ``"KVM_PPC_SVM_OFF"`` (0, -EBUSY, -EINVAL), ``"KVM_SET_USER_MEMORY_REGION"``
 (hotplug and unplug) and ``"UV_PAGE_INVAL"`` (what the MMU notifier of a reclaim got from
 the UV). Each takes ``accept=`` to override the declaration for one call.
@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING
 
 from ..kvm import mm
 from ..kvm.hvcall import EFAULT, H_SUCCESS, KVMPPC_SECURE_INIT_DONE
-from ..kvm.uvmem import gfn_state, vm_state
 from ..sim.explain import entry
-from .vcpu import ALL_GFNS, AcceptSpec
+from .guest_memory import ALL_GFNS
+from .returncodes import AcceptSpec
 
 if TYPE_CHECKING:
     from ..kvm.vm import KVM, Memslot
-    from ..scenarios.svm_machine import SvmMachine
+    from .platform import Platform
 
 
 class Host:
-    def __init__(self, machine: SvmMachine) -> None:
+    def __init__(self, machine: Platform) -> None:
         self._machine = machine
         self.m = machine.m
 
@@ -172,10 +172,3 @@ class Host:
             memory.shared.clear()
         self._check(lpid, "KVM_PPC_SVM_OFF", [lpid], rc, record, accept)
         return rc
-
-    def gfn_state(self, lpid: int, gfn: int) -> str:
-        """The HV's view of a GFN: Secure, Shared or Normal."""
-        return gfn_state(self._kvm(lpid), gfn)
-
-    def vm_state(self, lpid: int) -> str:
-        return vm_state(self._kvm(lpid))

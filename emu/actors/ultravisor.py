@@ -346,8 +346,8 @@ class Ultravisor:
         svm.paged_out.pop(gfn, None)
 
     # ------------------------------------------------------------------ ground truth
-    def gfn_state(self, lpid: int, gfn: int) -> str:
-        """What a GFN is, in the seed's words, as the UV knows it."""
+    def uv_gfn_state(self, lpid: int, gfn: int) -> str:
+        """A GFN's state in the seed's words as the UV's books say."""
         svm = self.svms.get(lpid)
         if svm is None:
             return "Normal"

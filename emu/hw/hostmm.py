@@ -17,8 +17,8 @@ from typing import Any
 
 import attrs
 
-from ..kvm.hvcall import PAGE_SHIFT, PAGE_SIZE
 from ..sim.locks import RWSem
+from .memory import PAGE_SHIFT, PAGE_SIZE
 
 
 @attrs.define(eq=False)

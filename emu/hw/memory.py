@@ -12,6 +12,10 @@ from collections.abc import Callable
 
 import attrs
 
+PAGE_SHIFT = 16
+"""The base page size of a 64-bit POWER server kernel (CONFIG_PPC_64K_PAGES): 64 KiB."""
+PAGE_SIZE = 1 << PAGE_SHIFT
+
 
 @attrs.define(slots=True)
 class Frame:

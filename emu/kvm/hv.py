@@ -483,7 +483,7 @@ class Hypervisor:
         elif change == KVM_MR_FLAGS_ONLY:
             window = self._window(kvm.lpid, False)
             marks = self._gfn_marks(kvm.lpid)
-            states = {g: uvmem.gfn_state(kvm, g)
+            states = {g: uvmem.hv_gfn_state(kvm, g)
                       for g in range(old.base_gfn, old.base_gfn + old.npages)} \
                 if kvm.secure_guest else {}
             toggled = (old.flags ^ new_flags) & KVM_MEM_LOG_DIRTY_PAGES
@@ -510,8 +510,8 @@ class Hypervisor:
         if change == KVM_MR_FLAGS_ONLY:
             raced = window.close()  # (a VM-wide operation overlapped it)
             moved = self._gfn_busy(kvm.lpid, marks)[0]  # GFNs a share or page-in overlapped
-            changed = next(((g, b, uvmem.gfn_state(kvm, g)) for g, b in states.items()
-                            if g not in moved and uvmem.gfn_state(kvm, g) != b), None)
+            changed = next(((g, b, uvmem.hv_gfn_state(kvm, g)) for g, b in states.items()
+                            if g not in moved and uvmem.hv_gfn_state(kvm, g) != b), None)
             if changed and not raced:
                 g, before, after = changed
                 self.m.fail("life-cycle", f"GFN {g:#x} {before} --FLAGS_ONLY--> {after}: a "

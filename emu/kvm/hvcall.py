@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..hw.memory import PAGE_SHIFT, PAGE_SIZE  # re-exported: the hcall ABI's page size
+
 MASK64 = (1 << 64) - 1
 """A 64-bit register: what a guest passes in r3, r4, ... is its argument modulo 2**64."""
-
-PAGE_SHIFT = 16
-PAGE_SIZE = 1 << PAGE_SHIFT
 
 # return codes
 H_SUCCESS = 0

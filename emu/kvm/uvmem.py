@@ -304,8 +304,9 @@ def kvmppc_next_nontransitioned_gfn(memslot: Memslot, kvm: KVM, gfn: int) -> int
     return None
 
 
-def gfn_state(kvm: KVM, gfn: int) -> str:
-    """The HV's view of a GFN in the seed's words."""
+def hv_gfn_state(kvm: KVM, gfn: int) -> str:
+    """A GFN's state in the seed's words as the HV's books (its ``pfns[]`` word) say;
+    ``SvmMachine.page_states`` sets it beside the firmware's view and the truth."""
     word = kvmppc_uvmem_slot_lookup(kvm, gfn)
     if word & KVMPPC_GFN_SECURE:
         return "Secure"

@@ -23,7 +23,7 @@ from .hvcall import PAGE_SHIFT
 from .releases import ID_HASH_BITS, Behaviour, behaviour, hash_32
 
 if TYPE_CHECKING:
-    from ..actors.ultravisor import Ultravisor
+    from .ultravisor_api import UltravisorCalls
     from .uvmem import UvmemDevice, UvmemSlot
 
 KVM_MEMSLOT_INVALID = 1 << 16
@@ -66,7 +66,7 @@ class KVM:
     lpid: int
     memory: PhysicalMemory
     uvmem_dev: UvmemDevice
-    uv: Ultravisor
+    uv: UltravisorCalls
     quirks: tuple[str, ...] = ()
     design: str = "gfn-states"
     migrate_ns: int = 0

@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ..actors.host import Host
-from ..actors.vcpu import AcceptSpec, Guest, accept
+from ..actors.returncodes import AcceptSpec, accept
+from ..actors.svm_guest import SvmGuest
 from ..hw.costs import COST_MODELS
 from ..kvm.hv import H_REGISTER_VPA, H_VPA_FUNC_SHIFT
 from ..kvm.hvcall import EBUSY, EFAULT, H_PARAMETER, H_SUCCESS, PAGE_SHIFT
 from ..kvm.uvmem import MIGRATE_VMA_SELECT_DEVICE_PRIVATE, QUIRKS
 from ..kvm.vm import KVM_MEM_LOG_DIRTY_PAGES
+from ..machines.svm import COMMON_PARAMS, KVM_USER_MEM_SLOTS, SvmMachine
 from ..sim import Machine, Param, scenario
 from ..sim.channel import Completion
-from .svm_machine import COMMON_PARAMS, KVM_USER_MEM_SLOTS, SvmMachine
 
 QUIRK_SCENARIO = {
     "page-out-lock-leak": "share-vs-pageout",
@@ -51,7 +52,7 @@ SUITE = "POWER secure VMs: every scenario of seeds 000, 001 and 004"
 ACCEPT: dict[str, AcceptSpec] = {"*": {H_SUCCESS}}
 """What every scenario accepts unless it says otherwise: success, from every call (H_SUCCESS
 and the ioctls' 0 are the same number). A scenario adds the codes its races or its fault
-injection legitimately produce, call by call (``ReturnCodes`` in ``actors/vcpu.py``);
+injection legitimately produce, call by call (``actors/returncodes.py``);
 anything else a guest program or QEMU gets is a ``return-code`` violation."""
 
 ESM_COUNTER = "UV_ESM returned at (ns)"
@@ -124,7 +125,7 @@ class Boot:
         per_slot = self.npages // len(self.kvm.memslots)
         return self.image + i % (per_slot - self.image)
 
-    async def boot(self, g: Guest, share: tuple[int, int] = (0, 0),
+    async def boot(self, g: SvmGuest, share: tuple[int, int] = (0, 0),
                    expect: AcceptSpec | None = None) -> int:
         """Write the image, UV_ESM, read the image back. ``expect``: the codes UV_ESM may
         return (default: the scenario's declaration, H_SUCCESS unless it says otherwise)."""
@@ -149,12 +150,12 @@ def svm_boot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: s
     vCPU writes and reads back its own pages."""
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, esm=esm, costs=costs, prealloc=prealloc)
 
-    async def boot(g: Guest) -> None:
+    async def boot(g: SvmGuest) -> None:
         await b.boot(g)
         await g.write(gpa(b.data_gfn(0)), 0xB007)
         await g.read(gpa(b.data_gfn(0)))
 
-    async def secondary(g: Guest) -> None:
+    async def secondary(g: SvmGuest) -> None:
         await b.booted.wait_for_completion()
         gfn = b.data_gfn(g.vcpu)
         await g.write(gpa(gfn), 0x5EC0 + g.vcpu)
@@ -193,7 +194,7 @@ def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv
     gfns = [b.data_gfn(i) for i in range(pool)]
     done = m.completion("storm done")
 
-    async def storm(g: Guest) -> None:
+    async def storm(g: SvmGuest) -> None:
         if g.vcpu == 0:
             await b.boot(g)
         await b.booted.wait_for_completion()
@@ -241,7 +242,7 @@ def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: st
     b.kvm.fail_migrate_setup = lambda mig: (mig.flags == MIGRATE_VMA_SELECT_DEVICE_PRIVATE
                                             and m.random.randrange(100) < setup_fail_pct)
 
-    async def owner(g: Guest) -> None:
+    async def owner(g: SvmGuest) -> None:
         await b.boot(g)
         for i, gfn in enumerate(pages):
             await g.write(gpa(gfn), 0xC0DE + i)
@@ -250,7 +251,7 @@ def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: st
         for gfn in (pages[1], pages[0], pages[2]):
             await g.read(gpa(gfn))
 
-    async def sharer(g: Guest) -> None:
+    async def sharer(g: SvmGuest) -> None:
         await touched.wait_for_completion()
         if await g.share(pages[1]) == H_SUCCESS:
             await g.write(gpa(pages[1]), 0x5A5A)
@@ -283,11 +284,11 @@ def init_done_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: 
     early = b.data_gfn(0)
     racing = b.data_gfn(1) if slots == 1 else (slots - 1) * mem_mb * 16 + 1
 
-    async def boot(g: Guest) -> None:
+    async def boot(g: SvmGuest) -> None:
         await b.boot(g, share=(early, 1))
         await g.read(gpa(early))
 
-    async def sharer(g: Guest) -> None:
+    async def sharer(g: SvmGuest) -> None:
         await b.esm_started.wait_for_completion()
         for _ in range(200):  # until the UV knows the slot (INIT_START has registered it)
             if await g.share(racing) == H_SUCCESS:
@@ -315,7 +316,7 @@ def hotplug_during_esm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: 
     base = b.npages
     plugged = m.completion("DIMM plugged")
 
-    async def boot(g: Guest) -> None:
+    async def boot(g: SvmGuest) -> None:
         await b.boot(g)
         await plugged.wait_for_completion()
         for gfn in (b.data_gfn(0), base, base + 1):
@@ -341,7 +342,7 @@ def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, u
     base, dimm = b.npages, mem_mb * 16
     plugged, used = m.completion("DIMM plugged"), m.completion("DIMM used")
 
-    async def user(g: Guest) -> None:
+    async def user(g: SvmGuest) -> None:
         await b.boot(g)
         await plugged.wait_for_completion()
         for gfn in (base, base + dimm - 1):
@@ -349,7 +350,7 @@ def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, u
             await g.read(gpa(gfn))
         used.complete_all()  # the guest offlines the DIMM before QEMU removes it
 
-    async def busy(g: Guest) -> None:
+    async def busy(g: SvmGuest) -> None:
         await used.wait_for_completion()
         gfn = b.data_gfn(g.vcpu)
         await g.write(gpa(gfn), 0xB5)
@@ -383,7 +384,7 @@ def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv:
     up = [m.completion(f"boot {i} done") for i in range(reboots + 1)]
     shared = b.data_gfn(1)
 
-    async def first(g: Guest) -> None:
+    async def first(g: SvmGuest) -> None:
         await b.boot(g)
         await g.write(gpa(b.data_gfn(0)), 0x5EC)
         await g.share(shared)
@@ -391,7 +392,7 @@ def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv:
         up[0].complete_all()
 
     def again(i: int):
-        async def boot(g: Guest) -> None:
+        async def boot(g: SvmGuest) -> None:
             b.booted.reinit()
             await b.boot(g)
             await g.write(gpa(b.data_gfn(0)), 0x5EC0 + i)
@@ -427,7 +428,7 @@ def qemu_vs_page_in(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str
     written, holes = range(0, b.image, 2), range(1, b.image, 2)
     qemu_done = m.completion("QEMU done")
 
-    async def boot(g: Guest) -> None:
+    async def boot(g: SvmGuest) -> None:
         for gfn in written:
             await g.write(gpa(gfn), 0x1000 + gfn)
         b.esm_started.complete_all()
@@ -442,7 +443,7 @@ def qemu_vs_page_in(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str
         await b.esm_started.wait_for_completion()
         for page, hole in zip(written, holes, strict=False):
             for _ in range(1000):  # until the HV's books say the page-in of ``page`` began
-                if h.gfn_state(1, page) != "Normal":
+                if b.sm.page_states(1, page).hv != "Normal":
                     break
                 await m.yield_point(f"QEMU waits for the page-in of GFN {page:#x}")
             await h.read(1, page)  # (its migration entry keeps QEMU in step with UV_ESM)
@@ -470,14 +471,14 @@ def store_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: st
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus)
     pages = [b.data_gfn(i) for i in range(2)]
 
-    async def owner(g: Guest) -> None:
+    async def owner(g: SvmGuest) -> None:
         await b.boot(g)
         for r in range(rounds):
             for gfn in pages:
                 await g.write(gpa(gfn), 0x570 + 16 * r + gfn)
                 await g.read(gpa(gfn))
 
-    async def reader(g: Guest) -> None:
+    async def reader(g: SvmGuest) -> None:
         await b.booted.wait_for_completion()
         for _ in range(rounds):
             for gfn in pages:
@@ -508,7 +509,7 @@ def page_in_fail_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, desig
     failed = m.completion("unshare failed")
     fw = b.sm.uv
 
-    async def owner(g: Guest) -> None:
+    async def owner(g: SvmGuest) -> None:
         await b.boot(g)
         await g.share(gfn)
         hostile = fw.misbehave, fw.page_in_fail_paths, fw.hostile_pct
@@ -519,7 +520,7 @@ def page_in_fail_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, desig
         fw.misbehave, fw.page_in_fail_paths, fw.hostile_pct = hostile
         failed.complete_all()
 
-    async def sharer(g: Guest) -> None:
+    async def sharer(g: SvmGuest) -> None:
         await failed.wait_for_completion()
         if await g.share(gfn) == H_SUCCESS:
             await g.write(gpa(gfn), 0x5A5A)
@@ -556,12 +557,12 @@ def abort_on_register_failure(m: Machine, vcpus: int, pcpus: int, mem_mb: int, d
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, slots=slots)
     b.sm.uv.fail_register = lambda lpid, slot_id: slot_id == fail_slot
 
-    async def boot(g: Guest) -> None:
+    async def boot(g: SvmGuest) -> None:
         await b.boot(g, expect={H_PARAMETER})
         await g.write(gpa(b.data_gfn(0)), 0x0B)
         await g.read(gpa(b.data_gfn(0)))
 
-    async def secondary(g: Guest) -> None:
+    async def secondary(g: SvmGuest) -> None:
         await b.booted.wait_for_completion()
         await g.read(gpa(g.vcpu % b.image))
 
@@ -576,10 +577,10 @@ def svm_off_vs_entry(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: st
     KVM_PPC_SVM_OFF: either the reset is refused (-EBUSY) or the vCPU waits for it."""
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, accept={"KVM_PPC_SVM_OFF": {0, -EBUSY}})
 
-    async def boot(g: Guest) -> None:
+    async def boot(g: SvmGuest) -> None:
         await b.boot(g)
 
-    async def late(g: Guest) -> None:
+    async def late(g: SvmGuest) -> None:
         await g.write(gpa(b.data_gfn(g.vcpu)), 0x1A7E)
         await g.read(gpa(b.data_gfn(g.vcpu)))
 
@@ -610,7 +611,7 @@ def flags_only(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv:
     base, dimm = b.npages, mem_mb * 16
     changed = m.completion("memslot changed")
 
-    async def owner(g: Guest) -> None:
+    async def owner(g: SvmGuest) -> None:
         await b.boot(g)
         await g.write(gpa(b.data_gfn(0)), 0xF1A6)
         if change == "move":
@@ -619,7 +620,7 @@ def flags_only(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv:
         for gfn in range(b.image):
             await g.read(gpa(gfn))
 
-    async def user(g: Guest) -> None:
+    async def user(g: SvmGuest) -> None:
         await b.booted.wait_for_completion()
         gfn = b.data_gfn(g.vcpu)
         await g.write(gpa(gfn), 0xD1 + g.vcpu)
@@ -655,14 +656,14 @@ def svm_destroy(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv
     done = m.completion("vCPU done")
     vpa = b.data_gfn(1)
 
-    async def first(g: Guest) -> None:
+    async def first(g: SvmGuest) -> None:
         await b.boot(g)
         if await g.share(vpa) == H_SUCCESS:  # the lppaca lives in shared memory
             await g.hcall(H_REGISTER_VPA, H_VPA_REG_VPA, 0, gpa(vpa))
         await g.write(gpa(b.data_gfn(0)), 0x5EC)
         done.complete()
 
-    async def other(g: Guest) -> None:
+    async def other(g: SvmGuest) -> None:
         await b.booted.wait_for_completion()
         await g.write(gpa(b.data_gfn(g.vcpu + 1)), 0x5EC + g.vcpu)
         await g.read(gpa(b.data_gfn(g.vcpu + 1)))
@@ -714,7 +715,7 @@ def hostile_uv(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv:
     pool = [b.data_gfn(i) for i in range(3)]
     plugged = m.completion("DIMM plugged")
 
-    async def vcpu(g: Guest) -> None:
+    async def vcpu(g: SvmGuest) -> None:
         if g.vcpu == 0:
             await b.boot(g, share=(pool[2], 1))
         await b.booted.wait_for_completion()

@@ -1,5 +1,7 @@
-"""The POWER secure-VM machine: memory, memory controller, Ultravisor, the L0 HV, VMs with
-their vCPUs, and QEMU. Scenarios and examples build one of these on the engine's Machine.
+"""The POWER secure-VM machine: the POWER machine (``power.py``) with the memory controller,
+the Ultravisor and the uvmem device, and VMs that may become secure. Scenarios and examples
+build one of these on the engine's Machine; ``page_states`` asks a GFN's state from each
+viewpoint (the HV's books, the Ultravisor's, the ground truth).
 
 Invariants checked before every step (cheap ones; the per-hcall checks live in
 ``kvm/hv.py``, the per-access ones in the guest and host handles):
@@ -11,7 +13,7 @@ On every access:
 - a device page's private data (``kvmppc_uvmem_page_pvt``) is not used after
   ``page_free`` freed it (``use-after-free``);
 - every return code a guest program or QEMU gets is one the scenario accepts
-  (``return-code``; ``accept=`` declares them, see ``ReturnCodes`` in ``actors/vcpu.py``).
+  (``return-code``; ``accept=`` declares them, see ``actors/returncodes.py``).
 And once a schedule ends:
 - a GFN is UVMEM exactly when a device page with its bitmap bit set and pvt.gpa equal to
   that GFN stands for it, and its host PTE is the device-private entry of that very page;
@@ -24,22 +26,25 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..actors.host import Host
+import attrs
+
 from ..actors.memctl import MemoryController
-from ..actors.pcpu import PCpu
+from ..actors.returncodes import AcceptSpec
+from ..actors.svm_guest import SvmGuest
 from ..actors.ultravisor import SvmState, Ultravisor
-from ..actors.vcpu import AcceptSpec, GuestMemory, GuestProgram, ReturnCodes, VCpu
+from ..actors.vcpu import VCpu
 from ..hw.costs import UNIT, CostModel
-from ..hw.memory import PhysicalMemory
-from ..kvm.hv import Hypervisor, uvmem_slot_counts
+from ..kvm.hv import uvmem_slot_counts
 from ..kvm.hvcall import KVMPPC_GFN_PFN_MASK, KVMPPC_GFN_UVMEM_PFN, PAGE_SHIFT
-from ..kvm.uvmem import PVT_VALID, QUIRKS, UvmemDevice, uvmem_slot
+from ..kvm.lifecycle import true_gfn_state
+from ..kvm.uvmem import QUIRKS, hv_gfn_state, uvmem_slot
 from ..kvm.vm import KVM
 from ..sim import Machine, Param
-from ..sim.channel import Completion
+from .power import PowerMachine
+from .uvmem_device import CheckedUvmemDevice
 
 DESIGNS = {
     "gfn-states": "651a631011: the HV tracks Normal / Secure (paged in or out) / Shared per "
@@ -65,8 +70,6 @@ COMMON_PARAMS = {
                 "hostile (does not: what the HV must survive; the SVM's integrity is then "
                 "not checked)", choices=("faithful", "hostile")),
 }
-
-HostProgram = Callable[[Host], Awaitable[None]]
 
 _CHUNK = 1 << 14
 """GFNs the end-of-schedule check compares at once."""
@@ -104,124 +107,19 @@ class _Progression:
         return int.from_bytes(words, sys.byteorder) == first * self.r + step * self.t
 
 
-class _CheckedPvt:
-    """One array of ``kvmppc_uvmem_page_pvt`` fields, indexed by device pfn - 1, that
-    reports a use after ``page_free``: a pvt is live from ``kvmppc_uvmem_get_page`` (the
-    bitmap bit set) until ``page_free`` clears both the bit and PVT_VALID. Slices (the
-    INIT_DONE runs, the end-of-schedule checks) are not checked.
+@attrs.frozen
+class PageStates:
+    """A GFN's state from each viewpoint (``SvmMachine.page_states``): they differ while an
+    operation is in flight, and a bug is where they disagree at rest."""
 
-    The storage grows on demand: it reads as ``npages`` zeros, but only the prefix up to
-    the highest device page ever written is allocated (a 1 TB guest has 33.6 M device pages
-    of which at most half are ever used). ``compact`` starts the storage with a smaller
-    item type than the values it is given (the VM's lpid: one byte while lpids are small)
-    and widens it the first time a value does not fit; reads return the same ints."""
-
-    def __init__(self, dev: CheckedUvmemDevice, field: str, typecode: str, npages: int,
-                 compact: str | None = None) -> None:
-        self._dev, self._field, self._n = dev, field, npages
-        self._wide = typecode
-        self._data: Any = bytearray() if typecode == "B" and compact is None else \
-            array(compact or typecode)
-
-    def _ensure(self, stop: int) -> Any:
-        """Allocate the storage up to index ``stop`` (exclusive), zero-filled."""
-        data = self._data
-        have = len(data)
-        if stop > have:
-            want = min(self._n, max(stop, have + (have >> 3) + 4096))
-            zeros = bytes((want - have) * (data.itemsize if isinstance(data, array) else 1))
-            if isinstance(data, array):
-                data.frombytes(zeros)
-            else:
-                data.extend(zeros)
-        return data
-
-    def _widen(self) -> None:
-        self._data = array(self._wide, self._data)
-
-    def _index(self, i: int) -> int:
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError("array index out of range")
-        return i
-
-    def _live(self, i: int, what: str) -> None:
-        dev = self._dev
-        raw = dev.raw_flags
-        if not (dev.bitmap[i] or (i < len(raw) and raw[i] & PVT_VALID)):
-            dev.m.fail("use-after-free", f"{what} pvt->{self._field} of device page {i + 1}, "
-                       "freed by kvmppc_uvmem_page_free")
-
-    def get(self, i: int) -> int:
-        """The raw value at a valid index ``i`` (no use-after-free check)."""
-        data = self._data
-        return data[i] if i < len(data) else 0
-
-    def __getitem__(self, i):
-        if isinstance(i, int):  # (the checks only called when they may have work to do)
-            if not 0 <= i < self._n:
-                i = self._index(i)
-            if not self._dev.bitmap[i]:
-                self._live(i, "read of")
-            data = self._data
-            return data[i] if i < len(data) else 0
-        start, stop, _ = i.indices(self._n)
-        return self._ensure(max(start, stop))[i]
-
-    def __setitem__(self, i, value) -> None:
-        if isinstance(i, int):
-            if not 0 <= i < self._n:
-                i = self._index(i)
-            if not self._dev.bitmap[i]:
-                self._live(i, "write to")
-            data = self._data
-            if i >= len(data):
-                data = self._ensure(i + 1)
-            try:
-                data[i] = value
-            except OverflowError:
-                if data.typecode == self._wide:
-                    raise
-                self._widen()
-                self._data[i] = value
-            return
-        start, stop, _ = i.indices(self._n)
-        data = self._ensure(max(start, stop))
-        if isinstance(value, array) and isinstance(data, array) and \
-                value.typecode != data.typecode:
-            try:
-                if value and value.count(value[0]) == len(value):  # one lpid: the usual
-                    value = array(data.typecode, [value[0]]) * len(value)
-                else:
-                    value = array(data.typecode, value)
-            except OverflowError:
-                self._widen()
-                self._data[i] = value
-                return
-        data[i] = value
-
-    def __len__(self) -> int:
-        return self._n
-
-
-class CheckedUvmemDevice(UvmemDevice):
-    """The uvmem device with its pvt arrays checked for use after free (and allocated as
-    far as device pages are used: see ``_CheckedPvt``)."""
-
-    def __init__(self, m: Machine, npages: int) -> None:
-        # The base allocates its arrays for npages up front (600 MB at 1 TB, for a moment):
-        # build it empty, then give it the full bitmap and the growing pvt arrays. An array
-        # the base class adds must be sized here too.
-        super().__init__(0)
-        self.npages = npages
-        self.bitmap = bytearray(npages)
-        self.m = m
-        self.pvt_gpa = _CheckedPvt(self, "gpa", "Q", npages)  # type: ignore[assignment]
-        self.pvt_lpid = _CheckedPvt(self, "kvm", "L", npages,  # type: ignore[assignment]
-                                    compact="B")
-        self.pvt_flags = _CheckedPvt(self, "flags", "B", npages)  # type: ignore[assignment]
-        self.raw_flags = self.pvt_flags._data
+    hv: str
+    """The HV's books: its ``pfns[]`` word (``kvm.uvmem.hv_gfn_state``)."""
+    firmware: str
+    """The Ultravisor's books: what it has shared, holds or paged out
+    (``Ultravisor.uv_gfn_state``)."""
+    truth: str
+    """Where the data is: shared by the UV, or behind a device page or a UV frame, else in
+    normal memory (``kvm.lifecycle.true_gfn_state``)."""
 
 
 class _SharedSeen:
@@ -238,30 +136,23 @@ class _SharedSeen:
         self.ptes: list[tuple[array, int]] = []
 
 
-class SvmMachine:
+class SvmMachine(PowerMachine):
+    """A POWER machine with the Ultravisor, its memory controller and the uvmem device:
+    VMs that may become secure, and guests that make ucalls (``SvmGuest``)."""
+
     def __init__(self, m: Machine, *, design: str = "gfn-states", uv: str = "faithful",
                  quirks: tuple[str, ...] = (),
                  esm_pagein: str = "necessary", secure_pages: int = 1 << 16,
                  costs: CostModel = UNIT, pcpus: int = 0,
                  accept: Mapping[str, AcceptSpec] | None = None) -> None:
-        """``accept``: the return codes the scenario accepts, call by call (``ReturnCodes``);
-        None, the default of a hand-built machine: its programs check their own codes."""
-        self.m = m
-        self.codes = ReturnCodes(m, accept)
+        super().__init__(m, costs=costs, pcpus=pcpus, accept=accept)
         self.design = design
         self.quirks = tuple(q for q in quirks if q in QUIRKS)
         self.esm_pagein = esm_pagein
-        self.memory = PhysicalMemory()
-        self.costs = costs
         self.memctl = MemoryController(m, costs.copy_ns)
         self.uv = Ultravisor(m, self.memory, self.memctl, design, costs.hcall_ns, uv)
-        self.hv = Hypervisor(m)
         self.uv.hv = self.hv
         self.dev = CheckedUvmemDevice(m, secure_pages)
-        self.vcpus: list[VCpu] = []
-        self.pcpus: list[PCpu] = []
-        self._npcpus = pcpus
-        self._guest_memory: dict[int, GuestMemory] = {}
         self._shared_seen: _SharedSeen | None = None
         m.invariant("never device-backed and shared", self._shared_not_device)
         m.invariant("no vCPU in the guest during SVM_OFF", self._teardown_alone)
@@ -279,28 +170,15 @@ class SvmMachine:
             kvm.add_memslot(slot_id, base, npages, prealloc)
         return kvm
 
-    def vcpu(self, kvm: KVM, program: GuestProgram, start: Completion | None = None) -> VCpu:
-        """A vCPU running ``program`` on the next pCPU (round robin over ``pcpus``; a new
-        one each if 0); with ``start`` it enters the guest only then."""
-        n = len(self.vcpus)
-        if not self._npcpus or n < self._npcpus:
-            self.pcpus.append(PCpu(self.m, n))
-        pcpu = self.pcpus[n % len(self.pcpus)]
-        vcpu = VCpu(self, kvm, sum(v.kvm is kvm for v in self.vcpus), program, pcpu, start)
-        self.vcpus.append(vcpu)
-        self.m.spawn(vcpu.name, vcpu.run, group=f"vm{kvm.lpid}")
-        return vcpu
+    def guest(self, vcpu: VCpu) -> SvmGuest:
+        return SvmGuest(vcpu)
 
-    def host(self, program: HostProgram, name: str = "qemu") -> None:
-        host = Host(self)
-
-        async def run() -> None:
-            await program(host)
-
-        self.m.spawn(name, run, group="host")
-
-    def guest_memory(self, lpid: int) -> GuestMemory:
-        return self._guest_memory.setdefault(lpid, GuestMemory())
+    def page_states(self, lpid: int, gfn: int) -> PageStates:
+        """A GFN's state ("Normal", "Secure" or "Shared") from each viewpoint: the HV's
+        books, the Ultravisor's books, and where its data really is."""
+        kvm = self.hv.kvms[lpid]
+        return PageStates(hv=hv_gfn_state(kvm, gfn), firmware=self.uv.uv_gfn_state(lpid, gfn),
+                          truth=true_gfn_state(kvm, gfn))
 
     # ------------------------------------------------------------------ invariants
     def _shared_not_device(self) -> str | None:

@@ -1,0 +1,90 @@
+"""The return codes a scenario accepts, call by call, and the check that fails a schedule
+on any other (``return-code``): every code a guest program or QEMU receives is checked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ..kvm.hvcall import EBUSY, EFAULT, EINVAL, rc_name
+
+if TYPE_CHECKING:
+    from ..sim import Machine
+
+ERRNO_NAMES = {0: "0", -EBUSY: "-EBUSY", -EINVAL: "-EINVAL", -EFAULT: "-EFAULT"}
+
+
+def code_name(call: str, rc: int) -> str:
+    """A return code by name: an errno for the host's ioctls and accesses, else hvcall's."""
+    if call.startswith(("KVM_", "qemu ")):
+        return ERRNO_NAMES.get(rc, str(rc))
+    return rc_name(rc)
+
+
+@attrs.frozen
+class Accept:
+    """The return codes a scenario accepts from one call: ``codes`` always, ``contended``
+    only when the call was contended: another vCPU (or QEMU) had a call on an overlapping
+    GFN range in flight at some moment of this one, or, for an unshare, the guest's books
+    did not say the page was still shared when it started (another vCPU unshared it): a
+    race the scenario means to lose sometimes."""
+
+    codes: frozenset[int]
+    contended: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, spec: AcceptSpec) -> Accept:
+        if isinstance(spec, Accept):
+            return spec
+        return cls(frozenset(spec))
+
+    def allows(self, rc: int, contended: bool) -> bool:
+        return rc in self.codes or (contended and rc in self.contended)
+
+    def describe(self, call: str) -> str:
+        text = ", ".join(code_name(call, c) for c in sorted(self.codes)) or "nothing"
+        if self.contended - self.codes:
+            text += " (and when contended " + ", ".join(
+                code_name(call, c) for c in sorted(self.contended - self.codes)) + ")"
+        return text
+
+
+AcceptSpec = Accept | Iterable[int]
+
+
+def accept(*codes: int, contended: Iterable[int] = ()) -> Accept:
+    """``accept(H_SUCCESS, contended=[H_PARAMETER])``: the codes a call may return."""
+    return Accept(frozenset(codes), frozenset(contended))
+
+
+class ReturnCodes:
+    """The return codes a scenario accepts, call by call: ``table`` maps a call name (an
+    hcall or ucall name such as ``"UV_UNSHARE_PAGE"``, ``"read"`` and ``"write"`` for a
+    guest's loads and stores, ``"qemu read"``, ``"qemu write"``, ``"KVM_PPC_SVM_OFF"``,
+    ``"KVM_SET_USER_MEMORY_REGION"`` and ``"UV_PAGE_INVAL"`` (reclaim) for QEMU) to the
+    codes it accepts; ``"*"`` is the default for a call the table does not name. Anything
+    else is a violation of kind ``return-code``. ``None``: the program checks its codes
+    itself (a hand-built machine; the scenarios of ``emu/scenarios/svm.py`` declare)."""
+
+    def __init__(self, m: Machine, table: Mapping[str, AcceptSpec] | None) -> None:
+        self.m = m
+        self.table = None if table is None else {k: Accept.of(v) for k, v in table.items()}
+
+    def check(self, who: str, call: str, args: Iterable[int], rc: int, contended: bool,
+              override: AcceptSpec | None = None) -> None:
+        if override is not None:
+            allowed = Accept.of(override)
+        elif self.table is None:
+            return
+        else:
+            allowed = self.table.get(call, self.table.get("*"))
+            if allowed is None:
+                return
+        if allowed.allows(rc, contended):
+            return
+        shown = ", ".join(hex(a) if isinstance(a, int) else str(a) for a in args)
+        race = "contended" if contended else "uncontended"
+        self.m.fail("return-code", f"{who}: {call}({shown}) returned {code_name(call, rc)} "
+                    f"({race}); the scenario accepts {allowed.describe(call)}")
