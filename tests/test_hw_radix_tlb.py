@@ -470,6 +470,14 @@ ops = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(ops)
+
+def _take_overlapping(model: dict, start: int, end: int) -> list:
+    """Remove and return (sorted) the model's leaves overlapping [start, end)."""
+    taken = sorted((g, p, s) for g, (p, s) in model.items() if g < end and start < g + (1 << s))
+    for g, _, _ in taken:
+        del model[g]
+    return taken
+
 def test_walk_agrees_with_a_dict_model(seq):
     """After any inserts and unmaps: walk, find and leaves() agree with a model where a new
     leaf displaces every leaf it overlaps (ORing into an identical slot), and the removed
@@ -486,24 +494,12 @@ def test_walk_agrees_with_a_dict_model(seq):
                 expect_removed = []
                 model[gpa] = (hit[0] | pte, shift)
             else:
-                expect_removed = sorted(
-                    (g, p, s)
-                    for g, (p, s) in model.items()
-                    if g < gpa + size and gpa < g + (1 << s)
-                )
-                for g, _, _ in expect_removed:
-                    del model[g]
+                expect_removed = _take_overlapping(model, gpa, gpa + size)
                 model[gpa] = (pte, shift)
             got = tree.insert(gpa, pte, shift)
         else:
             _, start, length = op
-            expect_removed = sorted(
-                (g, p, s)
-                for g, (p, s) in model.items()
-                if g < start + length and start < g + (1 << s)
-            )
-            for g, _, _ in expect_removed:
-                del model[g]
+            expect_removed = _take_overlapping(model, start, start + length)
             got = tree.unmap(start, start + length)
         assert sorted((lf.gpa, lf.pte, lf.shift) for lf in got) == expect_removed
     assert [(lf.gpa, lf.pte, lf.shift) for lf in tree.leaves()] == sorted(
