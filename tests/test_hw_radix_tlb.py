@@ -468,9 +468,6 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(ops)
-
 def _take_overlapping(model: dict, start: int, end: int) -> list:
     """Remove and return (sorted) the model's leaves overlapping [start, end)."""
     taken = sorted((g, p, s) for g, (p, s) in model.items() if g < end and start < g + (1 << s))
@@ -478,6 +475,9 @@ def _take_overlapping(model: dict, start: int, end: int) -> list:
         del model[g]
     return taken
 
+
+@settings(max_examples=150, deadline=None)
+@given(ops)
 def test_walk_agrees_with_a_dict_model(seq):
     """After any inserts and unmaps: walk, find and leaves() agree with a model where a new
     leaf displaces every leaf it overlaps (ORing into an identical slot), and the removed
