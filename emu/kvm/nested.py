@@ -111,7 +111,8 @@ class L1Host:
     read_guest: Callable[[int], int | None]
     flush_lpid: Callable[[int], None]
     set_ptbl_entry: Callable[[int, int, int], None]
-    """mmu_partition_table_set_entry(lpid, dw0, dw1): L0's own partition table."""
+    """mmu_partition_table_set_entry(lpid, dw0, dw1, flush=true): L0's own partition table;
+    it flushes that LPID itself, as kvmhv_set_ptbl_entry does on pseries."""
     quirks: tuple[str, ...] = ()
     l1_ptcr: int = 0
     idr: dict[int, KvmNestedGuest | None] = attrs.Factory(dict)
@@ -180,8 +181,7 @@ def kvmhv_release_nested(gp: KvmNestedGuest) -> None:
     l1 = gp.l1_host
     _use(gp, "kvmhv_release_nested")
     gp.shadow_pgtable.destroy()  # kvmppc_free_pgtable_radix + pgd_free
-    l1.set_ptbl_entry(gp.shadow_lpid, 0, 0)  # flushes the LPID
-    l1.flush_lpid(gp.shadow_lpid)
+    l1.set_ptbl_entry(gp.shadow_lpid, 0, 0)  # (which flushes the LPID)
     l1.lpids.free(gp.shadow_lpid)
     del l1.live[gp.shadow_lpid]
     gp.freed = True
@@ -321,10 +321,12 @@ async def kvmhv_emulate_tlbie_lpid(gp: KvmNestedGuest, ric: int) -> None:
 async def kvmhv_emulate_tlbie_all_lpid(l1: L1Host, ric: int) -> None:
     mmu_lock = l1.kvm.mmu_lock
     await mmu_lock.lock()
-    for lpid in sorted(l1.idr):  # idr_for_each_entry: ascending ids
-        gp = l1.idr.get(lpid)
-        if gp is None:
-            continue
+    lpid = -1
+    while True:  # idr_for_each_entry: idr_get_next above the last id, each time relocked
+        lpid = min((i for i, g in l1.idr.items() if i > lpid and g is not None), default=-1)
+        if lpid < 0:
+            break
+        gp = l1.idr[lpid]
         if "tlbie-all-lpid-no-ref" in l1.quirks:
             mmu_lock.unlock()
             await kvmhv_emulate_tlbie_lpid(gp, ric)
