@@ -37,6 +37,7 @@ def l1_host(m, quirks=()):
     l0_ptbl: dict[int, tuple[int, int]] = {}
     l1 = L1Host(kvm, LpidPool(4096, reserved=(0, 1)), TableMemory(FramePool("l0")),
                 read_guest=lambda a: l1mem.read(a) if 0 <= a < L1_MEM else None,
+                write_guest=lambda a, v: 0 <= a < L1_MEM and (l1mem.write(a, v) or True),
                 flush_lpid=lambda lpid: None,
                 set_ptbl_entry=lambda lpid, dw0, dw1: l0_ptbl.__setitem__(lpid, (dw0, dw1)),
                 quirks=quirks)

@@ -100,8 +100,10 @@ class L1Host:
     its nested guests, and the ways to reach L1 memory and the TLBs.
 
     ``read_guest(addr)`` is kvm_read_guest of one doubleword of L1 memory, None when no
-    visible memslot holds it; ``flush_lpid(lpid)`` is kvmhv_flush_lpid on bare metal
-    (radix__flush_all_lpid: a tlbie of every set for that LPID)."""
+    visible memslot holds it, and ``write_guest(addr, value)`` kvm_write_guest of one (False
+    when none does); a doubleword holds its bytes big-endian first, as memory does.
+    ``flush_lpid(lpid)`` is kvmhv_flush_lpid on bare metal (radix__flush_all_lpid: a tlbie
+    of every set for that LPID)."""
 
     kvm: Any
     """The L1's ``KVM`` (its ``srcu``, ``mmu_lock`` and ``m``)."""
@@ -109,6 +111,7 @@ class L1Host:
     tables: TableMemory
     """L0 memory for the shadow page tables."""
     read_guest: Callable[[int], int | None]
+    write_guest: Callable[[int, int], bool]
     flush_lpid: Callable[[int], None]
     set_ptbl_entry: Callable[[int, int, int], None]
     """mmu_partition_table_set_entry(lpid, dw0, dw1, flush=true): L0's own partition table;

@@ -33,6 +33,9 @@ KVM_MR_CREATE, KVM_MR_DELETE, KVM_MR_MOVE, KVM_MR_FLAGS_ONLY = "CREATE", "DELETE
 """enum kvm_mr_change: what a KVM_SET_USER_MEMORY_REGION does to a slot."""
 VPA_KINDS = ("vpa", "dtl", "slb_shadow")
 KVM_PFN_NOSLOT = -1
+NR_CPUS = 2048
+"""CONFIG_NR_CPUS of a ppc64 book3s kernel (the Kconfig default), and so KVM_MAX_VCPUS; the
+bound on a nested vcpu_token too."""
 
 
 def no_faults(mig: Any) -> bool:
@@ -65,8 +68,10 @@ class KVM:
     m: Machine
     lpid: int
     memory: PhysicalMemory
-    uvmem_dev: UvmemDevice
-    uv: UltravisorCalls
+    uvmem_dev: UvmemDevice = None  # type: ignore[assignment]
+    """The secure-VM platform's uvmem device and Ultravisor (None on other platforms: only
+    the secure-VM code paths use them)."""
+    uv: UltravisorCalls = None  # type: ignore[assignment]
     quirks: tuple[str, ...] = ()
     design: str = "gfn-states"
     migrate_ns: int = 0

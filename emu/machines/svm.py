@@ -41,7 +41,7 @@ from ..kvm.hv import uvmem_slot_counts
 from ..kvm.hvcall import KVMPPC_GFN_PFN_MASK, KVMPPC_GFN_UVMEM_PFN, PAGE_SHIFT
 from ..kvm.lifecycle import true_gfn_state
 from ..kvm.uvmem import QUIRKS, hv_gfn_state, uvmem_slot
-from ..kvm.vm import KVM
+from ..kvm.vm import KVM, NR_CPUS
 from ..sim import Machine, Param
 from .power import PowerMachine
 from .uvmem_device import CheckedUvmemDevice
@@ -53,8 +53,6 @@ DESIGNS = {
                  "pages every other GFN in with UV_PAGE_IN and the UV refuses shared ones",
 }
 
-NR_CPUS = 2048
-"""CONFIG_NR_CPUS of a ppc64 book3s kernel (the Kconfig default), and so KVM_MAX_VCPUS."""
 KVM_USER_MEM_SLOTS = 512
 """arch/powerpc/include/asm/kvm_host.h."""
 MAX_MEM_MB = 1 << 32
