@@ -364,6 +364,24 @@ def test_tlbiel_is_local_to_its_group_and_tlbie_is_global():
     assert all(len(tlb) == 0 for tlb in tlbs.groups.values())
 
 
+def test_a_translation_through_a_guest_page_goes_with_a_partition_scoped_invalidation():
+    """An entry keyed by effective address remembers the guest real page it went through:
+    the hypervisor's tlbie of that page removes it (and a later use of a copy left in a
+    group the tlbiel missed is stale); the guest's own tlbiel matches the address only."""
+    tlbs = Tlbs(Topology.power9_smt4(cores=2))
+    ea = 0xC000_0000_0001_0000
+    for cpu in (0, 4):
+        tlbs.fill(cpu, 5, leaf(2 * M2, 0x7000_0000, shift=21), ea=ea, gra=2 * M2 + K64)
+    assert tlbs.lookup(0, 5, ea + 8).ra == 0x7000_0000 + K64
+    assert tlbs.tlbie(5, gpa=2 * M2) == 0  # another guest page: nothing derived from it
+    assert tlbs.tlbiel(0, 5, gpa=2 * M2 + K64) == 1  # partition-scoped, group 0 only
+    assert tlbs.lookup(4, 5, ea).ra == 0x7000_0000 + K64
+    assert tlbs.stale_uses and tlbs.stale_uses[-1].cpu == 4
+    tlbs.fill(0, 5, leaf(2 * M2, 0x7000_0000, shift=21), ea=ea, gra=2 * M2 + K64)
+    assert tlbs.tlbiel(0, 5, gpa=2 * M2 + K64, prs=True) == 0  # by address: not the EA
+    assert tlbs.tlbiel(0, 5, gpa=ea, prs=True) == 1
+
+
 def test_smt8_tlbiel_reaches_only_the_interleaved_siblings():
     tlbs = Tlbs(Topology.power9_smt8(cores=1))
     tlbs.fill(0, 1, leaf(0, 0x10000))

@@ -14,6 +14,15 @@ kvmhv_emulate_priv_tlbie accepts):
 | 2  | every entry of one LPID | nothing here  | every entry of one LPID |
 | 3  | every entry             | nothing here  | every entry             |
 
+A guest's own translations go through two tables: its process-scoped table (effective
+address -> guest real address) and the partition-scoped one. An entry caches the whole
+translation, keyed by the effective address, and remembers the guest real page it went
+through (``gra``). A process-scoped IS=0 invalidation (``prs``: the guest's own tlbiel or
+tlbie) matches the key; a partition-scoped one (the hypervisor's) matches the key and every
+entry derived through the guest real page, which is how the hardware lets a hypervisor
+invalidate a page without knowing which effective addresses reached it. An entry filled
+from a partition-scoped leaf alone has its key as its ``gra``.
+
 RIC 3 is invalid for radix. There is no page-walk cache, partition-table cache or ERAT in
 the model, so RIC=1 removes nothing and RIC=2 removes what RIC=0 does. IS=0 removes only an
 entry of exactly the given page size (the least an implementation can do: not checked
@@ -38,7 +47,7 @@ from collections.abc import Callable
 import attrs
 
 from .cputhreads import Topology
-from .memory import PAGE_SHIFT
+from .memory import PAGE_SHIFT, PAGE_SIZE
 from .radix import PMD_SHIFT, PUD_SHIFT, Leaf, WalkFault
 
 RIC_TLB = 0
@@ -70,6 +79,9 @@ class TlbEntry:
     """PAGE_ACCESSED | PAGE_DIRTY as filled."""
     epoch: int
     """When it was filled."""
+    gra: int
+    """The guest real address of the first byte of the page this translation went through
+    (the key's own address for a partition-scoped entry)."""
 
     @property
     def key(self) -> Key:
@@ -104,6 +116,8 @@ class Tlb:
         self.group = group
         self.entries: dict[Key, TlbEntry] = {}
         self._by_lpid: dict[int, set[Key]] = {}
+        self._by_gra: dict[Key, set[Key]] = {}
+        """(lpid, guest real page >> 16, 16) -> the keys of the entries derived through it."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -119,26 +133,44 @@ class Tlb:
         return found
 
     def insert(self, entry: TlbEntry) -> None:
+        self.remove(entry.key)
         self.entries[entry.key] = entry
         self._by_lpid.setdefault(entry.lpid, set()).add(entry.key)
+        if entry.gra != entry.gpa:  # derived through a process-scoped translation
+            self._by_gra.setdefault(_gra_key(entry.lpid, entry.gra), set()).add(entry.key)
 
     def remove(self, key: Key) -> int:
-        if self.entries.pop(key, None) is None:
+        entry = self.entries.pop(key, None)
+        if entry is None:
             return 0
         self._by_lpid[key[0]].discard(key)
+        if entry.gra != entry.gpa:
+            self._by_gra[_gra_key(entry.lpid, entry.gra)].discard(key)
         return 1
 
+    def remove_derived(self, lpid: int, gpa: int, shift: int) -> int:
+        """Every entry of ``lpid`` derived through a guest real page in the ``1 << shift``
+        bytes at ``gpa`` (aligned down)."""
+        base = gpa >> shift << shift
+        keys = [key for page in range(base >> PAGE_SHIFT, (base + (1 << shift)) >> PAGE_SHIFT
+                                      if shift >= PAGE_SHIFT else (base >> PAGE_SHIFT) + 1)
+                for key in sorted(self._by_gra.get((lpid, page, PAGE_SHIFT), ()))]
+        return sum(self.remove(key) for key in keys)
+
     def remove_lpid(self, lpid: int) -> int:
-        keys = self._by_lpid.pop(lpid, set())
-        for key in keys:
-            del self.entries[key]
-        return len(keys)
+        keys = sorted(self._by_lpid.get(lpid, ()))
+        return sum(self.remove(key) for key in keys)
 
     def remove_all(self) -> int:
         n = len(self.entries)
         self.entries.clear()
         self._by_lpid.clear()
+        self._by_gra.clear()
         return n
+
+
+def _gra_key(lpid: int, gra: int) -> Key:
+    return lpid, gra >> PAGE_SHIFT, PAGE_SHIFT
 
 
 def check_form(ric: int, is_: int) -> None:
@@ -162,6 +194,8 @@ class Tlbs:
         self.epoch = 0
         self._inval_va: dict[Key, int] = {}
         self._inval_lpid: dict[int, int] = {}
+        self._inval_gra: dict[Key, int] = {}
+        """Partition-scoped IS=0 invalidations, by the guest real page they named."""
         self._inval_all = 0
         self.stale_uses: list[StaleUse] = []
         self.multi_hits: list[tuple[int, list[TlbEntry]]] = []
@@ -186,12 +220,19 @@ class Tlbs:
             self.stale_uses.append(StaleUse(cpu, entry, invalidated))
         return entry
 
-    def fill(self, cpu: int, lpid: int, leaf: Leaf) -> TlbEntry:
-        """Cache a walk's leaf in ``cpu``'s TLB."""
+    def fill(self, cpu: int, lpid: int, leaf: Leaf, *, ea: int | None = None,
+             gra: int = 0) -> TlbEntry:
+        """Cache a walk's partition-scoped leaf in ``cpu``'s TLB; with ``ea``, the
+        translation of the page at effective address ``ea`` through guest real address
+        ``gra``, which ``leaf`` maps (one base page, keyed by ``ea``)."""
         self.epoch += 1
-        entry = TlbEntry(
-            lpid, leaf.gpa >> leaf.shift, leaf.shift, leaf.ra, leaf.prot, leaf.rc, self.epoch
-        )
+        if ea is None:
+            entry = TlbEntry(lpid, leaf.gpa >> leaf.shift, leaf.shift, leaf.ra, leaf.prot,
+                             leaf.rc, self.epoch, leaf.gpa)
+        else:
+            page = ~(PAGE_SIZE - 1)
+            entry = TlbEntry(lpid, ea >> PAGE_SHIFT, PAGE_SHIFT, leaf.real_address(gra) & page,
+                             leaf.prot, leaf.rc, self.epoch, gra & page)
         self.tlb(cpu).insert(entry)
         return entry
 
@@ -209,7 +250,7 @@ class Tlbs:
         return self.fill(cpu, lpid, leaf)
 
     def _invalidate(
-        self, tlbs: list[Tlb], lpid: int, ric: int, is_: int, gpa: int, shift: int
+        self, tlbs: list[Tlb], lpid: int, ric: int, is_: int, gpa: int, shift: int, prs: bool
     ) -> int:
         check_form(ric, is_)
         if ric == RIC_PWC:
@@ -220,7 +261,10 @@ class Tlbs:
                 raise ValueError(f"no page size 1 << {shift}")
             key = (lpid, gpa >> shift, shift)
             self._inval_va[key] = self.epoch
-            return sum(tlb.remove(key) for tlb in tlbs)
+            if prs:
+                return sum(tlb.remove(key) for tlb in tlbs)
+            self._inval_gra[key] = self.epoch
+            return sum(tlb.remove(key) + tlb.remove_derived(lpid, gpa, shift) for tlb in tlbs)
         if is_ == IS_LPID:
             self._inval_lpid[lpid] = self.epoch
             return sum(tlb.remove_lpid(lpid) for tlb in tlbs)
@@ -236,9 +280,11 @@ class Tlbs:
         is_: int = IS_VA,
         gpa: int = 0,
         shift: int = PAGE_SHIFT,
+        prs: bool = False,
     ) -> int:
-        """Local invalidation: only ``cpu``'s TLB group. The number of entries removed."""
-        return self._invalidate([self.tlb(cpu)], lpid, ric, is_, gpa, shift)
+        """Local invalidation: only ``cpu``'s TLB group. The number of entries removed.
+        ``prs``: process-scoped (a guest's own), else partition-scoped."""
+        return self._invalidate([self.tlb(cpu)], lpid, ric, is_, gpa, shift, prs)
 
     def tlbie(
         self,
@@ -248,9 +294,10 @@ class Tlbs:
         is_: int = IS_VA,
         gpa: int = 0,
         shift: int = PAGE_SHIFT,
+        prs: bool = False,
     ) -> int:
         """Broadcast invalidation (with its tlbsync/ptesync done): every TLB group."""
-        return self._invalidate(list(self.groups.values()), lpid, ric, is_, gpa, shift)
+        return self._invalidate(list(self.groups.values()), lpid, ric, is_, gpa, shift, prs)
 
     def flush_guest_tlb(self, cpu: int, lpid: int) -> int:
         """flush_guest_tlb (book3s_hv_p9_entry.c), run on guest entry with LPIDR = lpid:
@@ -265,6 +312,10 @@ class Tlbs:
         latest = max(
             self._inval_all, self._inval_lpid.get(entry.lpid, 0), self._inval_va.get(entry.key, 0)
         )
+        if self._inval_gra and entry.gra != entry.gpa:
+            for shift in TLB_SHIFTS:
+                key = (entry.lpid, entry.gra >> shift, shift)
+                latest = max(latest, self._inval_gra.get(key, 0))
         return latest if latest > entry.epoch else 0
 
     def stale_entries(self) -> list[tuple[int, TlbEntry]]:
