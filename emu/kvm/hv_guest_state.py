@@ -66,9 +66,6 @@ from .hvcall import H_P2, H_PARAMETER, H_SUCCESS, MASK64
 HV_GUEST_STATE_VERSION = 2
 """The newest layout (since v5.12; it was 1 from v4.20 to v5.11)."""
 
-H_ENTER_NESTED = 0xF804
-"""The hcall number (asm/hvcall.h); r4 = GPA of the hv_guest_state, r5 = GPA of the pt_regs."""
-
 _SIZES = {1: 232, 2: 248}
 
 # asm/reg.h, PCR (the newest reg.h read in full: PCR_HIGH_BITS with MMA_DIS, PCR_LOW_BITS

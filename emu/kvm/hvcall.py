@@ -62,6 +62,12 @@ UV_PAGE_INVAL = 0xF138
 UV_SVM_TERMINATE = 0xF13C
 UV_UNSHARE_ALL_PAGES = 0xF140
 
+# Nested virtualisation (asm/hvcall.h): H_FUNCTION unless the VM may run nested guests.
+H_SET_PARTITION_TABLE = 0xF800
+H_ENTER_NESTED = 0xF804
+"""r4 = GPA of the hv_guest_state, r5 = GPA of the pt_regs."""
+H_TLB_INVALIDATE = 0xF808
+
 # kvm->arch.secure_guest
 KVMPPC_SECURE_INIT_START = 0x1
 KVMPPC_SECURE_INIT_DONE = 0x2
@@ -79,7 +85,8 @@ EINVAL = 22
 EFAULT = 14
 
 NAMES = {v: k for k, v in list(globals().items())
-         if k.startswith(("H_SVM", "UV_")) and isinstance(v, int)}
+         if k.startswith(("H_SVM", "UV_", "H_SET_PART", "H_ENTER_NE", "H_TLB_INV"))
+         and isinstance(v, int)}
 RETURN_NAMES = {H_SUCCESS: "H_SUCCESS", H_BUSY: "H_BUSY", H_NOT_AVAILABLE: "H_NOT_AVAILABLE",
                 H_HARDWARE: "H_HARDWARE", H_FUNCTION: "H_FUNCTION", H_PRIVILEGE: "H_PRIVILEGE",
                 H_PARAMETER: "H_PARAMETER", H_BAD_MODE: "H_BAD_MODE",

@@ -18,9 +18,6 @@ import attrs
 
 from .hvcall import H_PARAMETER, MASK64
 
-H_TLB_INVALIDATE = 0xF808
-"""The hcall number (asm/hvcall.h)."""
-
 RIC_FLUSH_TLB = 0
 RIC_FLUSH_PWC = 1
 RIC_FLUSH_ALL = 2
