@@ -29,6 +29,11 @@ release profile until someone confirms them):
 - ``tlbie-all-lpid-no-ref`` (C2): ``kvmhv_emulate_tlbie_all_lpid`` drops mmu_lock around
   each guest without taking a reference, so a concurrent RIC=2 can free it. The fixed model
   takes a reference under mmu_lock and puts it after.
+- ``radix-dump-lockless`` (C3): the debugfs ``radix`` file walks the shadow tables without
+  mmu_lock while they may be freed (emu/kvm/radix_debugfs.py).
+
+and one historic form: ``rmap-no-dedup`` puts back the nested rmap without its duplicate
+scan (emu/kvm/radix_mmu.py, ``kvmhv_insert_nest_rmap``).
 """
 
 from __future__ import annotations
@@ -46,8 +51,31 @@ KVM_MAX_NESTED_GUESTS_SHIFT = 12
 NESTED_QUIRKS = {
     "idr-alloc-unlocked": "C1 (candidate, since the IDR form, 2022): __prealloc_nested calls "
                           "idr_alloc with no lock while idr_replace/idr_remove hold mmu_lock",
+    "create-race-fails": "C1b (candidate, since the IDR form, 2022): two vCPUs create the "
+                         "same new nested LPID; the second's idr_alloc at that exact id "
+                         "fails and its H_ENTER_NESTED returns a spurious H_PARAMETER (the "
+                         "fixed model looks the guest up again)",
     "tlbie-all-lpid-no-ref": "C2 (candidate, since 4.20): the IS=3 flush drops mmu_lock "
                              "around each nested guest without holding a reference",
+    "radix-dump-lockless": "C3 (candidate, since the v4.20 nested series added the shadow "
+                           "tables to the debugfs radix file): debugfs_radix_read walks "
+                           "them with READ_ONCE and no mmu_lock while an H_TLB_INVALIDATE "
+                           "frees their table pages",
+    "rmap-no-dedup": "the nested rmap without its duplicate scan: the scan was there from "
+                     "the start (8cf531ed48cf, v4.20, 'Introduce rmap to track nested guest "
+                     "mappings'); the quirk models its absence, an L1 that invalidates and "
+                     "refaults one L2 page growing L0's rmap list without bound",
+    "enter-nested-no-srcu": "B7 (360cae313702, v4.20 to v5.8; fixed in v5.9 by 'KVM: PPC: "
+                            "Protect kvm_vcpu_read_guest with srcu locks', id unconfirmed): "
+                            "H_ENTER_NESTED reads and writes back L1 memory outside "
+                            "kvm->srcu, so a memslot delete can free a slot under the copy",
+    "no-tm-sanitise": "B9 (360cae313702, v4.20 to v5.13; fixed by d9c57d3ed52a, v5.14): no "
+                      "TM checks in H_ENTER_NESTED, so L2 can be entered with an MSR[TS] "
+                      "L0 cannot recheckpoint (a TM Bad Thing on L0's hrfid)",
+    "no-hfscr-sanitise": "7487cabc7ed2 masked L2's HFSCR with vcpu->arch.hfscr after "
+                         "restore_hv_regs had put L2's own request there (L1's request "
+                         "unmasked); the next commit, 8b210a880b35, masks with "
+                         "hfscr_permitted; both in v5.15, so in no release",
 }
 
 
@@ -124,6 +152,10 @@ class L1Host:
     """The actor inside an IDR write (to catch unserialised writers)."""
     live: dict[int, KvmNestedGuest] = attrs.Factory(dict)
     """Model bookkeeping: shadow LPID -> every allocated guest not yet freed."""
+    mmu: Any = None
+    """L0's MMU for this L1 (emu/kvm/radix_mmu.py ``RadixMmu``: kvm->arch.pgtable, the
+    notifier sequence, the memslots' nested rmaps), which sets it; None where only the life
+    cycle is modelled."""
 
     @property
     def m(self) -> Any:
@@ -148,6 +180,12 @@ async def _idr_write(l1: L1Host, what: str, change: Callable[[], Any]) -> Any:
 def _find_nested(l1: L1Host, lpid: int) -> KvmNestedGuest | None:
     """__find_nested: idr_find (mmu_lock held, or RCU)."""
     return l1.idr.get(lpid)
+
+
+def _idr_get_next(l1: L1Host, lpid: int) -> int:
+    """idr_get_next from ``lpid + 1`` (mmu_lock held): the next lpid with a guest (entries
+    still NULL after __prealloc_nested are skipped), or -1."""
+    return min((i for i, g in l1.idr.items() if i > lpid and g is not None), default=-1)
 
 
 async def _prealloc_nested(l1: L1Host, lpid: int) -> bool:
@@ -194,27 +232,32 @@ async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedG
     if l1_lpid >= 1 << ((l1.l1_ptcr & PRTS_MASK) + 12 - 4):
         return None
     mmu_lock = l1.kvm.mmu_lock
-    await mmu_lock.lock()
-    gp = _find_nested(l1, l1_lpid)
-    if gp is not None:
-        _use(gp, "kvmhv_get_nested")
-        gp.refcnt += 1
-        gp.held += 1
-    mmu_lock.unlock()
-    if gp is not None or not create:
-        return gp
-    newgp = await kvmhv_alloc_nested(l1, l1_lpid)
-    if newgp is None:
-        return None
-    if "idr-alloc-unlocked" in l1.quirks:
-        ok = await _prealloc_nested(l1, l1_lpid)  # the kernel: no lock held
-    else:  # idr_preload outside, idr_alloc(GFP_NOWAIT) under mmu_lock
+    while True:
         await mmu_lock.lock()
-        ok = await _prealloc_nested(l1, l1_lpid)
+        gp = _find_nested(l1, l1_lpid)
+        if gp is not None:
+            _use(gp, "kvmhv_get_nested")
+            gp.refcnt += 1
+            gp.held += 1
         mmu_lock.unlock()
-    if not ok:
+        if gp is not None or not create:
+            return gp
+        newgp = await kvmhv_alloc_nested(l1, l1_lpid)
+        if newgp is None:
+            return None
+        if "idr-alloc-unlocked" in l1.quirks:
+            ok = await _prealloc_nested(l1, l1_lpid)  # the kernel: no lock held
+        else:  # idr_preload outside, idr_alloc(GFP_NOWAIT) under mmu_lock
+            await mmu_lock.lock()
+            ok = await _prealloc_nested(l1, l1_lpid)
+            mmu_lock.unlock()
+        if ok:
+            break
         kvmhv_release_nested(newgp)
-        return None
+        if "create-race-fails" in l1.quirks:
+            return None  # the kernel: H_ENTER_NESTED says H_PARAMETER
+        # another vCPU holds the id while it creates the same guest: look again
+        await l1.m.yield_point(f"kvmhv_get_nested lpid {l1_lpid}: being created, retry")
     await mmu_lock.lock()
     gp = _find_nested(l1, l1_lpid)
     if gp is None:
@@ -326,7 +369,7 @@ async def kvmhv_emulate_tlbie_all_lpid(l1: L1Host, ric: int) -> None:
     await mmu_lock.lock()
     lpid = -1
     while True:  # idr_for_each_entry: idr_get_next above the last id, each time relocked
-        lpid = min((i for i, g in l1.idr.items() if i > lpid and g is not None), default=-1)
+        lpid = _idr_get_next(l1, lpid)
         if lpid < 0:
             break
         gp = l1.idr[lpid]
@@ -342,6 +385,14 @@ async def kvmhv_emulate_tlbie_all_lpid(l1: L1Host, ric: int) -> None:
         await kvmhv_put_nested(gp)
         await mmu_lock.lock()
     mmu_lock.unlock()
+
+
+async def kvmhv_nested_next_lpid(l1: L1Host, lpid: int) -> int:
+    """The next nested lpid after ``lpid`` with a guest, or -1 (the debugfs dump's cursor)."""
+    await l1.kvm.mmu_lock.lock()
+    lpid = _idr_get_next(l1, lpid)
+    l1.kvm.mmu_lock.unlock()
+    return lpid
 
 
 def nested_lifetime(l1: L1Host) -> str | None:
