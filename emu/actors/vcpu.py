@@ -64,6 +64,8 @@ class VCpu:
     start: Completion | None = None
     """If set, the vCPU enters the guest (KVM_RUN) only once this completes."""
     in_guest: bool = False
+    exited: bool = False
+    """Its program returned (or raised): the thread is gone."""
     name: str = attrs.field(init=False)
     """vm<lpid>.vcpu<index>: its actor's name."""
 
@@ -79,6 +81,7 @@ class VCpu:
             await self.program(self.machine.guest(self))
         finally:
             self.in_guest = False
+            self.exited = True
             self.kvm.vcpus_running -= 1
 
     async def on_cpu(self, op: Callable[[], Awaitable]):
