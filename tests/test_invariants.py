@@ -900,6 +900,8 @@ ELSEWHERE = {  # the nested model's checks, provoked in their own test file
         "test_nested_lifecycle.py::test_candidate_race_found_with_its_quirk",
     "invariant: nested lifetime":
         "test_nested_lifecycle.py::test_nested_lifetime_fires_on_a_double_put",
+    "invariant: TLB coherence": "test_nested_machine.py::test_tlb_coherence_fires",
+    "integrity (L2 load)": "test_nested_machine.py::test_each_entry_quirk_is_found",
 }
 
 
