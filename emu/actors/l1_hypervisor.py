@@ -40,7 +40,9 @@ from ..hw.radix import (
     TableMemory,
     encode_ptcr,
     make_pte,
+    read_span,
     write_pate,
+    write_span,
 )
 from ..kvm.hv_guest_state import (
     PT_NIP,
@@ -55,8 +57,6 @@ from ..kvm.hvcall import H_ENTER_NESTED, H_SET_PARTITION_TABLE, H_TLB_INVALIDATE
 from ..kvm.nested_invariants import L1Edits
 from ..kvm.radix_mmu import BOOK3S_INTERRUPT_H_DATA_STORAGE, DSISR_ISSTORE, DSISR_SET_RC
 from ..kvm.tlbie_operands import AP_SHIFTS, addr_to_epn, encode_tlbie
-from .guest_code import H_CEDE
-from .nested_cpu import BOOK3S_INTERRUPT_SYSCALL
 from .vcpu import Guest, call_number, registers
 
 if TYPE_CHECKING:
@@ -81,7 +81,6 @@ class L2Vcpu:
     """L1 real address of the page holding its hv_guest_state and pt_regs."""
     regs: list[int]
     hv: HvGuestState
-    done: bool = False
 
     @property
     def hv_addr(self) -> int:
@@ -125,12 +124,15 @@ class L1Kernel:
         return (self.data_base + lpid * self.stride + page) << PAGE_SHIFT
 
     def write_bytes(self, addr: int, data: bytes) -> None:
-        """Store bytes into L1 memory (doublewords hold their bytes big-endian first)."""
-        for off in range(0, len(data), 8):
-            self.tables.write(addr + off, int.from_bytes(data[off:off + 8].ljust(8, b"\0"), "big"))
+        """Store bytes into L1 memory (the L1 kernel's own store: always possible)."""
+        write_span(self.tables.read, self._store, addr, data)
+
+    def _store(self, addr: int, value: int) -> bool:
+        self.tables.write(addr, value)
+        return True
 
     def read_bytes(self, addr: int, n: int) -> bytes:
-        return b"".join(self.tables.read(addr + off).to_bytes(8, "big") for off in range(0, n, 8))
+        return read_span(self.tables.read, addr, n) or b""
 
 
 class L1Hypervisor(Guest):
@@ -184,7 +186,6 @@ class L1Hypervisor(Guest):
         while True:
             rc = await self.enter(v, accept=accept)
             if rc != BOOK3S_INTERRUPT_H_DATA_STORAGE:
-                v.done = rc == BOOK3S_INTERRUPT_SYSCALL and v.regs[3] == H_CEDE
                 return rc
             await self._page_fault(v.lpid, v.hv.asdr, v.hv.hdsisr)
 

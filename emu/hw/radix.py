@@ -238,6 +238,39 @@ class TableMemory:
             page.pop(index, None)
 
 
+def read_span(read: ReadFn, addr: int, n: int) -> bytes | None:
+    """``n`` bytes at ``addr`` (any alignment) of a doubleword memory whose doublewords hold
+    their bytes big-endian first, as memory does; None if a doubleword is unreadable."""
+    first = addr & ~7
+    words = []
+    for dw in range(first, addr + n, 8):
+        value = read(dw)
+        if value is None:
+            return None
+        words.append(value.to_bytes(8, "big"))
+    return b"".join(words)[addr - first:addr - first + n]
+
+
+def write_span(read: ReadFn, write: Callable[[int, int], bool], addr: int,
+               data: bytes) -> bool:
+    """Store ``data`` at ``addr``; a partial doubleword keeps its other bytes. False at the
+    first doubleword that cannot be read or written (the ones before it are written)."""
+    end = addr + len(data)
+    for dw in range(addr & ~7, end, 8):
+        lo, hi = max(addr, dw), min(end, dw + 8)
+        if hi - lo < 8:
+            old = read(dw)
+            if old is None:
+                return False
+            word = bytearray(old.to_bytes(8, "big"))
+            word[lo - dw:hi - dw] = data[lo - addr:hi - addr]
+        else:
+            word = bytearray(data[lo - addr:hi - addr])
+        if not write(dw, int.from_bytes(word, "big")):
+            return False
+    return True
+
+
 def _index(gpa: int, level: int) -> int:
     return (gpa >> _SHIFT[level]) & ((1 << _BITS[level]) - 1)
 

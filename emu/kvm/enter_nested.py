@@ -100,6 +100,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 
+from ..hw.radix import read_span, write_span
 from . import hv_guest_state as hgs
 from . import nested_regs as nr
 from .hvcall import (
@@ -335,34 +336,6 @@ async def _copy_page(kvm: KVM, gfn: int, op: str) -> bool:
     return True
 
 
-def _read_span(l1: L1Host, addr: int, n: int) -> bytes | None:
-    first = addr & ~7
-    words = []
-    for dw in range(first, addr + n, 8):
-        value = l1.read_guest(dw)
-        if value is None:
-            return None
-        words.append(value.to_bytes(8, "big"))
-    return b"".join(words)[addr - first:addr - first + n]
-
-
-def _write_span(l1: L1Host, addr: int, data: bytes) -> bool:
-    end = addr + len(data)
-    for dw in range(addr & ~7, end, 8):
-        lo, hi = max(addr, dw), min(end, dw + 8)
-        if hi - lo < 8:  # a partial doubleword keeps its other bytes
-            old = l1.read_guest(dw)
-            if old is None:
-                return False
-            word = bytearray(old.to_bytes(8, "big"))
-            word[lo - dw:hi - dw] = data[lo - addr:hi - addr]
-        else:
-            word = bytearray(data[lo - addr:hi - addr])
-        if not l1.write_guest(dw, int.from_bytes(word, "big")):
-            return False
-    return True
-
-
 async def kvm_vcpu_read_guest(l1: L1Host, gpa: int, n: int) -> bytes | None:
     """``n`` bytes of L1 memory at ``gpa`` (any alignment), page by page; None (-EFAULT) at
     the first page no visible memslot holds. (The vCPU only picks the memslot address
@@ -371,7 +344,7 @@ async def kvm_vcpu_read_guest(l1: L1Host, gpa: int, n: int) -> bytes | None:
     for gfn, offset, seg in _segments(gpa & MASK64, n):
         if not await _copy_page(l1.kvm, gfn, "__copy_from_user"):
             return None
-        data = _read_span(l1, (gfn << PAGE_SHIFT) + offset, seg)
+        data = read_span(l1.read_guest, (gfn << PAGE_SHIFT) + offset, seg)
         if data is None:
             return None
         out += data
@@ -385,7 +358,8 @@ async def kvm_vcpu_write_guest(l1: L1Host, gpa: int, data: bytes) -> bool:
     for gfn, offset, seg in _segments(gpa & MASK64, len(data)):
         if not await _copy_page(l1.kvm, gfn, "__copy_to_user"):
             return False
-        if not _write_span(l1, (gfn << PAGE_SHIFT) + offset, data[done:done + seg]):
+        if not write_span(l1.read_guest, l1.write_guest, (gfn << PAGE_SHIFT) + offset,
+                          data[done:done + seg]):
             return False
         done += seg
     return True
