@@ -114,11 +114,9 @@ class L2Turn:
 
 async def run_turn(t: L2Turn, pcpu: PCpu, irqs: Interrupts) -> Exit:
     """One entry, run and exit of the L2 on ``pcpu`` (called on that pCPU)."""
-    cpu, prev = pcpu.index, t.owner.prev_cpu  # type: ignore[attr-defined]
+    cpu = pcpu.index
     if t.nested_flush:
-        await t.entry.kvmppc_prepare_radix_vcpu(
-            t.kvm, t.owner, lambda: prev.get(t.token, -1),
-            lambda c: prev.__setitem__(t.token, c), cpu)
+        await t.entry.kvmppc_prepare_radix_vcpu(t.kvm, t.owner, t.token, cpu)
     t.entry.cpu_in_guest[cpu] = t.kvm
     irqs.guest_phase = True
     try:

@@ -152,9 +152,10 @@ class Tlb:
         """Every entry of ``lpid`` derived through a guest real page in the ``1 << shift``
         bytes at ``gpa`` (aligned down)."""
         base = gpa >> shift << shift
-        keys = [key for page in range(base >> PAGE_SHIFT, (base + (1 << shift)) >> PAGE_SHIFT
-                                      if shift >= PAGE_SHIFT else (base >> PAGE_SHIFT) + 1)
-                for key in sorted(self._by_gra.get((lpid, page, PAGE_SHIFT), ()))]
+        pages = range(base >> PAGE_SHIFT, max(base + (1 << shift) >> PAGE_SHIFT,
+                                              (base >> PAGE_SHIFT) + 1))
+        keys = [key for page in pages for key in sorted(self._by_gra.get(
+            _gra_key(lpid, page << PAGE_SHIFT), ()))]
         return sum(self.remove(key) for key in keys)
 
     def remove_lpid(self, lpid: int) -> int:

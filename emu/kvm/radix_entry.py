@@ -59,9 +59,12 @@ Ipi = Callable[[int, str], Awaitable[None]]
 
 
 class FlushTarget(Protocol):
-    """What owns a ``need_tlb_flush`` mask: ``kvm->arch`` or a ``kvm_nested_guest``."""
+    """What owns a ``need_tlb_flush`` mask and the ``prev_cpu`` slots: ``kvm->arch`` (with
+    ``vcpu->arch.prev_cpu`` by vCPU) or a ``kvm_nested_guest`` (``prev_cpu[vcpu_token]``)."""
 
     need_tlb_flush: set[int]
+    prev_cpu: dict[int, int]
+    """Absent: -1 (never ran)."""
 
 
 @attrs.define(eq=False)
@@ -85,19 +88,18 @@ class RadixEntry:
         self.groups = Topology(t.cores, t.threads_per_core, False) \
             if "one-tlb-per-core" in self.quirks else t
 
-    async def kvmppc_prepare_radix_vcpu(self, kvm: Any, owner: FlushTarget,
-                                        prev_cpu: Callable[[], int],
-                                        set_prev_cpu: Callable[[int], None], pcpu: int) -> None:
-        """``owner``: kvm->arch or the nested guest; ``prev_cpu``: vcpu->arch.prev_cpu or
-        nested->prev_cpu[nested_vcpu_id] (read and written through the two callables)."""
-        prev = prev_cpu()
+    async def kvmppc_prepare_radix_vcpu(self, kvm: Any, owner: FlushTarget, vcpu: int,
+                                        pcpu: int) -> None:
+        """``owner``: kvm->arch or the nested guest; ``vcpu``: the vCPU, or for an L2 the
+        nested_vcpu_id, whose ``prev_cpu`` slot is compared and updated."""
+        prev = owner.prev_cpu.get(vcpu, -1)
         if prev == pcpu:
             return
         if prev >= 0:
             if not self.groups.same_group(prev, pcpu):
                 await self.radix_flush_cpu(kvm, owner, prev)
             await self.ipi(prev, "do_migrate_away_vcpu")  # ptesync there: no TLB effect
-        set_prev_cpu(pcpu)
+        owner.prev_cpu[vcpu] = pcpu
 
     async def radix_flush_cpu(self, kvm: Any, owner: FlushTarget, cpu: int) -> None:
         members = self.groups.members(cpu)
