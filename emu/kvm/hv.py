@@ -175,7 +175,7 @@ class Hypervisor:
         busy = self._gfn_busy(lpid, marks) if gfn_op == "init_done" else _NOT_BUSY
 
         name = NAMES.get(req) or hex(req)
-        self._no_leaks(kvm, name, held, refs)
+        self.no_leaks(kvm, name, held, refs)
         if msr_s and not kvm.secure_guest:
             self.m.fail("return-path", f"{name} came from the Ultravisor but returns with rfid "
                         "(secure_guest is 0), not UV_RETURN, into a context that does not exist")
@@ -237,7 +237,7 @@ class Hypervisor:
         elif problem := uvmem_slot_counts(kvm):
             self.m.fail("slots", problem)
 
-    def _no_leaks(self, kvm: KVM, name: str, held: list, refs: int) -> None:
+    def no_leaks(self, kvm: KVM, name: str, held: list, refs: int) -> None:
         """What must hold whenever an hcall or a fault returns: no lock still held that
         was not held on entry, no gfn_to_pfn reference leaked."""
         actor = self.m.ctl.current
@@ -260,7 +260,7 @@ class Hypervisor:
         if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
             ret = await uvmem.kvmppc_send_page_to_uv(kvm, gfn)
         kvm.srcu.read_unlock(srcu_idx)
-        self._no_leaks(kvm, "the radix page fault", held, refs)
+        self.no_leaks(kvm, "the radix page fault", held, refs)
         return ret
 
     async def kvm_mmu_notifier_invalidate_range_start(self, kvm: KVM, start: int,

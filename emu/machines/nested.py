@@ -44,7 +44,13 @@ from ..hw.tlb import IS_LPID, RIC_ALL, Tlbs
 from ..kvm import radix_debugfs
 from ..kvm.enter_nested import MSR_LE, MSR_ME, MSR_SF, KvmVcpu, h_enter_nested, l2_sanitisation
 from ..kvm.hv_guest_state import PT_NIP
-from ..kvm.hvcall import H_ENTER_NESTED, H_FUNCTION, H_SET_PARTITION_TABLE, H_TLB_INVALIDATE
+from ..kvm.hvcall import (
+    H_ENTER_NESTED,
+    H_FUNCTION,
+    H_SET_PARTITION_TABLE,
+    H_TLB_INVALIDATE,
+    NAMES,
+)
 from ..kvm.nested import L1Host, LpidPool, kvmhv_set_partition_table, nested_lifetime
 from ..kvm.nested_invariants import l1_pgtable_current, nested_rmap_unique, shadow_composition
 from ..kvm.nested_mmu import kvmhv_nested_page_fault
@@ -184,7 +190,7 @@ class NestedMachine(PowerMachine):
     async def l1_hcall(self, vcpu: VCpu, nr: int, regs: list[int]) -> int:
         """kvmppc_pseries_do_hcall for an L1 vCPU: the nested hcalls; H_FUNCTION else."""
         actor = self.m.ctl.current
-        held = list(actor.held)
+        held, refs = list(actor.held), self.kvm.pfn_refs.get(actor.name, 0)
         kv = self.kvm_vcpus[vcpu.name]
         args = [*regs, 0, 0, 0][:3]
         if nr == H_SET_PARTITION_TABLE:
@@ -195,14 +201,13 @@ class NestedMachine(PowerMachine):
             kv.regs = tuple(words)
             await h_enter_nested(self.l1, kv, partial(self._run_l2, vcpu),
                                  nesting_enabled=True)
+            kv.mmio_needed = False  # QEMU completes an MMIO exit before the vCPU runs again
             rc = kv.regs[3] - (1 << 64 if kv.regs[3] >> 63 else 0)  # r3, as a signed code
         elif nr == H_TLB_INVALIDATE:
             rc = await kvmhv_do_nested_tlbie(self.l1, *args)
         else:
             rc = H_FUNCTION
-        if list(actor.held) != held:
-            self.m.fail("lock-leak", f"{vcpu.name}: hcall {nr:#x} returns holding "
-                        + ", ".join(str(lock) for lock in actor.held))
+        self.hv.no_leaks(self.kvm, f"{vcpu.name}: {NAMES.get(nr, hex(nr))}", held, refs)
         return rc
 
     async def _run_l2(self, vcpu: VCpu, kv: KvmVcpu, hdec_exp: int, lpcr: int) -> int:
