@@ -27,11 +27,10 @@ def test_fixed_model_is_clean(name, strategy):
 
 
 @pytest.mark.parametrize("quirk", sorted(QUIRK_SCENARIO))
-def test_each_entry_quirk_is_found(quirk):
+def test_each_quirk_is_found_by_its_scenario(quirk):
     found = emu.hunt(QUIRK_SCENARIO[quirk], schedules=50, quirks=(quirk,),
                      params=QUIRK_PARAMS.get(quirk, {}))
-    assert found.found is not None
-    assert found.found.violations[0].kind in ("integrity", "invariant")
+    assert found.found is not None, f"{quirk} not found by {QUIRK_SCENARIO[quirk]}"
 
 
 def test_one_tlb_per_core_needs_the_split_tlb():

@@ -220,7 +220,8 @@ def scenario(name: str | None = None, *, params: Mapping[str, Any] | None = None
 
 ENTRY_POINTS = "emu.scenarios"
 """The entry-point group of scenario suites: name = suite, value = the module whose import
-registers the suite's scenarios; the module's ``SUITE`` describes it."""
+registers the suite's scenarios (a package's scenarios may live in its submodules); the
+module's ``SUITE`` describes it."""
 
 
 def _suite_modules() -> dict[str, Any]:
@@ -239,9 +240,16 @@ def _suite_modules() -> dict[str, Any]:
     return modules
 
 
+def _in_suite(sc: Scenario, module: str) -> bool:
+    """Whether ``sc`` belongs to the suite ``module``: defined in it or, when the suite is a
+    package, in one of its submodules."""
+    return sc.build.__module__ == module or sc.build.__module__.startswith(module + ".")
+
+
 def _installed(modules: Iterable[Any]) -> dict[str, Scenario]:
-    names = {m.__name__ for m in modules}
-    return {name: sc for name, sc in sorted(REGISTRY.items()) if sc.build.__module__ in names}
+    names = [m.__name__ for m in modules]
+    return {name: sc for name, sc in sorted(REGISTRY.items())
+            if any(_in_suite(sc, n) for n in names)}
 
 
 def builtin_scenarios() -> dict[str, Scenario]:
@@ -254,7 +262,7 @@ def suites() -> dict[str, tuple[str, list[str]]]:
     modules = _suite_modules()
     known = _installed(modules.values())
     return {name: (getattr(mod, "SUITE", name),
-                   [n for n, sc in known.items() if sc.build.__module__ == mod.__name__])
+                   [n for n, sc in known.items() if _in_suite(sc, mod.__name__)])
             for name, mod in modules.items()}
 
 
