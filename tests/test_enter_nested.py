@@ -37,7 +37,7 @@ from emu.kvm.hvcall import (
 )
 from emu.kvm.nested import NESTED_QUIRKS, L1Host, LpidPool
 from emu.kvm.releases import version
-from emu.kvm.vm import KVM, NR_CPUS
+from emu.kvm.vm import KVM, NR_CPUS, kvm_delete_memslot
 from emu.sim.controller import Controller
 from emu.sim.machine import Machine
 from emu.sim.strategies import RandomWalk
@@ -561,7 +561,7 @@ def enter_nested_test(m: emu.Machine) -> None:
                 m.fail("return code", f"H_ENTER_NESTED: run loop {ret}, r3 {rc}")
 
     async def qemu() -> None:
-        await en.kvm_delete_memslot(l1.kvm, l1.kvm.gfn_to_memslot(HV_ADDR >> PAGE_SHIFT))
+        await kvm_delete_memslot(l1.kvm, l1.kvm.gfn_to_memslot(HV_ADDR >> PAGE_SHIFT))
 
     m.spawn("l1.vcpu0", l1_vcpu)
     m.spawn("qemu", qemu)

@@ -80,7 +80,7 @@ Choices where the kernel does not settle it:
   time; a partial doubleword is written read-modify-write (one step, so atomic here). A
   copy fails at the first page with no visible memslot, as ``kvm_vcpu_read_guest`` does;
   earlier pages of a write stay written.
-- A memslot freed by ``kvm_delete_memslot`` is poisoned (``MEMSLOT_POISON`` in its flags, as
+- A memslot freed by ``vm.kvm_delete_memslot`` is poisoned (``MEMSLOT_POISON`` in its flags, as
   slab debugging poisons a freed object), so a later copy through it is seen.
 - ``struct pt_regs`` is 48 doublewords in every release (``PT_REGS_WORDS``).
 - The L2 MSR gets ME set and HV cleared in every release: before v5.13 (946cf44ac6ce,
@@ -124,7 +124,7 @@ from .nested import (
     kvmhv_update_ptbl_cache,
 )
 from .releases import QuirkHistory, version
-from .vm import KVM, KVM_MEMSLOT_INVALID, NR_CPUS, Memslot
+from .vm import KVM, MEMSLOT_POISON, NR_CPUS
 
 EINTR = errno.EINTR
 RESUME_GUEST = 0
@@ -151,9 +151,6 @@ KVM_MMIO_REG_NESTED_GPR = 0xFFC0
 HFSCR_DEFAULT = (nr.HFSCR_TAR | nr.HFSCR_EBB | nr.HFSCR_PM | nr.HFSCR_BHRB | nr.HFSCR_DSCR
                  | nr.HFSCR_VECVSX | nr.HFSCR_FP)
 """What kvmppc_core_vcpu_create_hv grants (before TM and the host's own HFSCR)."""
-
-MEMSLOT_POISON = 1 << 62
-"""Model-only memslot flag: ``kvm_delete_memslot`` freed the slot (kvfree)."""
 
 PT_REGS_BYTES = 8 * hgs.PT_REGS_WORDS
 _V1_SIZE = len(hgs.encode(hgs.HvGuestState(), big_endian=True, version=1))
@@ -363,20 +360,6 @@ async def kvm_vcpu_write_guest(l1: L1Host, gpa: int, data: bytes) -> bool:
             return False
         done += seg
     return True
-
-
-async def kvm_delete_memslot(kvm: KVM, slot: Memslot) -> None:
-    """KVM_SET_USER_MEMORY_REGION deleting ``slot`` (kvm_set_memslot, v5.17+ order), under
-    slots_lock: kvm_invalidate_memslot (the slot INVALID, synchronize_srcu), the new
-    memslots without it (synchronize_srcu), then kvm_free_memslot. The shadow flush
-    (kvm_arch_flush_shadow_memslot) belongs to the nested MMU model and is left out."""
-    await kvm.slots_lock.lock()
-    kvm.set_memslot_flags(slot, slot.flags | KVM_MEMSLOT_INVALID)
-    await kvm.srcu.synchronize()
-    kvm.remove_memslot(slot)
-    await kvm.srcu.synchronize()
-    slot.flags |= MEMSLOT_POISON
-    kvm.slots_lock.unlock()
 
 
 async def _srcu_read_lock(l1: L1Host) -> int | None:

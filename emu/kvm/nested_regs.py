@@ -168,8 +168,10 @@ def l2_regs_allowed(regs: HvRegs, *, vcore_lpcr: int, hfscr_limit: int,
 
 
 def check_l1_not_transactional(l1_msr: int) -> int | None:
-    """The first gate of ``kvmhv_enter_nested_guest`` (since v4.20, before anything is read
-    from L1 memory): H_BAD_MODE if L1's MSR is transactional (TS = 0b10), else None."""
+    """The first gate of ``kvmhv_enter_nested_guest`` (before anything is read from L1
+    memory): H_BAD_MODE if L1's MSR is transactional (TS = 0b10), else None. It came with
+    d9c57d3ed52a (v5.14, B9), as its stable backport shows; before that nothing looked at
+    L1's TM state (``no-tm-sanitise`` switches both checks off)."""
     return H_BAD_MODE if l1_msr & MSR_TS_MASK == MSR_TS_T else None
 
 

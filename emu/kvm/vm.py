@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from .uvmem import UvmemDevice, UvmemSlot
 
 KVM_MEMSLOT_INVALID = 1 << 16
+MEMSLOT_POISON = 1 << 62
+"""Model-only memslot flag: ``kvm_delete_memslot`` freed the slot (kvfree), as slab
+debugging poisons a freed object, so a later use through it is seen."""
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MR_CREATE, KVM_MR_DELETE, KVM_MR_MOVE, KVM_MR_FLAGS_ONLY = "CREATE", "DELETE", "MOVE", \
     "FLAGS_ONLY"
@@ -273,3 +276,17 @@ class KVM:
             return
         self.pfn_refs[actor] = left
         self.memory.normal.refs.put_page(pfn)
+
+
+async def kvm_delete_memslot(kvm: KVM, slot: Memslot) -> None:
+    """KVM_SET_USER_MEMORY_REGION deleting ``slot`` (kvm_set_memslot, v5.17+ order), under
+    slots_lock: kvm_invalidate_memslot (the slot INVALID, synchronize_srcu), the new
+    memslots without it (synchronize_srcu), then kvm_free_memslot. The shadow flush
+    (kvm_arch_flush_shadow_memslot) belongs to the nested MMU model and is left out."""
+    await kvm.slots_lock.lock()
+    kvm.set_memslot_flags(slot, slot.flags | KVM_MEMSLOT_INVALID)
+    await kvm.srcu.synchronize()
+    kvm.remove_memslot(slot)
+    await kvm.srcu.synchronize()
+    slot.flags |= MEMSLOT_POISON
+    kvm.slots_lock.unlock()
