@@ -8,8 +8,13 @@ import attrs
 import pytest
 
 from emu.cli import main
+from emu.sim import machine
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+machine.VERIFY_KEYS = True
+"""Every keyed invariant skipped in a test is recomputed: a key that misses a change fails."""
 
 
 @attrs.frozen

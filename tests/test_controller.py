@@ -516,3 +516,44 @@ def test_fail_while_building():
 
     res = run(build, name="fail-build")
     assert [v.message for v in res.violations] == ["bad initial state"]
+
+
+def _keyed_counter(monkeypatch, verify: bool, key_tracks_value: bool):
+    """An actor bumps a value past the limit its invariant allows; the invariant's key
+    tracks the value, or (a broken key) never changes."""
+    from emu.sim import machine
+
+    monkeypatch.setattr(machine, "VERIFY_KEYS", verify)
+    calls = []
+
+    def build(m):
+        state = {"value": 0}
+
+        def check():
+            calls.append(state["value"])
+            return "value above 1" if state["value"] > 1 else None
+
+        m.invariant("limit", check,
+                    key=(lambda: state["value"]) if key_tracks_value else (lambda: 0))
+
+        async def bump():
+            for _ in range(3):
+                await m.point("bump")
+                state["value"] += 1
+
+        m.spawn("bumper", bump)
+
+    return run(build, seed=0, name="keyed"), calls
+
+
+def test_a_keyed_invariant_is_skipped_while_its_key_is_unchanged(monkeypatch):
+    result, calls = _keyed_counter(monkeypatch, verify=False, key_tracks_value=True)
+    assert [v.message for v in result.violations] == ["limit: value above 1"]
+    assert calls == sorted(set(calls))  # each value checked once, however many decisions
+
+
+def test_a_key_that_misses_a_change_is_reported_under_verify_keys(monkeypatch):
+    result, _ = _keyed_counter(monkeypatch, verify=False, key_tracks_value=False)
+    assert not result.violations  # the broken key hides the violation...
+    result, _ = _keyed_counter(monkeypatch, verify=True, key_tracks_value=False)
+    assert "the key misses a change" in result.violations[0].message  # ...and is caught

@@ -40,9 +40,7 @@ from ..hw.radix import (
     TableMemory,
     encode_ptcr,
     make_pte,
-    read_span,
     write_pate,
-    write_span,
 )
 from ..kvm.hv_guest_state import (
     PT_NIP,
@@ -123,16 +121,6 @@ class L1Kernel:
                              f"{lpid}")
         return (self.data_base + lpid * self.stride + page) << PAGE_SHIFT
 
-    def write_bytes(self, addr: int, data: bytes) -> None:
-        """Store bytes into L1 memory (the L1 kernel's own store: always possible)."""
-        write_span(self.tables.read, self._store, addr, data)
-
-    def _store(self, addr: int, value: int) -> bool:
-        self.tables.write(addr, value)
-        return True
-
-    def read_bytes(self, addr: int, n: int) -> bytes:
-        return read_span(self.tables.read, addr, n) or b""
 
 
 class L1Hypervisor(Guest):
@@ -172,11 +160,11 @@ class L1Hypervisor(Guest):
     async def enter(self, v: L2Vcpu, *, accept: AcceptSpec | None = None) -> int:
         """One H_ENTER_NESTED: store the blocks, call, read them back. The return code."""
         k = self.kernel
-        k.write_bytes(v.hv_addr, encode(v.hv, big_endian=k.big_endian, version=2))
-        k.write_bytes(v.regs_addr, encode_pt_regs(tuple(v.regs), big_endian=k.big_endian))
+        k.tables.write_bytes(v.hv_addr, encode(v.hv, big_endian=k.big_endian, version=2))
+        k.tables.write_bytes(v.regs_addr, encode_pt_regs(tuple(v.regs), big_endian=k.big_endian))
         rc = await self.hcall(H_ENTER_NESTED, v.hv_addr, v.regs_addr, accept=accept)
-        v.hv = decode(k.read_bytes(v.hv_addr, 248), big_endian=k.big_endian)
-        v.regs = list(decode_pt_regs(k.read_bytes(v.regs_addr, 8 * PT_REGS_WORDS),
+        v.hv = decode(k.tables.read_bytes(v.hv_addr, 248), big_endian=k.big_endian)
+        v.regs = list(decode_pt_regs(k.tables.read_bytes(v.regs_addr, 8 * PT_REGS_WORDS),
                                      big_endian=k.big_endian))
         return rc
 

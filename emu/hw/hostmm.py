@@ -44,6 +44,9 @@ class HostMM:
         self.generation = 0
         """Bumped by every change of ``vmas`` (the kernel's vmacache_seqnum): whoever caches
         a lookup knows when to redo it."""
+        self.pte_version = 0
+        """Bumped by every PTE change made through ``set_pte`` (an invariant's fingerprint:
+        whoever writes ``VMA.pte`` directly bumps it too)."""
         self.migrating: dict[int, Any] = {}
         """Host virtual address -> the completion its migration entry waits on."""
         self.notifiers: list[Callable[[int, int], Awaitable[int]]] = []
@@ -80,3 +83,4 @@ class HostMM:
     def set_pte(self, hva: int, value: int) -> None:
         vma = self.vma_lookup(hva)
         vma.pte[vma.index(hva)] = value
+        self.pte_version += 1

@@ -212,15 +212,20 @@ class TableMemory:
         self.frames = frames
         self.pages: dict[int, SortedDict] = {}
         """Page-aligned address -> {doubleword index: nonzero value}."""
+        self.version = 0
+        """Bumped by every change of the memory (by this class or a RadixTree over it): an
+        invariant that reads the memory is unchanged while this is."""
 
     def alloc_table(self) -> int:
         """A zeroed page frame for one table; its real address."""
         addr = self.frames.alloc() << PAGE_SHIFT
         self.pages[addr] = SortedDict()
+        self.version += 1
         return addr
 
     def free_table(self, addr: int) -> None:
         del self.pages[addr]
+        self.version += 1
         self.frames.free(addr >> PAGE_SHIFT)
 
     def read(self, addr: int) -> int:
@@ -230,12 +235,44 @@ class TableMemory:
     def write(self, addr: int, value: int) -> None:
         """Store a doubleword (a guest writing its partition table, or a hostile guest
         scribbling on its own tables)."""
-        page = self.pages.setdefault(addr & ~(PAGE_SIZE - 1), SortedDict())
+        base = addr & ~(PAGE_SIZE - 1)
         index = (addr & (PAGE_SIZE - 1)) >> 3
+        page = self.pages.get(base)
+        if page is None:
+            if not value:
+                return
+            page = self.pages[base] = SortedDict()
+        if page.get(index, 0) == value:
+            return  # (most of a register block is stored unchanged at every entry)
         if value:
             page[index] = value
         else:
-            page.pop(index, None)
+            del page[index]
+        self.version += 1
+
+
+    def read_bytes(self, addr: int, n: int) -> bytes:
+        """``n`` bytes at ``addr`` (any alignment): ``read_span`` of this memory, which is
+        always readable, a page at a time."""
+        first = addr & ~7
+        out = bytearray()
+        for dw in range(first, addr + n, 8):
+            page = self.pages.get(dw & ~(PAGE_SIZE - 1))
+            value = page.get((dw & (PAGE_SIZE - 1)) >> 3, 0) if page is not None else 0
+            out += value.to_bytes(8, "big")
+        return bytes(out[addr - first:addr - first + n])
+
+    def write_bytes(self, addr: int, data: bytes) -> None:
+        """``write_span`` of this memory, which is always writable."""
+        if addr & 7 or len(data) & 7:
+            write_span(self.read, self._store, addr, data)
+            return
+        for off in range(0, len(data), 8):  # (whole doublewords: the common case, faster)
+            self.write(addr + off, int.from_bytes(data[off:off + 8], "big"))
+
+    def _store(self, addr: int, value: int) -> bool:
+        self.write(addr, value)
+        return True
 
 
 def read_span(read: ReadFn, addr: int, n: int) -> bytes | None:
@@ -257,16 +294,17 @@ def write_span(read: ReadFn, write: Callable[[int, int], bool], addr: int,
     first doubleword that cannot be read or written (the ones before it are written)."""
     end = addr + len(data)
     for dw in range(addr & ~7, end, 8):
-        lo, hi = max(addr, dw), min(end, dw + 8)
-        if hi - lo < 8:
+        if dw < addr or dw + 8 > end:  # a partial doubleword keeps its other bytes
             old = read(dw)
             if old is None:
                 return False
+            lo, hi = max(addr, dw), min(end, dw + 8)
             word = bytearray(old.to_bytes(8, "big"))
             word[lo - dw:hi - dw] = data[lo - addr:hi - addr]
+            value = int.from_bytes(word, "big")
         else:
-            word = bytearray(data[lo - addr:hi - addr])
-        if not write(dw, int.from_bytes(word, "big")):
+            value = int.from_bytes(data[dw - addr:dw - addr + 8], "big")
+        if not write(dw, value):
             return False
     return True
 
@@ -338,6 +376,7 @@ class RadixTree:
             if not entry:
                 entry = PAGE_PRESENT | self.mem.alloc_table() | _BITS[lvl - 1]
                 page[index] = entry
+                self.mem.version += 1
             table = entry & RPDB_MASK
         page = self.mem.pages[table]
         index = _index(gpa, level)
@@ -347,10 +386,12 @@ class RadixTree:
                 if (entry ^ pte) & PTE_BITS_MUST_MATCH:
                     self.mismatches.append((gpa & ~((1 << shift) - 1), entry, pte))
                 page[index] = entry | pte
+                self.mem.version += 1
             return removed
         if entry:  # a smaller mapping's table: kvmppc_unmap_free_p?d_entry_table
             removed += self._free_subtree(entry & RPDB_MASK, level - 1, gpa & ~((1 << shift) - 1))
         page[index] = pte
+        self.mem.version += 1
         return removed
 
     def _free_subtree(self, table: int, level: int, base: int) -> list[Leaf]:
@@ -395,6 +436,7 @@ class RadixTree:
         slots = list(self._leaf_slots(self.root, 3, 0, start, end)) if start < end else []
         for page, index, _ in slots:
             del page[index]
+        self.mem.version += 1
         return [leaf for _, _, leaf in slots]
 
     def update(self, gpa: int, clear_bits: int = 0, set_bits: int = 0) -> int | None:
@@ -409,6 +451,7 @@ class RadixTree:
             page[index] = new
         else:
             del page[index]
+        self.mem.version += 1
         return leaf.pte
 
     def set_rc(self, gpa: int, writing: bool) -> bool:
@@ -428,6 +471,7 @@ class RadixTree:
         for index, entry in list(pgd.items()):
             leaves += self._free_subtree(entry & RPDB_MASK, 2, index << PGDIR_SHIFT)
         pgd.clear()
+        self.mem.version += 1
         return leaves
 
     def destroy(self) -> list[Leaf]:

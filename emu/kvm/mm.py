@@ -137,6 +137,7 @@ async def migrate_vma_pages(kvm: KVM, mig: MigrateVma) -> None:
             kvm.m.note(f"migrate_vma_insert_page: the PTE of {mig.start:#x} changed, abort")
             return
     mig.vma.pte[i] = mig.dst
+    kvm.mm.pte_version += 1
     mig.done = True
 
 
@@ -196,6 +197,7 @@ async def handle_mm_fault(kvm: KVM, hva: int) -> int:
         else:
             if vma.pte[i] == 0:
                 vma.pte[i] = kvm.memory.normal.alloc()
+                kvm.mm.pte_version += 1
             return vma.pte[i]
         tries += 1
         await kvm.m.yield_point("handle_mm_fault: retry the walk")
@@ -272,6 +274,7 @@ async def migrate_pages(kvm: KVM, hva: int, copy_ns: int, *, ksm: bool = False
             await kvm.m.sleep(copy_ns)  # the copy, with the migration entry installed
         normal.frames[dst] = attrs.evolve(normal[src])  # ciphertext stays ciphertext
         vma.pte[i] = dst
+        kvm.mm.pte_version += 1
         normal.refs.release(src)
     del mm.migrating[hva]
     entry.complete_all()  # remove_migration_ptes

@@ -166,6 +166,8 @@ class RadixMmu:
     mmu_notifier_seq: int = 0
     rmap: dict[Memslot, dict[int, RmapWord]] = attrs.Factory(dict)
     """memslot->arch.rmap, sparse: memslot -> {gfn - base_gfn: word} (an absent word is 0)."""
+    rmap_version: int = 0
+    """Bumped by every change of an rmap word (for the invariants' fingerprints)."""
 
     def __attrs_post_init__(self) -> None:
         self.pgtable = RadixTree(TableMemory(self.frames or self.kvm.memory.normal))
@@ -206,6 +208,7 @@ def kvmhv_insert_nest_rmap(mmu: RadixMmu, rmapp: RmapWord, n_rmap: int) -> None:
     """Record shadow PTE ``n_rmap`` on an L1 page's word (mmu_lock held), unless the word
     already has it (quirk ``rmap-no-dedup``: without that scan)."""
     rmapp.insert(n_rmap, dedup=mmu.l1 is None or "rmap-no-dedup" not in mmu.l1.quirks)
+    mmu.rmap_version += 1
 
 
 def kvmhv_remove_nest_rmap(mmu: RadixMmu, n_rmap: int, hpa: int, nbytes: int) -> None:
@@ -219,6 +222,7 @@ def kvmhv_remove_nest_rmap(mmu: RadixMmu, n_rmap: int, hpa: int, nbytes: int) ->
 
 def kvmhv_remove_nest_rmap_list(mmu: RadixMmu, rmapp: RmapWord, hpa: int, nbytes: int) -> None:
     """llist_del_all, then every entry the kernel's walk reaches (and frees)."""
+    mmu.rmap_version += 1
     for n_rmap in rmapp.del_all().kernel_walk():
         kvmhv_remove_nest_rmap(mmu, n_rmap, hpa, nbytes)
 

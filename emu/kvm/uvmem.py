@@ -629,6 +629,7 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
         p.pfns[i0 + done:i0 + done + k] = array(
             "Q", range(KVMPPC_GFN_UVMEM_PFN + b + 1, KVMPPC_GFN_UVMEM_PFN + e + 1))
         vma.pte[v0 + done:v0 + done + k] = array("q", range(-(b + 1), -(e + 1), -1))
+        kvm.mm.pte_version += 1
         done += k
         b = e
         dev._hint = e

@@ -172,6 +172,7 @@ class KVM:
         if prealloc:
             vma = self.mm.vma_lookup(slot.userspace_addr)
             vma.pte[:] = array("q", self.memory.normal.alloc_range(npages))
+            self.mm.pte_version += 1
         self.publish(slot)
         return slot
 

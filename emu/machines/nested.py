@@ -127,16 +127,18 @@ class NestedMachine(PowerMachine):
         """Each L2 guest's own process-scoped table: effective page -> L2 real page."""
         self.scheduler = HostScheduler(m, self.pcpus, self.irqs, self.vcpus, moves) \
             if moves else None
-        checks = {
-            "nested lifetime": lambda: nested_lifetime(self.l1),
-            "shadow composition": lambda: shadow_composition(self.l1, self.kernel.edits),
-            "nested rmap unique": lambda: nested_rmap_unique(self.mmu),
-            "L1 table current": lambda: l1_pgtable_current(self.mmu),
-            "TLB coherence": self._tlb_coherence,
-            "sanitisation": self._sanitisation,
+        checks = {  # name: (check, the key of what it reads, or None)
+            "nested lifetime": (lambda: nested_lifetime(self.l1), None),
+            "shadow composition": (lambda: shadow_composition(self.l1, self.kernel.edits),
+                                   self._composition_key),
+            "nested rmap unique": (lambda: nested_rmap_unique(self.mmu),
+                                   lambda: (self.mmu.rmap_version, self.kvm.memslots_generation)),
+            "L1 table current": (lambda: l1_pgtable_current(self.mmu), self._l1_table_key),
+            "TLB coherence": (self._tlb_coherence, None),
+            "sanitisation": (self._sanitisation, self._entries),
         }
-        for name, check in checks.items():  # (invariants run between steps, not after)
-            m.invariant(name, check)
+        for name, (check, key) in checks.items():  # (invariants run between steps, not after)
+            m.invariant(name, check, key=key)
             m.final(name, check)
 
     # ------------------------------------------------------------------ building
@@ -252,6 +254,25 @@ class NestedMachine(PowerMachine):
     async def radix_dump(self) -> str:
         """The debugfs ``radix`` file of the L1 VM, read now (from inside a schedule)."""
         return await radix_debugfs.debugfs_radix_read(self.mmu)
+
+    def _composition_key(self) -> tuple:
+        """Everything shadow composition reads: the shadow tables, L0's table for L1, L1's
+        own tables, the rmap, the live nested guests and their PATE caches, L1's pending
+        edits, the memslots."""
+        return (self.l1.tables.version, self.mmu.pgtable.mem.version, self.kernel.tables.version,
+                self.mmu.rmap_version, self.kvm.memslots_generation,
+                tuple(self.kernel.edits.pending),
+                tuple((lpid, gp.l1_lpid, gp.l1_gr_to_hr) for lpid, gp in self.l1.live.items()))
+
+    def _l1_table_key(self) -> tuple[int, ...]:
+        mm = self.kvm.mm
+        return (self.mmu.pgtable.mem.version, self.kvm.memslots_generation, mm.generation,
+                mm.pte_version)
+
+    def _entries(self) -> tuple:
+        """The L2 entry record of each vCPU (frozen, a new one at every entry; tuples compare
+        their items by identity first, so an unchanged key costs no field comparison)."""
+        return tuple(kv.l2_entry for kv in self.kvm_vcpus.values())
 
     def _tlb_coherence(self) -> str | None:
         if not self.tlbs.stale_uses:
