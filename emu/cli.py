@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import EmuError
+from .kvm.nested_releases import matrix as nested_matrix
 from .kvm.releases import matrix
 from .sim import replay as replay_file
 from .sim.explain import explain
@@ -99,6 +100,23 @@ scenario_options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
 timeline_option = click.option("--timeline", default=30, show_default=True,
                                type=click.IntRange(min=0),
                                help="Steps of the interleaving shown (0: none).")
+view_option = click.option("--view", "views", multiple=True, metavar="NAME",
+                           help="Show the model's view NAME of its state at the end of the "
+                                "run (repeatable; nested scenarios: radix, rmap).")
+
+
+def _show_views(result: RunResult, names: tuple[str, ...]) -> None:
+    """Print the views ``names`` of ``result`` (after its verdict, so a bad name never hides
+    the run's result); without names, say which views there are."""
+    if not names:
+        if result.views:
+            click.echo(f"views: {', '.join(result.views)} (--view NAME shows one)")
+        return
+    for name in [n for n in names if n in result.views]:
+        click.echo(click.style(f"view {name}:", bold=True))
+        click.echo(result.views[name], nl=False)
+    for name in names:
+        result.view(name)  # an unknown name: EmuError naming the views offered
 
 
 def with_scenario_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,9 +172,10 @@ def list_cmd(path: str | None) -> int:
     click.echo("\n" + click.style("quirks", bold=True))
     for qname, text in described.items():
         click.echo(f"  {qname}: {text}")
-    click.echo("\n" + click.style("kernel releases (--kernel RELEASE; svm scenarios)",
-                                  bold=True))
-    click.echo(matrix())
+    for suite, release_matrix in (("svm", matrix), ("nested", nested_matrix)):
+        click.echo("\n" + click.style(f"kernel releases (--kernel RELEASE; {suite} scenarios)",
+                                      bold=True))
+        click.echo(release_matrix())
     return CLEAN
 
 
@@ -165,10 +184,12 @@ def list_cmd(path: str | None) -> int:
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
               help="Write the Perfetto trace JSON here.")
 @timeline_option
+@view_option
 def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], kernel: str | None,
             strategy: str, timers: bool, depth: int, seed: int, max_steps: int | None,
-            trace_path: str | None, timeline: int) -> int:
-    """Run one schedule of SCENARIO and explain what it found."""
+            trace_path: str | None, timeline: int, views: tuple[str, ...]) -> int:
+    """Run one schedule of SCENARIO and explain what it found; --view shows the model's
+    state at the end (the nested scenarios' debugfs radix file, for one)."""
     if scenario in suites():
         raise EmuError(f"{scenario!r} is a suite: 'emu run' takes one scenario "
                        f"({', '.join(suites()[scenario][1])})")
@@ -186,6 +207,7 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], ker
         click.echo(f"trace: {write_perfetto(result.trace, trace_path, result.scenario)}")
     if not result.ok:
         _show_found(result, timeline)
+    _show_views(result, views)
     return VIOLATION if result.violations else CLEAN
 
 
@@ -299,8 +321,9 @@ def _hunt_report(h: HuntResult, log: FindingLog, timeline: int, checked: bool) -
 @click.option("--accept-edits", is_flag=True,
               help="Replay a file that was edited after emu wrote it, as it now reads.")
 @timeline_option
+@view_option
 def replay_cmd(file: str, trace_path: str | None, show: bool, accept_edits: bool,
-               timeline: int) -> int:
+               timeline: int, views: tuple[str, ...]) -> int:
     """Re-run a replay FILE and check that the trace hash matches."""
     if trace_path is not None:
         check_file(trace_path, "--trace")
@@ -320,6 +343,7 @@ def replay_cmd(file: str, trace_path: str | None, show: bool, accept_edits: bool
         click.echo(f"trace hash {r.trace_hash}: matched")
     else:
         click.echo(f"trace hash {r.trace_hash}: MISMATCH (the file records {rep.expected_hash})")
+    _show_views(r, views)
     return VIOLATION if r.violations or not rep.matched else CLEAN
 
 

@@ -50,6 +50,7 @@ from ..kvm.hv_guest_state import (
     decode_pt_regs,
     encode,
     encode_pt_regs,
+    l1_version,
 )
 from ..kvm.hvcall import H_ENTER_NESTED, H_SET_PARTITION_TABLE, H_TLB_INVALIDATE, NAMES
 from ..kvm.nested_invariants import L1Edits
@@ -153,14 +154,16 @@ class L1Hypervisor(Guest):
         regs = [0] * PT_REGS_WORDS
         regs[PT_NIP] = self.kernel.code.load(program)
         v = guest.vcpus[token] = L2Vcpu(lpid, token, self.kernel.tables.alloc_table(), regs,
-                                        HvGuestState(lpid=lpid, vcpu_token=token))
+                                        HvGuestState(l1_version(self._kvm.release), lpid,
+                                                     token))
         return v
 
     # ------------------------------------------------------------------ running L2
     async def enter(self, v: L2Vcpu, *, accept: AcceptSpec | None = None) -> int:
         """One H_ENTER_NESTED: store the blocks, call, read them back. The return code."""
         k = self.kernel
-        k.tables.write_bytes(v.hv_addr, encode(v.hv, big_endian=k.big_endian, version=2))
+        k.tables.write_bytes(v.hv_addr, encode(v.hv, big_endian=k.big_endian,
+                                               version=l1_version(self._kvm.release)))
         k.tables.write_bytes(v.regs_addr, encode_pt_regs(tuple(v.regs), big_endian=k.big_endian))
         rc = await self.hcall(H_ENTER_NESTED, v.hv_addr, v.regs_addr, accept=accept)
         v.hv = decode(k.tables.read_bytes(v.hv_addr, 248), big_endian=k.big_endian)

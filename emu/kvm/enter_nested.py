@@ -56,8 +56,8 @@ Release keying (mainline tags; stable backports are not modelled; a release name
 |       | merge, unconfirmed): dec_expires moves with tb_offset                               |
 | v5.19 | 2852ebfa10af: LPES no longer L1's to choose (emu/kvm/nested_regs.py)                |
 
-Quirks (in ``NESTED_QUIRKS``; ``HISTORY`` says which releases have them, ``bugs(release)``
-lists them):
+Quirks (in ``NESTED_QUIRKS``; their histories, with every nested quirk's, are in
+emu/kvm/nested_releases.py; ``bugs(release)`` lists the ones of this module a release has):
 
 - ``enter-nested-no-srcu`` (B7, v4.20 to v5.8): the blocks are read and written back outside
   ``kvm->srcu``. Each page copy looks its memslot up, then may fault (a scheduling point),
@@ -103,6 +103,7 @@ import attrs
 from ..hw.radix import read_span, write_span
 from . import hv_guest_state as hgs
 from . import nested_regs as nr
+from . import nested_releases
 from .hvcall import (
     H_AUTHORITY,
     H_BAD_MODE,
@@ -123,7 +124,7 @@ from .nested import (
     kvmhv_put_nested,
     kvmhv_update_ptbl_cache,
 )
-from .releases import QuirkHistory, version
+from .releases import version
 from .vm import KVM, MEMSLOT_POISON, NR_CPUS
 
 EINTR = errno.EINTR
@@ -160,36 +161,12 @@ NO_SRCU = "enter-nested-no-srcu"
 NO_TM_SANITISE = "no-tm-sanitise"
 NO_HFSCR_SANITISE = "no-hfscr-sanitise"
 
-NESTED_ENTRY = "360cae313702"
-"""'KVM: PPC: Book3S HV: Nested guest entry via hypercall' (v4.20)."""
-HISTORY: dict[str, QuirkHistory] = {
-    NO_SRCU: QuirkHistory(
-        "B7", NESTED_ENTRY, "v4.20", None, "v5.9",
-        "'KVM: PPC: Protect kvm_vcpu_read_guest with srcu locks' (Alexey Kardashevskiy, "
-        "posted 2020-06-09 after a lockdep splat in kvmhv_enter_nested_guest; in the "
-        "'PPC KVM update for 5.9' pull, 'Locking fixes in nested KVM code'); its commit id "
-        "is unconfirmed (a gitiles mirror shows it as the parent of 7ec21d9da57e). The same "
-        "patch moved the pt_regs read before the version check"),
-    NO_TM_SANITISE: QuirkHistory(
-        "B9", NESTED_ENTRY, "v4.20", "d9c57d3ed52a", "v5.14",
-        "'KVM: PPC: Book3S HV Nested: Sanitise H_ENTER_NESTED TM state' (Nicholas Piggin, "
-        "July 2021, Fixes: 360cae313702, stable v4.20+): both the L1-transactional test and "
-        "the L1/L2 TS checks"),
-    NO_HFSCR_SANITISE: QuirkHistory(
-        "-", "7487cabc7ed2", None, "8b210a880b35", None,
-        "7487cabc7ed2 'Sanitise vcpu registers' as applied (v2 05/60 of the P9 series) calls "
-        "restore_hv_regs(vcpu, l2_hv) and then masks l2_hv->hfscr with vcpu->arch.hfscr, "
-        "which now holds L2's own request; the diff of 8b210a880b35 'Make nested HFSCR "
-        "state accessible' (06/60) replaces that mask with hfscr_permitted without saying "
-        "so. Both are in the powerpc-5.15-1 pull, so no release has it"),
-}
+_QUIRKS = (NO_SRCU, NO_TM_SANITISE, NO_HFSCR_SANITISE)
 
 
 def bugs(release: str | None) -> tuple[str, ...]:
     """The H_ENTER_NESTED quirks ``release`` has, sorted (none for None: the newest)."""
-    if release is None:
-        return ()
-    return tuple(sorted(q for q, h in HISTORY.items() if h.in_release(release)))
+    return tuple(q for q in nested_releases.bugs(release) if q in _QUIRKS)
 
 
 def _release(l1: L1Host) -> tuple[int, ...] | None:

@@ -62,6 +62,7 @@ import struct
 import attrs
 
 from .hvcall import H_P2, H_PARAMETER, H_SUCCESS, MASK64
+from .releases import version
 
 HV_GUEST_STATE_VERSION = 2
 """The newest layout (since v5.12; it was 1 from v4.20 to v5.11)."""
@@ -352,3 +353,11 @@ def read_pt_regs(mem: bytes, *, l1_big_endian: bool,
     if len(mem) < 8 * words:
         return None
     return decode_pt_regs(mem[:8 * words], big_endian=l1_big_endian, words=words)
+
+
+def l1_version(release: str | None) -> int:
+    """The version an L1 kernel of ``release`` writes (its own ``HV_GUEST_STATE_VERSION``):
+    1 before v5.12, 2 since (None: the newest). An L1 of the L0's release, as ``--kernel``
+    runs both."""
+    return 1 if release is not None and _before(version(release), (5, 12)) \
+        else HV_GUEST_STATE_VERSION

@@ -49,14 +49,15 @@ from .hvcall import H_PARAMETER, H_SUCCESS
 KVM_MAX_NESTED_GUESTS_SHIFT = 12
 """asm/kvm_book3s_64.h: an L1 may have at most 4096 nested LPIDs."""
 NESTED_QUIRKS = {
-    "idr-alloc-unlocked": "C1 (candidate, since the IDR form, 2022): __prealloc_nested calls "
+    "idr-alloc-unlocked": "C1 (candidate, since the IDR form, v5.19): __prealloc_nested calls "
                           "idr_alloc with no lock while idr_replace/idr_remove hold mmu_lock",
-    "create-race-fails": "C1b (candidate, since the IDR form, 2022): two vCPUs create the "
+    "create-race-fails": "C1b (candidate, since the IDR form, v5.19): two vCPUs create the "
                          "same new nested LPID; the second's idr_alloc at that exact id "
                          "fails and its H_ENTER_NESTED returns a spurious H_PARAMETER (the "
                          "fixed model looks the guest up again)",
-    "tlbie-all-lpid-no-ref": "C2 (candidate, since 4.20): the IS=3 flush drops mmu_lock "
-                             "around each nested guest without holding a reference",
+    "tlbie-all-lpid-no-ref": "C2 (since v4.20; a fix is in the 2026 stable queues): the "
+                             "IS=3 flush drops mmu_lock around each nested guest without "
+                             "holding a reference",
     "radix-dump-lockless": "C3 (candidate, since the v4.20 nested series added the shadow "
                            "tables to the debugfs radix file): debugfs_radix_read walks "
                            "them with READ_ONCE and no mmu_lock while an H_TLB_INVALIDATE "

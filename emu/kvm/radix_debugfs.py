@@ -31,6 +31,15 @@ Choices the kernel source does not settle: one ``read()`` with a buffer large en
 whole file (the kernel drops and retakes the nested reference between ``read()`` calls);
 a run of absent entries within one table page is skipped in one step (the kernel reads them
 one by one, each from the root).
+
+End-of-run views (``offer_views``; ``emu run --view radix``, ``RunResult.views``): once a
+schedule has ended nothing runs, so ``radix_snapshot`` formats the same file in one go,
+without locks or scheduling points; ``rmap_snapshot`` shows the nested rmap beside it, which
+no kernel file does (``memslot->arch.rmap``: per L1 page, every entry its word holds, in
+list order: newest first, the tagged single entry last, with its tag)::
+
+    memslot <id>: base gfn <base>, <npages> pages
+     gfn <gfn>: <entry> (lpid <n>, gpa <n_gpa>)[; <entry> ...]   (entry: the u64, hex)
 """
 
 from __future__ import annotations
@@ -52,11 +61,28 @@ from ..hw.radix import (
     RPDB_MASK,
     RadixTree,
 )
-from .nested import kvmhv_get_nested, kvmhv_nested_next_lpid, kvmhv_put_nested
+from ..sim import Machine
+from .nested import (
+    _find_nested,
+    _idr_get_next,
+    kvmhv_get_nested,
+    kvmhv_nested_next_lpid,
+    kvmhv_put_nested,
+)
+from .nested_rmap import RMAP_NESTED_IS_SINGLE_ENTRY, n_rmap_gpa, n_rmap_lpid
 from .radix_mmu import RadixMmu
 
 _LEVELS = (("pgd", PGDIR_SHIFT, RADIX_PGD_INDEX_SIZE), ("pud", PUD_SHIFT, RADIX_PUD_INDEX_SIZE),
            ("pmd", PMD_SHIFT, RADIX_PMD_INDEX_SIZE), ("pte", PAGE_SHIFT, RADIX_PTE_INDEX_SIZE))
+
+
+def _header(lpid: int, tree: RadixTree) -> str:
+    nested = f"\nNested LPID {lpid}: " if lpid else ""
+    return f"{nested}pgdir: {tree.root:x}\n"
+
+
+def _leaf_line(gpa: int, pte: int, shift: int) -> str:
+    return f" {gpa:x}: {pte:x} {shift}\n"
 
 
 async def _next_line(mmu: RadixMmu, tree: RadixTree, root: SortedDict, gpa: int, what: str,
@@ -82,7 +108,7 @@ async def _next_line(mmu: RadixMmu, tree: RadixTree, root: SortedDict, gpa: int,
             gpa = base + (following << shift if following is not None else 1 << (shift + bits))
             break
         if entry & PAGE_PTE:
-            line = f" {gpa:x}: {entry:x} {shift}\n"
+            line = _leaf_line(gpa, entry, shift)
             gpa += 1 << shift
             break
         table = entry & RPDB_MASK
@@ -94,7 +120,7 @@ async def _next_line(mmu: RadixMmu, tree: RadixTree, root: SortedDict, gpa: int,
 
 async def _dump_table(mmu: RadixMmu, tree: RadixTree, lpid: int, locked: bool) -> str:
     what = "L1's table" if lpid == 0 else f"nested LPID {lpid}'s shadow table"
-    out = [f"\nNested LPID {lpid}: " if lpid else "", f"pgdir: {tree.root:x}\n"]
+    out = [_header(lpid, tree)]
     root = tree.mem.pages[tree.root]
     gpa = 0
     while gpa < RADIX_PGTABLE_RANGE:
@@ -116,3 +142,46 @@ async def debugfs_radix_read(mmu: RadixMmu) -> str:
         out.append(await _dump_table(mmu, nested.shadow_pgtable, lpid, locked))
         await kvmhv_put_nested(nested)
     return "".join(out)
+
+
+def _nested_tables(mmu: RadixMmu) -> list[tuple[int, RadixTree]]:
+    """(lpid, table) for L1's own table (lpid 0), then each nested guest in ascending lpid."""
+    tables = [(0, mmu.pgtable)]
+    lpid = 0
+    while mmu.l1 is not None and (lpid := _idr_get_next(mmu.l1, lpid)) >= 0:
+        tables.append((lpid, _find_nested(mmu.l1, lpid).shadow_pgtable))
+    return tables
+
+
+def radix_snapshot(mmu: RadixMmu) -> str:
+    """The ``radix`` file as ``debugfs_radix_read`` writes it, read at once (nothing else
+    runs: the end of a schedule)."""
+    return "".join(_header(lpid, tree) + "".join(
+        _leaf_line(leaf.gpa, leaf.pte, leaf.shift) for leaf in tree.leaves())
+        for lpid, tree in _nested_tables(mmu))
+
+
+def _rmap_entry(entry: int) -> str:
+    return f"{entry:016x} (lpid {n_rmap_lpid(entry)}, gpa {n_rmap_gpa(entry):#x})"
+
+
+def rmap_snapshot(mmu: RadixMmu) -> str:
+    """The nested rmap of every memslot, one line per L1 page that has entries (see the
+    module notes); "no nested rmap entries" when there are none."""
+    out = []
+    for slot, words in sorted(mmu.rmap.items(), key=lambda item: item[0].id):
+        lines = [f" gfn {slot.base_gfn + offset:#x}: " + "; ".join(
+            _rmap_entry(entry) for entry in (
+                *word.nodes, word.single | RMAP_NESTED_IS_SINGLE_ENTRY))
+            for offset, word in sorted(words.items()) if word.single is not None]
+        if lines:
+            out += [f"memslot {slot.id}: base gfn {slot.base_gfn:#x}, {slot.npages} pages",
+                    *lines]
+    return "\n".join(out) + "\n" if out else "no nested rmap entries\n"
+
+
+def offer_views(m: Machine, mmu: RadixMmu) -> None:
+    """Offer ``radix`` (the debugfs file) and ``rmap`` as end-of-run views of ``mmu``'s
+    guest."""
+    m.view("radix", lambda: radix_snapshot(mmu))
+    m.view("rmap", lambda: rmap_snapshot(mmu))

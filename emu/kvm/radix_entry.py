@@ -27,10 +27,10 @@ Releases. The model follows v6.x: per-thread bits and the per-CPU ``cpu_in_guest
 cleared by whichever thread entered first ("Fix TLB management on SMT8", 2021), and before
 that fix the group was the whole core. The quirks re-create the historic forms:
 
-- ``one-tlb-per-core`` (B10; the v4.20 code until the SMT8 fix of 2021, commit id
-  unconfirmed): the kernel takes the whole core as one TLB group (cpu_first_thread_sibling),
-  so on an SMT8 core, whose TLB is two groups of interleaved threads, a move between the
-  groups of one core skips the flush.
+- ``one-tlb-per-core`` (B10; the v4.20 code until the SMT8 fix, 77bbbc0cf848, v5.14): the
+  kernel takes the whole core as one TLB group (cpu_first_thread_sibling), so on an SMT8
+  core, whose TLB is two groups of interleaved threads, a move between the groups of one
+  core skips the flush.
 - ``no-prev-cpu-flush`` (the nested prev_cpu commit of the v4.20 nested series, seed 002:
   "This does for nested guests what L0 already did for its own guests"; commit id
   unconfirmed): an L2's entry does no prev_cpu tracking and no flush check at all.
@@ -47,11 +47,12 @@ from ..hw.cputhreads import Topology
 from ..hw.tlb import Tlbs
 
 ENTRY_QUIRKS = {
-    "one-tlb-per-core": "B10 (v4.20 until the 2021 SMT8 fix): one TLB per core assumed, so "
-                        "a move between the two TLB groups of an SMT8 core is not flushed",
-    "no-prev-cpu-flush": "before the v4.20 nested prev_cpu commit (seed 002): an L2's "
-                         "entry neither tracks prev_cpu per vcpu_token nor checks "
-                         "need_tlb_flush",
+    "one-tlb-per-core": "B10 (v4.20 to v5.13, fixed by 77bbbc0cf848 in v5.14): one TLB per "
+                        "core assumed, so a move between the two TLB groups of an SMT8 core "
+                        "is not flushed",
+    "no-prev-cpu-flush": "before the nested prev_cpu commit (seed 002; same v4.20 pull as "
+                         "H_ENTER_NESTED, so in no release): an L2's entry neither tracks "
+                         "prev_cpu per vcpu_token nor checks need_tlb_flush",
 }
 
 Ipi = Callable[[int, str], Awaitable[None]]

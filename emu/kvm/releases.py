@@ -31,6 +31,8 @@ with every known fix, B8's evident fix included, the pre-5.17 walk and the pre-6
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import attrs
 
 from ..sim.scenario import Releases, register_releases
@@ -231,15 +233,23 @@ TABLE = Releases("kernel release", "--kernel", frozenset(QUIRK_HISTORY),
 register_releases(TABLE)
 
 
+def quirk_matrix(history: Mapping[str, QuirkHistory], names: Sequence[str], width: int,
+                 col: int = 7) -> list[str]:
+    """A release x quirk table's head and one row per quirk of ``history`` ("x": the
+    release has it), each row labelled with the bug id and quirk in ``width`` characters,
+    a release ``col`` wide, and a last column for the default model, which has none."""
+    lines = [f"{'':<{width}}" + "".join(f"{n:>{col}}" for n in names) + "  default"]
+    for q, h in history.items():
+        cells = "".join(f"{'x' if h.in_release(n) else '.':>{col}}" for n in names)
+        lines.append(f"{h.bug + ' ' + q:<{width}}{cells}{'.':>9}")
+    return lines
+
+
 def matrix() -> str:
     """The release x quirk table (and the release-keyed behaviour) for ``emu list``."""
     names = list(RELEASES)
     width = max(len(q) for q in QUIRK_HISTORY) + 6
-    head = f"{'':<{width}}" + "".join(f"{n:>7}" for n in names) + "  default"
-    lines = [head]
-    for q, h in QUIRK_HISTORY.items():
-        cells = "".join(f"{'x' if h.in_release(n) else '.':>7}" for n in names)
-        lines.append(f"{h.bug + ' ' + q:<{width}}{cells}{'.':>9}")
+    lines = quirk_matrix(QUIRK_HISTORY, names, width)
     for key, short in (("memslot_walk", {"gfn-descending": "gfn", "id-hash": "hash"}),
                        ("page_free", {"in-finalize": "lock", "after-fault": "late"}),
                        ("init_start_rollback", {"none": "none", "loop": "loop"})):

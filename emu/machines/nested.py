@@ -122,6 +122,7 @@ class NestedMachine(PowerMachine):
                          self._flush_lpid, self._set_ptbl_entry, quirks)
         self.mmu = RadixMmu(self.kvm, self._tlbie_page, self.l1)
         self.kvm.mm.notifiers.append(partial(kvm_mmu_notifier_invalidate_range_start, self.mmu))
+        radix_debugfs.offer_views(m, self.mmu)  # emu run --view radix / rmap
         self.kvm_vcpus: dict[str, KvmVcpu] = {}
         self.l2_proc: dict[int, dict[int, int]] = {}
         """Each L2 guest's own process-scoped table: effective page -> L2 real page."""

@@ -56,6 +56,8 @@ class Machine:
         self._known_quirks = known_quirks
         self._seed = seed
         self._random: random.Random | None = None
+        self.views: dict[str, Callable[[], str]] = {}
+        """The end-of-run views the model offers (``view``), by name."""
 
     @property
     def random(self) -> random.Random:
@@ -133,6 +135,15 @@ class Machine:
     def final(self, name: str, check: Check) -> None:
         """``check()`` runs once, after every actor has finished."""
         self.ctl.finals.append((name, check))
+
+    def view(self, name: str, show: Callable[[], str]) -> None:
+        """Offer ``show()`` as the view ``name``: text about the machine's state at the end
+        of the run (``RunResult.views``, ``emu run --view NAME``). It is called after the
+        schedule has ended, a violation included, so it reads state as it is and must not
+        await."""
+        if name in self.views:
+            raise ValueError(f"two views named {name!r}")
+        self.views[name] = show
 
     def fail(self, kind: str, message: str, details: str = "") -> None:
         self.ctl.fail(kind, message, details=details)

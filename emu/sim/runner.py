@@ -9,6 +9,7 @@ function of those alone, and is stored in the replay file.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -49,10 +50,22 @@ class RunResult:
     """The scenario file's absolute path and SHA-256, for a scenario loaded from a file."""
     release: str | None = None
     """The release the model ran as (``--kernel``); None: the model's default."""
+    views: dict[str, str] = attrs.Factory(dict)
+    """The model's views of its state at the end of the run (``Machine.view``), by name:
+    filled by ``run`` and replays, and by a hunt for a schedule that found something."""
 
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    def view(self, name: str) -> str:
+        """The view ``name``; EmuError, naming the views offered, if there is none."""
+        if name not in self.views:
+            close = difflib.get_close_matches(name, list(self.views), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise EmuError(f"scenario {self.scenario} offers no view {name!r} (offered: "
+                           f"{', '.join(self.views) or 'none'}){hint}")
+        return self.views[name]
 
     @property
     def violation(self) -> Violation | None:
@@ -129,10 +142,12 @@ def step_budget(sc: Scenario, values: dict[str, Any], max_steps: int | None) -> 
 
 async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
                        strategy: Any, seed: int, max_steps: int,
-                       release: str | None = None, detail: bool = False) -> RunResult:
+                       release: str | None = None, detail: bool = False,
+                       views: bool = False) -> RunResult:
     """Build the scenario on a fresh controller and run one schedule (inside trio.run).
     ``release`` is handed to the model as ``machine.release`` (an opaque name); ``detail``
-    records where in the model each step is taken (slow: for explanations)."""
+    records where in the model each step is taken (slow: for explanations); ``views``
+    takes the model's views at the end (always taken when the schedule found something)."""
     INTERRUPT.check()
     ctl = Controller(strategy, max_steps=max_steps)
     ctl.detail = detail
@@ -155,7 +170,20 @@ async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, 
     if ctl.error is not None:
         raise ctl.error
     return RunResult(sc.name, params, quirks, strategy.spec(), seed, max_steps,
-                     ctl.violations, ctl.trace, ctl.step, ctl.now, sc.source, release)
+                     ctl.violations, ctl.trace, ctl.step, ctl.now, sc.source, release,
+                     _take_views(machine) if views or ctl.violations else {})
+
+
+def _take_views(machine: Machine) -> dict[str, str]:
+    """Every view's text. A view that fails says so in its text: a broken view must not
+    cost the run's result."""
+    taken = {}
+    for name, show in machine.views.items():
+        try:
+            taken[name] = show()
+        except Exception as exc:
+            taken[name] = f"(the view failed: {type(exc).__name__}: {exc})\n"
+    return taken
 
 
 async def _calibrate(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
@@ -188,7 +216,8 @@ def run(scenario: str | Scenario, *, seed: int = 0, params: Mapping[str, Any] | 
         quirks: Iterable[str] = (), strategy: str = "random", depth: int = 3,
         max_steps: int | None = None, release: str | None = None,
         timers: bool = True) -> RunResult:
-    """Run one schedule of ``scenario`` (as ``release``, if the scenario models releases)."""
+    """Run one schedule of ``scenario`` (as ``release``, if the scenario models releases);
+    the result carries the model's views (``RunResult.views``)."""
     sc, values, chosen = prepare(scenario, params, quirks, release)
     steps = step_budget(sc, values, max_steps)
     spec = _strategy_spec(strategy, depth, timers)
@@ -196,7 +225,7 @@ def run(scenario: str | Scenario, *, seed: int = 0, params: Mapping[str, Any] | 
     async def main() -> RunResult:
         full = await _complete_spec(spec, sc, values, chosen, steps, release)
         return await run_schedule(sc, values, chosen, make_strategy(full, seed), seed, steps,
-                                  release)
+                                  release, views=True)
 
     return trio.run(main)
 
@@ -210,7 +239,7 @@ def run_decisions(scenario: str | Scenario, decisions: list[tuple[int, str, str]
 
     async def main() -> RunResult:
         result = await run_schedule(sc, values, chosen, Replay(decisions), seed, max_steps,
-                                    release, detail)
+                                    release, detail, views=True)
         if result.steps < len(decisions):
             raise ReplayDivergence(f"the schedule ended after {result.steps} steps, but the "
                                    f"replay file records {len(decisions)}")
