@@ -26,13 +26,16 @@ PARAMS = {
 }
 
 
-def nested_scenario(name: str):
-    return scenario(name, params=PARAMS, quirks=QUIRKS, max_steps=20_000)
+def nested_scenario(name: str, **params: Param):
+    """Declare a nested scenario: the suite's parameters (and ``params``, its own), quirks
+    and step budget."""
+    return scenario(name, params={**PARAMS, **params}, quirks=QUIRKS, max_steps=20_000)
 
 
-def machine(m: Machine, topology: str, moves: int, **accept: set[int]) -> NestedMachine:
+def machine(m: Machine, topology: str, moves: int, *, l1_big_endian: bool = False,
+            **accept: set[int]) -> NestedMachine:
     return NestedMachine(m, topology=topology, cores=2 if topology == "smt4" else 1,
-                         quirks=m.quirks, moves=moves,
+                         quirks=m.quirks, moves=moves, l1_big_endian=l1_big_endian,
                          accept={"*": {H_SUCCESS}, "H_ENTER_NESTED": ENTER, **accept})
 
 
