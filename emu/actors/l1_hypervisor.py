@@ -148,12 +148,16 @@ class L1Hypervisor(Guest):
             write_pate(k.tables, k.ptcr, lpid, Pate.radix(guest.tree.root, 0))
         return guest
 
-    def l2_vcpu(self, lpid: int, token: int, program: list[Instruction]) -> L2Vcpu:
-        """An L2 vCPU with vcpu_token ``token`` about to run ``program``."""
+    def l2_vcpu(self, lpid: int, token: int, program: list[Instruction], *,
+                block: int | None = None) -> L2Vcpu:
+        """An L2 vCPU with vcpu_token ``token`` about to run ``program``; its register
+        blocks on the L1 page at real address ``block`` (default: a new page of L1's)."""
         guest = self.kernel.guests[lpid]
         regs = [0] * PT_REGS_WORDS
         regs[PT_NIP] = self.kernel.code.load(program)
-        v = guest.vcpus[token] = L2Vcpu(lpid, token, self.kernel.tables.alloc_table(), regs,
+        if block is None:
+            block = self.kernel.tables.alloc_table()
+        v = guest.vcpus[token] = L2Vcpu(lpid, token, block, regs,
                                         HvGuestState(l1_version(self._kvm.release), lpid,
                                                      token))
         return v
@@ -173,11 +177,12 @@ class L1Hypervisor(Guest):
 
     async def run(self, v: L2Vcpu, *, accept: AcceptSpec | None = None) -> int:
         """Run ``v`` until it exits for a reason other than a page fault L1 resolves: the
-        last H_ENTER_NESTED return code (the L2 trap number, or an hcall error)."""
+        last H_ENTER_NESTED return code (the L2 trap number, or an hcall error; an HDSI if
+        L1 destroyed the guest meanwhile)."""
         while True:
             rc = await self.enter(v, accept=accept)
-            if rc != BOOK3S_INTERRUPT_H_DATA_STORAGE:
-                return rc
+            if rc != BOOK3S_INTERRUPT_H_DATA_STORAGE or v.lpid not in self.kernel.guests:
+                return rc  # (a fault in a guest L1 has torn down is not L1's to resolve)
             await self._page_fault(v.lpid, v.hv.asdr, v.hv.hdsisr)
 
     async def _page_fault(self, lpid: int, gpa: int, dsisr: int) -> None:

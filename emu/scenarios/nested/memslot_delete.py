@@ -43,12 +43,6 @@ DIMM_SLOT, DIMM_GFN, DIMM_PAGES = 1, L1_PAGES, 2
 """The DIMM's memslot: its id, first L1 GFN and size in 64K pages (one per L2 vCPU)."""
 
 
-def in_dimm(v: L2Vcpu, page: int) -> L2Vcpu:
-    """The L1 kernel keeps ``v``'s register blocks on page ``page`` of the DIMM."""
-    v.block = (DIMM_GFN + page) << PAGE_SHIFT
-    return v
-
-
 @nested_scenario(NAME)
 def memslot_delete_vs_enter(m: Machine, topology: str, moves: int) -> None:
     """L1 vCPU 0 runs L2 1.0 (blocks in boot memory), which stores to two pages. Then L1
@@ -77,7 +71,8 @@ def memslot_delete_vs_enter(m: Machine, topology: str, moves: int) -> None:
     async def l1(h: L1Hypervisor) -> None:
         if h.vcpu == 0:
             await boot_guest(h)
-            runners.extend(in_dimm(h.l2_vcpu(1, 1 + i, load_rounds()), i) for i in range(2))
+            runners.extend(h.l2_vcpu(1, 1 + i, load_rounds(),
+                                     block=(DIMM_GFN + i) << PAGE_SHIFT) for i in range(2))
             v = h.l2_vcpu(1, 0, [*store_pages(), Hcall(H_YIELD), *load_pages()])
             await h.run(v)
             mapped.complete_all()
