@@ -264,11 +264,26 @@ class TableMemory:
 
     def write_bytes(self, addr: int, data: bytes) -> None:
         """``write_span`` of this memory, which is always writable."""
-        if addr & 7 or len(data) & 7:
+        if addr & 7 or len(data) & 7 or (addr ^ (addr + len(data) - 1)) & ~(PAGE_SIZE - 1):
             write_span(self.read, self._store, addr, data)
             return
-        for off in range(0, len(data), 8):  # (whole doublewords: the common case, faster)
-            self.write(addr + off, int.from_bytes(data[off:off + 8], "big"))
+        # Whole doublewords in one page (a register block): the common case, done in place.
+        base = addr & ~(PAGE_SIZE - 1)
+        page = self.pages.get(base)
+        if page is None:
+            page = self.pages[base] = SortedDict()
+        first = (addr & (PAGE_SIZE - 1)) >> 3
+        changed = False
+        for i in range(len(data) >> 3):
+            value = int.from_bytes(data[i << 3:(i + 1) << 3], "big")
+            if page.get(first + i, 0) != value:
+                changed = True
+                if value:
+                    page[first + i] = value
+                else:
+                    del page[first + i]
+        if changed:
+            self.version += 1
 
     def _store(self, addr: int, value: int) -> bool:
         self.write(addr, value)

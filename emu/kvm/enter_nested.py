@@ -100,7 +100,6 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 
-from ..hw.radix import read_span, write_span
 from . import hv_guest_state as hgs
 from . import nested_regs as nr
 from . import nested_releases
@@ -318,7 +317,7 @@ async def kvm_vcpu_read_guest(l1: L1Host, gpa: int, n: int) -> bytes | None:
     for gfn, offset, seg in _segments(gpa & MASK64, n):
         if not await _copy_page(l1.kvm, gfn, "__copy_from_user"):
             return None
-        data = read_span(l1.read_guest, (gfn << PAGE_SHIFT) + offset, seg)
+        data = l1.copy_from_user((gfn << PAGE_SHIFT) + offset, seg)
         if data is None:
             return None
         out += data
@@ -332,8 +331,7 @@ async def kvm_vcpu_write_guest(l1: L1Host, gpa: int, data: bytes) -> bool:
     for gfn, offset, seg in _segments(gpa & MASK64, len(data)):
         if not await _copy_page(l1.kvm, gfn, "__copy_to_user"):
             return False
-        if not write_span(l1.read_guest, l1.write_guest, (gfn << PAGE_SHIFT) + offset,
-                          data[done:done + seg]):
+        if not l1.copy_to_user((gfn << PAGE_SHIFT) + offset, data[done:done + seg]):
             return False
         done += seg
     return True
