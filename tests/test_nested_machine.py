@@ -79,8 +79,8 @@ def test_tlb_coherence_fires():
     assert "TLB coherence" in result.violations[0].message
 
 
-def test_quirks_are_documented():
-    assert set(QUIRK_SCENARIO) <= set(QUIRKS)
+def test_every_quirk_is_documented_and_has_its_scenario():
+    assert set(QUIRK_SCENARIO) == set(QUIRKS)
     assert all(QUIRKS[q] for q in QUIRKS)
 
 

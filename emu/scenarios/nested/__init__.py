@@ -11,13 +11,13 @@ this package merges them, so every quirk has exactly one scenario that hunts it 
 
 from __future__ import annotations
 
-from . import boot, memslot_delete, storm, teardown, tlbiel_migrate, unmap_fault
+from . import boot, malicious, memslot_delete, storm, teardown, tlbiel_migrate, unmap_fault
 from .common import EA, ENTER, H_YIELD, PARAMS, QUIRKS
 
 SUITE = "POWER nested virtualisation: seed 002 (L1 hypervisor, H_ENTER_NESTED, TLB flushes)"
 """What ``emu list`` says of the suite (entry point in pyproject.toml)."""
 
-_MODULES = (boot, tlbiel_migrate, storm, teardown, memslot_delete, unmap_fault)
+_MODULES = (boot, tlbiel_migrate, storm, teardown, memslot_delete, unmap_fault, malicious)
 QUIRK_SCENARIO: dict[str, str] = {}
 QUIRK_PARAMS: dict[str, dict[str, object]] = {}
 for _mod in _MODULES:
