@@ -101,15 +101,6 @@ def test_every_form_is_made_and_answered(endian):
     assert made == {f.name for f in FORMS}
 
 
-@pytest.mark.parametrize("topology", ["smt4", "smt8"])
-@pytest.mark.parametrize("endian", ["le", "be"])
-@pytest.mark.parametrize("strategy", ["random", "pct"])
-def test_fixed_model_is_clean(strategy, endian, topology):
-    found = emu.hunt(NAME, schedules=40, strategy=strategy,
-                     params={"endian": endian, "topology": topology, "moves": 3})
-    assert found.found is None, found.found.violation.describe()
-
-
 @pytest.mark.parametrize("endian", ["le", "be"])
 @pytest.mark.parametrize(("quirk", "text"), [
     ("no-tm-sanitise", "L0 cannot recheckpoint"),

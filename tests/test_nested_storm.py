@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-import pytest
-
 import emu
 from emu.hw.costs import UNIT
 from emu.hw.memory import PAGE_SHIFT
@@ -23,15 +21,6 @@ from emu.sim.scenario import suites
 
 STORM_NAME, MOVE_NAME = "tlb-invalidate-storm", "l1-unmap-vs-l2-fault"
 SCOPE_NOTE = re.compile(r"storm: (.*): (\d+) shadow PTEs in scope, (\d+) L2 vCPUs in the guest")
-
-
-@pytest.mark.parametrize("name", [STORM_NAME, MOVE_NAME])
-@pytest.mark.parametrize("strategy", ["random", "pct"])
-@pytest.mark.parametrize("topology", ["smt4", "smt8"])
-def test_fixed_model_is_clean(name, strategy, topology):
-    h = emu.hunt(name, schedules=40, strategy=strategy,
-                 params={"topology": topology, "moves": 3})
-    assert h.ok, h.found.violation.describe()
 
 
 def test_both_scenarios_are_in_the_suite():

@@ -23,15 +23,6 @@ from emu.scenarios.nested.teardown import GONE, WINDOW
 TEARDOWN, MEMSLOT = "nested-teardown-vs-enter", "memslot-delete-vs-enter"
 
 
-@pytest.mark.parametrize("name", [TEARDOWN, MEMSLOT])
-@pytest.mark.parametrize("strategy", ["random", "pct"])
-@pytest.mark.parametrize("topology", ["smt4", "smt8"])
-def test_fixed_model_is_clean(name, strategy, topology):
-    h = emu.hunt(name, schedules=60, strategy=strategy,
-                 params={"topology": topology, "moves": 3})
-    assert h.ok, h.found.violation.describe()
-
-
 @pytest.mark.parametrize(("quirk", "kind", "text", "actor"), [
     ("idr-alloc-unlocked", "idr", "the IDR's writers are not serialised", None),
     ("tlbie-all-lpid-no-ref", "use-after-free", "freed by kvmhv_release_nested", "vm1.vcpu3"),
