@@ -255,12 +255,14 @@ class TableMemory:
         """``n`` bytes at ``addr`` (any alignment): ``read_span`` of this memory, which is
         always readable, a page at a time."""
         first = addr & ~7
-        out = bytearray()
-        for dw in range(first, addr + n, 8):
-            page = self.pages.get(dw & ~(PAGE_SIZE - 1))
-            value = page.get((dw & (PAGE_SIZE - 1)) >> 3, 0) if page is not None else 0
-            out += value.to_bytes(8, "big")
-        return bytes(out[addr - first:addr - first + n])
+        if (first ^ (addr + n - 1)) & ~(PAGE_SIZE - 1):  # crosses a page: per doubleword
+            words = [self.read(dw).to_bytes(8, "big") for dw in range(first, addr + n, 8)]
+        else:
+            page = self.pages.get(first & ~(PAGE_SIZE - 1), {})
+            index = (first & (PAGE_SIZE - 1)) >> 3
+            words = [page.get(i, 0).to_bytes(8, "big")
+                     for i in range(index, index + ((addr + n - first + 7) >> 3))]
+        return b"".join(words)[addr - first:addr - first + n]
 
     def write_bytes(self, addr: int, data: bytes) -> None:
         """``write_span`` of this memory, which is always writable."""
