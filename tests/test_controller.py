@@ -557,21 +557,3 @@ def test_a_key_that_misses_a_change_is_reported_under_verify_keys(monkeypatch):
     assert not result.violations  # the broken key hides the violation...
     result, _ = _keyed_counter(monkeypatch, verify=True, key_tracks_value=False)
     assert "the key misses a change" in result.violations[0].message  # ...and is caught
-
-
-def test_a_group_of_invariants_shares_one_key_and_names_the_one_that_fails():
-    def build(m):
-        state = {"a": 0, "b": 0}
-        m.invariants({"a small": lambda: "a is 2" if state["a"] == 2 else None,
-                      "b small": lambda: "b is 1" if state["b"] == 1 else None},
-                     key=lambda: (state["a"], state["b"]))
-
-        async def bump():
-            for name in ("a", "a", "b"):
-                await m.point(f"bump {name}")
-                state[name] += 1
-
-        m.spawn("bumper", bump)
-
-    result = run(build, seed=0, name="group")
-    assert [v.message for v in result.violations] == ["a small: a is 2"]

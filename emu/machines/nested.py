@@ -129,17 +129,21 @@ class NestedMachine(PowerMachine):
         """Each L2 guest's own process-scoped table: effective page -> L2 real page."""
         self.scheduler = HostScheduler(m, self.pcpus, self.irqs, self.vcpus, moves) \
             if moves else None
-        tables = {  # (between steps these run only when what they read has changed)
-            "shadow composition": lambda: shadow_composition(self.l1, self.kernel.edits),
-            "nested rmap unique": lambda: nested_rmap_unique(self.mmu),
-            "L1 table current": lambda: l1_pgtable_current(self.mmu),
+        tables = {  # (between steps each runs only when what it reads has changed)
+            "shadow composition": (lambda: shadow_composition(self.l1, self.kernel.edits),
+                                   self._composition_key),
+            "nested rmap unique": (lambda: nested_rmap_unique(self.mmu),
+                                   lambda: (self.mmu.rmap_version, self.kvm.memslots_generation)),
+            "L1 table current": (lambda: l1_pgtable_current(self.mmu), self._l1_table_key),
         }
         lifetime = partial(nested_lifetime, self.l1)
         m.invariant("nested lifetime", lifetime)
-        m.invariants(tables, key=self._tables_key)
+        for name, (check, key) in tables.items():
+            m.invariant(name, check, key=key)
         m.invariant("TLB coherence", self._tlb_coherence)
         m.invariant("sanitisation", self._sanitisation, key=self._entries)
-        for name, check in {"nested lifetime": lifetime, **tables,
+        for name, check in {"nested lifetime": lifetime,
+                            **{name: check for name, (check, _) in tables.items()},
                             "TLB coherence": self._tlb_coherence,
                             "sanitisation": self._sanitisation}.items():
             m.final(name, check)
@@ -258,15 +262,20 @@ class NestedMachine(PowerMachine):
         """The debugfs ``radix`` file of the L1 VM, read now (from inside a schedule)."""
         return await radix_debugfs.debugfs_radix_read(self.mmu)
 
-    def _tables_key(self) -> tuple:
-        """Everything the table invariants read: the shadow tables, L0's table for L1, L1's
-        own tables, the rmap, the live nested guests and their PATE caches, L1's pending
-        edits, the memslots, QEMU's mappings and PTEs."""
-        mm = self.kvm.mm
+    def _composition_key(self) -> tuple:
+        """Everything shadow composition reads: the shadow tables, L0's table for L1, L1's
+        own memory, the rmap, the live nested guests and their PATE caches, L1's pending
+        edits, the memslots."""
         return (self.l1.tables.version, self.mmu.pgtable.mem.version, self.kernel.tables.version,
-                self.mmu.rmap_version, self.kvm.memslots_generation, mm.generation,
-                mm.pte_version, tuple(self.kernel.edits.pending),
+                self.mmu.rmap_version, self.kvm.memslots_generation,
+                tuple(self.kernel.edits.pending),
                 tuple((lpid, gp.l1_lpid, gp.l1_gr_to_hr) for lpid, gp in self.l1.live.items()))
+
+    def _l1_table_key(self) -> tuple[int, ...]:
+        """What "L1 table current" reads: L0's table for L1, the memslots, QEMU's mappings."""
+        mm = self.kvm.mm
+        return (self.mmu.pgtable.mem.version, self.kvm.memslots_generation, mm.generation,
+                mm.pte_version)
 
     def _entries(self) -> tuple:
         """The L2 entry record of each vCPU (frozen, a new one at every entry; tuples compare

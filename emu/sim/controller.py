@@ -317,8 +317,8 @@ class Controller:
                 message = check()
             except Exception as exc:  # a broken invariant function is still a finding
                 message = f"raised {type(exc).__name__}: {exc}"
-            if message:  # (a group of checks registers as "" and names the one that failed)
-                self.fail("invariant", f"{name}: {message}" if name else message)
+            if message:
+                self.fail("invariant", f"{name}: {message}")
 
     def _halt(self) -> None:
         """End the schedule: nothing more is recorded, and every actor parked at a

@@ -8,7 +8,7 @@ invariants. Model code never touches Trio directly: everything comes from here.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 from .channel import Channel, Completion
@@ -131,20 +131,6 @@ class Machine:
         change hides violations, so tests run with ``VERIFY_KEYS`` on, which recomputes
         every skipped check and fails if it would not have passed."""
         self.ctl.invariants.append((name, check if key is None else KeyedCheck(check, key)))
-
-    def invariants(self, checks: Mapping[str, Check], *, key: Callable[[], Hashable]) -> None:
-        """Several invariants that read the same state, under one ``key`` (computed once
-        per decision for all of them, see ``invariant``); each still reports by its name."""
-        group = tuple(checks.items())
-
-        def check_all() -> str | None:
-            for name, check in group:
-                message = check()
-                if message:
-                    return f"{name}: {message}"
-            return None
-
-        self.ctl.invariants.append(("", KeyedCheck(check_all, key)))
 
     def final(self, name: str, check: Check) -> None:
         """``check()`` runs once, after every actor has finished."""
