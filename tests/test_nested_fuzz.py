@@ -109,6 +109,11 @@ class Fuzz:
     """The L1 addresses L0 wrote since the last ``take_writes``."""
     nips: dict[str, int] = attrs.Factory(dict)
     """The L2 programs loaded at boot, by name: their entry points."""
+    aliased: set[int] = attrs.Factory(set)
+    """Nested lpids an accepted IS=0 with an EPN beyond 2**52 has hit: the kernel cleared
+    the aliased shadow PTE but tlbied the unmasked address, so a TLB entry through the page
+    may outlive it and a later IS=0 finds no PTE to flush it by (the README's finding,
+    pinned by test_nested_malicious.py); their TLB entries are not checked again."""
 
     @property
     def be(self) -> bool:
@@ -184,7 +189,7 @@ def run_example(program: Callable[[Fuzz], Awaitable[None]], *, big_endian: bool,
                 seed)
     mach = NestedMachine(m, topology="smt4", cores=1, l1_big_endian=big_endian,
                          accept={"*": {H_SUCCESS}, "H_ENTER_NESTED": ENTER})
-    l0_write = mach.l1.write_guest
+    l0_write, l0_copy = mach.l1.write_guest, mach.l1.copy_to_user
 
     async def l1(h: L1Hypervisor) -> None:
         f = Fuzz(m, mach, h)
@@ -193,7 +198,11 @@ def run_example(program: Callable[[Fuzz], Awaitable[None]], *, big_endian: bool,
             f.writes.append(addr)
             return l0_write(addr, value)
 
-        mach.l1.write_guest = recorded
+        def copied(addr: int, data: bytes) -> bool:
+            f.writes.extend(range(addr & ~7, addr + len(data), 8))
+            return l0_copy(addr, data)
+
+        mach.l1.write_guest, mach.l1.copy_to_user = recorded, copied
         await boot(f)
         await program(f)
         await f.well_formed()
@@ -372,7 +381,7 @@ def check_invalidated(f: Fuzz, r4: int, r5: int, r6: int) -> None:
             left = list(gp.shadow_pgtable.leaves(start, start + size))
             cached = [e for tlb in f.mach.tlbs.groups.values() for e in tlb.entries.values()
                       if e.lpid == gp.shadow_lpid and addr <= e.gra < addr + size]
-            if left or cached:
+            if left or (cached and gp.l1_lpid not in f.aliased):
                 f.fail(f"H_TLB_INVALIDATE {r4:#x} {r5:#x} {r6:#x} left {left} {cached} "
                        f"of nested guest {gp.l1_lpid}")
         elif ric != 1 and list(gp.shadow_pgtable.leaves()):
@@ -394,6 +403,8 @@ def test_h_tlb_invalidate(be, seed, calls):
             await f.h.hcall(H_TLB_INVALIDATE, r4, r5, r6, accept={tlbie_answer(r4, r5, r6)})
             if tlbie_answer(r4, r5, r6) == H_SUCCESS:
                 check_invalidated(f, r4, r5, r6)
+                if not (r6 >> 10) & 3 and r6 >> 12 << 12 >= 1 << 52:
+                    f.aliased.add(r5 & 0xFFFF_FFFF)
             if f.take_writes():
                 f.fail(f"H_TLB_INVALIDATE {r4:#x} {r5:#x} {r6:#x} wrote L1 memory")
             f.check_machine(f"H_TLB_INVALIDATE {r4:#x} {r5:#x} {r6:#x}")

@@ -165,28 +165,20 @@ class L1Host:
     """L0's MMU for this L1 (emu/kvm/radix_mmu.py ``RadixMmu``: kvm->arch.pgtable, the
     notifier sequence, the memslots' nested rmaps), which sets it; None where only the life
     cycle is modelled."""
-    memory: TableMemory | None = None
-    """L1's memory itself, for the byte copies of ``copy_from_user``/``copy_to_user``; None:
-    they go a doubleword at a time through ``read_guest``/``write_guest``."""
+    copy_from_user: Callable[[int, int], bytes | None] = attrs.field(default=attrs.Factory(
+        lambda self: lambda addr, n: read_span(self.read_guest, addr, n), takes_self=True))
+    """__copy_from_user(addr, n) inside one page whose memslot the caller looked up
+    (kvm_vcpu_read_guest's segment): through that slot's host mapping, so no further
+    lookup; None if a doubleword cannot be read. Default: ``read_guest`` a doubleword at a
+    time; a machine that holds L1 memory copies the span at once."""
+    copy_to_user: Callable[[int, bytes], bool] = attrs.field(default=attrs.Factory(
+        lambda self: lambda addr, data: write_span(self.read_guest, self.write_guest, addr,
+                                                   data), takes_self=True))
+    """__copy_to_user(addr, data) inside one page whose memslot the caller looked up."""
 
     @property
     def m(self) -> Any:
         return self.kvm.m
-
-    def copy_from_user(self, addr: int, n: int) -> bytes | None:
-        """__copy_from_user of ``n`` bytes inside one page whose memslot the caller looked
-        up (kvm_vcpu_read_guest's segment): through that slot's host mapping, so no further
-        lookup; None if a doubleword cannot be read."""
-        if self.memory is not None:
-            return self.memory.read_bytes(addr, n)
-        return read_span(self.read_guest, addr, n)
-
-    def copy_to_user(self, addr: int, data: bytes) -> bool:
-        """__copy_to_user of ``data`` inside one page whose memslot the caller looked up."""
-        if self.memory is not None:
-            self.memory.write_bytes(addr, data)
-            return True
-        return write_span(self.read_guest, self.write_guest, addr, data)
 
 
 # ------------------------------------------------------------------ the IDR

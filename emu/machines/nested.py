@@ -120,7 +120,8 @@ class NestedMachine(PowerMachine):
         self.l1 = L1Host(self.kvm, LpidPool(NR_LPIDS, reserved=(0, L1_LPID)),
                          TableMemory(self.memory.normal), self._read_l1, self._write_l1,
                          self._flush_lpid, self._set_ptbl_entry, quirks,
-                         memory=self.kernel.tables)
+                         copy_from_user=self.kernel.tables.read_bytes,
+                         copy_to_user=self._copy_to_l1)
         self.mmu = RadixMmu(self.kvm, self._tlbie_page, self.l1)
         self.kvm.mm.notifiers.append(partial(kvm_mmu_notifier_invalidate_range_start, self.mmu))
         radix_debugfs.offer_views(m, self.mmu)  # emu run --view radix / rmap
@@ -176,6 +177,10 @@ class NestedMachine(PowerMachine):
         if self.kvm.gfn_to_memslot(addr >> PAGE_SHIFT) is None:
             return False
         self.kernel.tables.write(addr, value)
+        return True
+
+    def _copy_to_l1(self, addr: int, data: bytes) -> bool:
+        self.kernel.tables.write_bytes(addr, data)
         return True
 
     def _flush_lpid(self, lpid: int) -> None:
