@@ -256,12 +256,11 @@ class TableMemory:
         always readable, a page at a time."""
         first = addr & ~7
         if (first ^ (addr + n - 1)) & ~(PAGE_SIZE - 1):  # crosses a page: per doubleword
-            words = [self.read(dw).to_bytes(8, "big") for dw in range(first, addr + n, 8)]
-        else:
-            page = self.pages.get(first & ~(PAGE_SIZE - 1), {})
-            index = (first & (PAGE_SIZE - 1)) >> 3
-            words = [page.get(i, 0).to_bytes(8, "big")
-                     for i in range(index, index + ((addr + n - first + 7) >> 3))]
+            return read_span(self.read, addr, n) or b""  # (this memory is always readable)
+        page = self.pages.get(first & ~(PAGE_SIZE - 1), {})
+        index = (first & (PAGE_SIZE - 1)) >> 3
+        words = [page.get(i, 0).to_bytes(8, "big")
+                 for i in range(index, index + ((addr + n - first + 7) >> 3))]
         return b"".join(words)[addr - first:addr - first + n]
 
     def write_bytes(self, addr: int, data: bytes) -> None:

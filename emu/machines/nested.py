@@ -130,23 +130,19 @@ class NestedMachine(PowerMachine):
         """Each L2 guest's own process-scoped table: effective page -> L2 real page."""
         self.scheduler = HostScheduler(m, self.pcpus, self.irqs, self.vcpus, moves) \
             if moves else None
-        tables = {  # (between steps each runs only when what it reads has changed)
+        checks = {  # name: (check, the key of what it reads: between steps a keyed check
+            # runs only when its key has changed; None: at every step)
+            "nested lifetime": (partial(nested_lifetime, self.l1), None),
             "shadow composition": (lambda: shadow_composition(self.l1, self.kernel.edits),
                                    self._composition_key),
             "nested rmap unique": (lambda: nested_rmap_unique(self.mmu),
                                    lambda: (self.mmu.rmap_version, self.kvm.memslots_generation)),
             "L1 table current": (lambda: l1_pgtable_current(self.mmu), self._l1_table_key),
+            "TLB coherence": (self._tlb_coherence, None),
+            "sanitisation": (self._sanitisation, self._entries),
         }
-        lifetime = partial(nested_lifetime, self.l1)
-        m.invariant("nested lifetime", lifetime)
-        for name, (check, key) in tables.items():
+        for name, (check, key) in checks.items():
             m.invariant(name, check, key=key)
-        m.invariant("TLB coherence", self._tlb_coherence)
-        m.invariant("sanitisation", self._sanitisation, key=self._entries)
-        for name, check in {"nested lifetime": lifetime,
-                            **{name: check for name, (check, _) in tables.items()},
-                            "TLB coherence": self._tlb_coherence,
-                            "sanitisation": self._sanitisation}.items():
             m.final(name, check)
 
     # ------------------------------------------------------------------ building
