@@ -36,10 +36,10 @@ from emu.kvm.hvcall import (
     PAGE_SIZE,
 )
 from emu.kvm.nested import NESTED_QUIRKS, L1Host, LpidPool
-from emu.kvm.releases import version
 from emu.kvm.vm import KVM, NR_CPUS, kvm_delete_memslot
 from emu.sim.controller import Controller
 from emu.sim.machine import Machine
+from emu.sim.releases import version
 from emu.sim.strategies import RandomWalk
 
 # L1's memory: 64 KiB pages; gfn 3 is a hole, gfns 4 and 5 are adjacent slots

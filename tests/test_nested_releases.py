@@ -12,9 +12,9 @@ import emu
 from emu.kvm import enter_nested, nested_releases, releases
 from emu.kvm.nested_releases import HISTORY, NEWEST, RELEASES, TABLE, bugs
 from emu.kvm.radix_entry import RadixEntry
-from emu.kvm.releases import version
 from emu.scenarios.nested import QUIRKS
 from emu.sim import replay as replay_file
+from emu.sim.releases import version
 from emu.sim.scenario import builtin_scenarios, releases_of, suites
 
 FIRST_AND_FIX = {

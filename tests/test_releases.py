@@ -11,12 +11,13 @@ import pytest
 import emu
 from emu.kvm import releases
 from emu.kvm.hvcall import PAGE_SHIFT
-from emu.kvm.releases import NEWEST, QUIRK_HISTORY, RELEASES, TABLE, bugs, version
+from emu.kvm.releases import NEWEST, QUIRK_HISTORY, RELEASES, TABLE, bugs
 from emu.kvm.uvmem import MIGRATE_VMA_SELECT_DEVICE_PRIVATE, QUIRKS
 from emu.scenarios.svm import Boot
 from emu.sim import replay as replay_file
 from emu.sim.controller import Controller
 from emu.sim.machine import Machine
+from emu.sim.releases import version
 from emu.sim.scenario import builtin_scenarios, releases_of, suites
 from emu.sim.strategies import RandomWalk
 

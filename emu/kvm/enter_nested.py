@@ -100,6 +100,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 
+from ..sim.releases import version
 from . import hv_guest_state as hgs
 from . import nested_regs as nr
 from . import nested_releases
@@ -123,7 +124,6 @@ from .nested import (
     kvmhv_put_nested,
     kvmhv_update_ptbl_cache,
 )
-from .releases import version
 from .vm import KVM, MEMSLOT_POISON, NR_CPUS
 
 EINTR = errno.EINTR

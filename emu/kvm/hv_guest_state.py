@@ -61,8 +61,8 @@ import struct
 
 import attrs
 
+from ..sim.releases import version
 from .hvcall import H_P2, H_PARAMETER, H_SUCCESS, MASK64
-from .releases import version
 
 HV_GUEST_STATE_VERSION = 2
 """The newest layout (since v5.12; it was 1 from v4.20 to v5.11)."""

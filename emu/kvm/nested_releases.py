@@ -2,7 +2,7 @@
 releases worth modelling, and the table that keys ``--kernel`` for the nested scenarios.
 
 A quirk is on in a release R exactly when ``introduced_in <= R < fixed_in``
-(``releases.QuirkHistory``; an ``introduced_in`` of None: in no release). Nested HV came
+(``sim.releases.QuirkHistory``; an ``introduced_in`` of None: in no release). Nested HV came
 in v4.20 (the kvm-ppc-next-4.20-1 pull), so no release before it is modelled.
 
 | quirk                 | bug | releases       | introduced by              | fixed by             |
@@ -26,8 +26,8 @@ release: it is the model as written, the newest code with every candidate fixed.
 
 from __future__ import annotations
 
+from ..sim.releases import QuirkHistory, quirk_matrix
 from ..sim.scenario import Releases, register_releases
-from .releases import QuirkHistory, quirk_matrix
 
 NESTED_ENTRY = "360cae313702"
 """'KVM: PPC: Book3S HV: Nested guest entry via hypercall' (v4.20)."""

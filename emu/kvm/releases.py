@@ -31,10 +31,9 @@ with every known fix, B8's evident fix included, the pre-5.17 walk and the pre-6
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import attrs
 
+from ..sim.releases import QuirkHistory, quirk_matrix, version
 from ..sim.scenario import Releases, register_releases
 
 GOLDEN_RATIO_32 = 0x61C88647
@@ -71,10 +70,6 @@ class Release:
         return version(self.name)
 
 
-def version(name: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in name.lstrip("v").split("."))
-
-
 _OLD = Behaviour("gfn-descending", "in-finalize", "none")
 _ROLLBACK = Behaviour("gfn-descending", "in-finalize", "loop")
 _HASH = Behaviour("id-hash", "in-finalize", "loop")
@@ -100,27 +95,6 @@ RELEASES: dict[str, Release] = {r.name: r for r in (
                      "M1, its release unconfirmed); B8 still there", _LATE_FREE),
 )}
 NEWEST = "v6.15"
-
-
-@attrs.frozen
-class QuirkHistory:
-    bug: str
-    introduced: str | None
-    """The introducing commit (None: unknown or never merged)."""
-    introduced_in: str | None
-    """The first release with the bug (None: in no release)."""
-    fixed: str | None
-    fixed_in: str | None
-    """The first release without it (None: still upstream)."""
-    source: str
-    """Where the facts come from, and what is unconfirmed."""
-
-    def in_release(self, name: str) -> bool:
-        if self.introduced_in is None:
-            return False
-        v = version(name)
-        return version(self.introduced_in) <= v and (
-            self.fixed_in is None or v < version(self.fixed_in))
 
 
 SUPPORT = "ca9f4942670c"
@@ -231,18 +205,6 @@ def behaviour(release: str | None) -> Behaviour:
 TABLE = Releases("kernel release", "--kernel", frozenset(QUIRK_HISTORY),
                  {name: bugs(name) for name in RELEASES})
 register_releases(TABLE)
-
-
-def quirk_matrix(history: Mapping[str, QuirkHistory], names: Sequence[str], width: int,
-                 col: int = 7) -> list[str]:
-    """A release x quirk table's head and one row per quirk of ``history`` ("x": the
-    release has it), each row labelled with the bug id and quirk in ``width`` characters,
-    a release ``col`` wide, and a last column for the default model, which has none."""
-    lines = [f"{'':<{width}}" + "".join(f"{n:>{col}}" for n in names) + "  default"]
-    for q, h in history.items():
-        cells = "".join(f"{'x' if h.in_release(n) else '.':>{col}}" for n in names)
-        lines.append(f"{h.bug + ' ' + q:<{width}}{cells}{'.':>9}")
-    return lines
 
 
 def matrix() -> str:

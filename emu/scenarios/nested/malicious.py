@@ -101,11 +101,11 @@ from ...kvm.hvcall import (
     MASK64,
 )
 from ...kvm.radix_mmu import BOOK3S_INTERRUPT_H_DATA_STORAGE
-from ...kvm.releases import version
 from ...kvm.tlbie_operands import IS_ADDR, IS_ALL, IS_LPID, IS_PID, encode_tlbie
 from ...kvm.vm import NR_CPUS
 from ...machines.nested import L1_PAGES, NestedMachine
 from ...sim import Machine, Param
+from ...sim.releases import version
 from .common import EA, boot_guest, machine, nested_scenario, other_group
 
 QUIRK_SCENARIO = {"no-tm-sanitise": "malicious-l1", "no-hfscr-sanitise": "malicious-l1"}
