@@ -240,6 +240,43 @@ def test_a_guests_table_is_walked_through_its_memory():
     assert walk(l0_reads, l1_tree.pate_dw0, 7 * M2 + 5) == WalkFault(EFAULT, pmd + 7 * 8)
 
 
+def test_watched_version_follows_every_change_of_the_watched_pages_only():
+    """An invariant keyed on ``watched_version`` skips only while none of the pages it read
+    changed: every way the memory changes (a store, a span store in or across pages, a table
+    allocated or freed, each tree operation) bumps it exactly when it touches a watched
+    page."""
+    tree, _ = new_tree()
+    mem = tree.mem
+    tree.insert(0, make_pte(K64, RW), 16)
+    pte_table = max(mem.pages)  # the last table the insert allocated
+    watched, block = mem.alloc_table(), mem.alloc_table()  # two pages of plain data
+    mem.watch([tree.root, pte_table, watched])
+
+    def bumps(change) -> bool:
+        before = mem.watched_version
+        change()
+        return mem.watched_version != before
+
+    assert not bumps(lambda: mem.write_bytes(block, bytes(range(16))))
+    assert not bumps(lambda: mem.write(block + 8, 5))
+    assert not bumps(lambda: mem.write_bytes(watched + 8, bytes(8)))  # unchanged: no store
+    assert bumps(lambda: mem.write_bytes(watched + 8, b"\x01" * 8))
+    assert bumps(lambda: mem.write(watched + 16, 7))
+    assert not bumps(lambda: mem.write_bytes(block + K64 - 4, b"\x02" * 8))  # across pages
+    assert bumps(lambda: mem.write_bytes(block - 4, b"\x02" * 8))  # from the watched one
+    assert bumps(lambda: tree.update(0, set_bits=PAGE_EXEC))
+    assert bumps(lambda: tree.insert(K64, make_pte(2 * K64, RW), 16))
+    assert not bumps(lambda: tree.insert(M2, make_pte(M2, RW), 21))  # a pmd leaf elsewhere
+    assert bumps(lambda: tree.unmap(0, 2 * K64))
+    assert not bumps(lambda: tree.unmap(M2, 2 * M2) and tree.unmap(0, K64))
+    mem.watch([block])
+    assert not bumps(tree.clear)
+    assert bumps(lambda: mem.free_table(block))
+    assert bumps(mem.alloc_table)  # (the frame freed last comes back first)
+    mem.watch([tree.root])
+    assert bumps(tree.clear)
+
+
 # --- R/C ----------------------------------------------------------------------------------
 
 

@@ -25,7 +25,9 @@ memory and may find it unreadable (kvmppc_mmu_walk_radix_tree over kvm_read_gues
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
+import functools
+import struct
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import attrs
@@ -215,17 +217,33 @@ class TableMemory:
         self.version = 0
         """Bumped by every change of the memory (by this class or a RadixTree over it): an
         invariant that reads the memory is unchanged while this is."""
+        self.watched: frozenset[int] = frozenset()
+        """The pages (page-aligned addresses) ``watched_version`` follows (``watch``)."""
+        self.watched_version = 0
+        """Bumped by every change of a watched page: an invariant that read only those pages
+        is unchanged while this is, whatever else of the memory changes."""
+
+    def watch(self, pages: Iterable[int]) -> None:
+        """Follow ``pages`` (page-aligned addresses) in ``watched_version`` from now on,
+        instead of the pages followed so far (one reader: the last set it read)."""
+        self.watched = frozenset(pages)
+
+    def changed(self, page: int) -> None:
+        """Record a change of the page at ``page`` (its page-aligned address)."""
+        self.version += 1
+        if page in self.watched:
+            self.watched_version += 1
 
     def alloc_table(self) -> int:
         """A zeroed page frame for one table; its real address."""
         addr = self.frames.alloc() << PAGE_SHIFT
         self.pages[addr] = SortedDict()
-        self.version += 1
+        self.changed(addr)
         return addr
 
     def free_table(self, addr: int) -> None:
         del self.pages[addr]
-        self.version += 1
+        self.changed(addr)
         self.frames.free(addr >> PAGE_SHIFT)
 
     def read(self, addr: int) -> int:
@@ -248,8 +266,7 @@ class TableMemory:
             page[index] = value
         else:
             del page[index]
-        self.version += 1
-
+        self.changed(base)
 
     def read_bytes(self, addr: int, n: int) -> bytes:
         """``n`` bytes at ``addr`` (any alignment): ``read_span`` of this memory, which is
@@ -259,9 +276,10 @@ class TableMemory:
             return read_span(self.read, addr, n) or b""  # (this memory is always readable)
         page = self.pages.get(first & ~(PAGE_SIZE - 1), {})
         index = (first & (PAGE_SIZE - 1)) >> 3
-        words = [page.get(i, 0).to_bytes(8, "big")
-                 for i in range(index, index + ((addr + n - first + 7) >> 3))]
-        return b"".join(words)[addr - first:addr - first + n]
+        words = (addr + n - first + 7) >> 3
+        get = page.get
+        data = _words(words).pack(*[get(i, 0) for i in range(index, index + words)])
+        return data[addr - first:addr - first + n]
 
     def write_bytes(self, addr: int, data: bytes) -> None:
         """``write_span`` of this memory, which is always writable."""
@@ -273,22 +291,28 @@ class TableMemory:
         page = self.pages.get(base)
         if page is None:
             page = self.pages[base] = SortedDict()
-        first = (addr & (PAGE_SIZE - 1)) >> 3
+        get = page.get
         changed = False
-        for i in range(len(data) >> 3):
-            value = int.from_bytes(data[i << 3:(i + 1) << 3], "big")
-            if page.get(first + i, 0) != value:
+        for i, value in enumerate(_words(len(data) >> 3).unpack(data),
+                                  (addr & (PAGE_SIZE - 1)) >> 3):
+            if get(i, 0) != value:  # (most of a register block is stored unchanged)
                 changed = True
                 if value:
-                    page[first + i] = value
+                    page[i] = value
                 else:
-                    del page[first + i]
+                    del page[i]
         if changed:
-            self.version += 1
+            self.changed(base)
 
     def _store(self, addr: int, value: int) -> bool:
         self.write(addr, value)
         return True
+
+
+@functools.cache
+def _words(n: int) -> struct.Struct:
+    """``n`` doublewords, each big-endian (its bytes as memory holds them)."""
+    return struct.Struct(f">{n}Q")
 
 
 def read_span(read: ReadFn, addr: int, n: int) -> bytes | None:
@@ -348,8 +372,8 @@ class RadixTree:
         """The root as a PATE's first doubleword (kvmhv_set_nested_ptbl): what walk takes."""
         return PATB_HR | RTS_52 | self.root | RADIX_PGD_INDEX_SIZE
 
-    def _locate(self, gpa: int) -> tuple[SortedDict, int, Leaf] | None:
-        """__find_linux_pte: the table page, index and leaf mapping ``gpa``."""
+    def _locate(self, gpa: int) -> tuple[int, SortedDict, int, Leaf] | None:
+        """__find_linux_pte: the table (address and page), index and leaf mapping ``gpa``."""
         table = self.root
         for level in (3, 2, 1, 0):
             page = self.mem.pages[table]
@@ -359,14 +383,14 @@ class RadixTree:
                 return None
             if entry & PAGE_PTE:
                 shift = _SHIFT[level]
-                return page, index, Leaf(gpa & ~((1 << shift) - 1), entry, shift)
+                return table, page, index, Leaf(gpa & ~((1 << shift) - 1), entry, shift)
             table = entry & RPDB_MASK
         return None
 
     def find(self, gpa: int) -> Leaf | None:
         """The present leaf mapping ``gpa`` (find_kvm_secondary_pte)."""
         found = self._locate(gpa)
-        return found[2] if found else None
+        return found[3] if found else None
 
     def insert(self, gpa: int, pte: int, shift: int) -> list[Leaf]:
         """kvmppc_create_pte at the level of ``shift`` (16, 21 or 30), returning the leaves
@@ -392,7 +416,7 @@ class RadixTree:
             if not entry:
                 entry = PAGE_PRESENT | self.mem.alloc_table() | _BITS[lvl - 1]
                 page[index] = entry
-                self.mem.version += 1
+                self.mem.changed(table)
             table = entry & RPDB_MASK
         page = self.mem.pages[table]
         index = _index(gpa, level)
@@ -402,12 +426,12 @@ class RadixTree:
                 if (entry ^ pte) & PTE_BITS_MUST_MATCH:
                     self.mismatches.append((gpa & ~((1 << shift) - 1), entry, pte))
                 page[index] = entry | pte
-                self.mem.version += 1
+                self.mem.changed(table)
             return removed
         if entry:  # a smaller mapping's table: kvmppc_unmap_free_p?d_entry_table
             removed += self._free_subtree(entry & RPDB_MASK, level - 1, gpa & ~((1 << shift) - 1))
         page[index] = pte
-        self.mem.version += 1
+        self.mem.changed(table)
         return removed
 
     def _free_subtree(self, table: int, level: int, base: int) -> list[Leaf]:
@@ -424,7 +448,9 @@ class RadixTree:
 
     def _leaf_slots(
         self, table: int, level: int, base: int, start: int, end: int
-    ) -> Iterator[tuple[SortedDict, int, Leaf]]:
+    ) -> Iterator[tuple[int, SortedDict, int, Leaf]]:
+        """(table address, table page, index, leaf) of each present leaf under ``table``
+        overlapping [start, end), in GPA order."""
         page = self.mem.pages[table]
         shift = _SHIFT[level]
         lo = max(start - base, 0) >> shift
@@ -435,7 +461,7 @@ class RadixTree:
                 continue
             gpa = base + (index << shift)
             if entry & PAGE_PTE:
-                yield page, index, Leaf(gpa, entry, shift)
+                yield table, page, index, Leaf(gpa, entry, shift)
             else:
                 yield from self._leaf_slots(entry & RPDB_MASK, level - 1, gpa, start, end)
 
@@ -443,17 +469,17 @@ class RadixTree:
         """Present leaves overlapping [start, end), in GPA order, touching only present
         entries. Do not change the tree while iterating."""
         if start < end:
-            for _, _, leaf in self._leaf_slots(self.root, 3, 0, start, end):
+            for _, _, _, leaf in self._leaf_slots(self.root, 3, 0, start, end):
                 yield leaf
 
     def unmap(self, start: int, end: int) -> list[Leaf]:
         """Clear every leaf overlapping [start, end) (kvm_unmap_radix per GFN: a large
         leaf partly in the range goes whole), returning them with their last PTE value."""
         slots = list(self._leaf_slots(self.root, 3, 0, start, end)) if start < end else []
-        for page, index, _ in slots:
+        for table, page, index, _ in slots:
             del page[index]
-        self.mem.version += 1
-        return [leaf for _, _, leaf in slots]
+            self.mem.changed(table)
+        return [leaf for _, _, _, leaf in slots]
 
     def update(self, gpa: int, clear_bits: int = 0, set_bits: int = 0) -> int | None:
         """__radix_pte_update on the leaf mapping ``gpa``, in one step: the old PTE, or
@@ -461,13 +487,13 @@ class RadixTree:
         found = self._locate(gpa)
         if found is None:
             return None
-        page, index, leaf = found
+        table, page, index, leaf = found
         new = (leaf.pte | set_bits) & ~clear_bits
         if new:
             page[index] = new
         else:
             del page[index]
-        self.mem.version += 1
+        self.mem.changed(table)
         return leaf.pte
 
     def set_rc(self, gpa: int, writing: bool) -> bool:
@@ -487,7 +513,7 @@ class RadixTree:
         for index, entry in list(pgd.items()):
             leaves += self._free_subtree(entry & RPDB_MASK, 2, index << PGDIR_SHIFT)
         pgd.clear()
-        self.mem.version += 1
+        self.mem.changed(self.root)
         return leaves
 
     def destroy(self) -> list[Leaf]:

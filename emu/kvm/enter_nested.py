@@ -576,8 +576,10 @@ async def kvmhv_enter_nested_guest(l1: L1Host, vcpu: KvmVcpu, run_l2: RunL2) -> 
 
     vcpu.ret = RESUME_GUEST
     vcpu.trap = 0
-    vcpu.l2_entry = L2Entry(nr.HvRegs(lpcr, vcpu.hfscr, vcpu.dawrx0, vcpu.dawrx1, vcpu.ciabr),
-                            vcpu.msr, l1_msr, vc.lpcr, vcpu.hfscr_permitted, rel)
+    entry = L2Entry(nr.HvRegs(lpcr, vcpu.hfscr, vcpu.dawrx0, vcpu.dawrx1, vcpu.ciabr),
+                    vcpu.msr, l1_msr, vc.lpcr, vcpu.hfscr_permitted, rel)
+    if entry != vcpu.l2_entry:  # (an equal record stays: the invariant's key is its identity)
+        vcpu.l2_entry = entry
     r = await run_l2(vcpu, hdec_exp, lpcr)
     if r != -EINTR:
         vcpu.trap = r

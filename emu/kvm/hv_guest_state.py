@@ -57,7 +57,10 @@ Release differences (mainline tags; stable backports are not modelled):
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Callable
+from operator import attrgetter
 
 import attrs
 
@@ -68,6 +71,7 @@ HV_GUEST_STATE_VERSION = 2
 """The newest layout (since v5.12; it was 1 from v4.20 to v5.11)."""
 
 _SIZES = {1: 232, 2: 248}
+_LAYOUT_OF_SIZE = {size: v for v, size in _SIZES.items()}
 
 # asm/reg.h, PCR (the newest reg.h read in full: PCR_HIGH_BITS with MMA_DIS, PCR_LOW_BITS
 # with ARCH_300)
@@ -97,11 +101,6 @@ _V1_FIELDS: tuple[tuple[str, str], ...] = (
 )
 _V2_FIELDS = (*_V1_FIELDS, ("dawr1", "Q"), ("dawrx1", "Q"))
 _LAYOUT = {1: _V1_FIELDS, 2: _V2_FIELDS}
-
-
-def _fmt(fields: tuple[tuple[str, str], ...], big_endian: bool) -> str:
-    return (">" if big_endian else "<") + "".join(f for _, f in fields)
-
 
 
 @attrs.frozen
@@ -142,6 +141,29 @@ class HvGuestState:
     dawrx1: int = 0
 
 
+@attrs.frozen
+class _Codec:
+    """One layout in one byte order, compiled: its struct, and the fields before and after
+    ``sprg`` (the one field of four values)."""
+
+    packer: struct.Struct
+    head: Callable[[HvGuestState], tuple[int, ...]]
+    tail: Callable[[HvGuestState], tuple[int, ...]]
+    sprg: int
+    """Where sprg's four values start among the struct's."""
+
+
+@functools.cache
+def _codec(layout: int, big_endian: bool) -> _Codec:
+    fields = _LAYOUT[layout]
+    names = [name for name, _ in fields]
+    if names != [f.name for f in attrs.fields(HvGuestState)][:len(names)]:
+        raise AssertionError("decode builds HvGuestState from the struct's values in order")
+    i = names.index("sprg")
+    return _Codec(struct.Struct((">" if big_endian else "<") + "".join(f for _, f in fields)),
+                  attrgetter(*names[:i]), attrgetter(*names[i + 1:]), i)
+
+
 def size_for_version(version: int) -> int | None:
     """``hv_guest_state_size`` (v5.12+): 232 for version 1, 248 for version 2, None (the
     kernel's -1) otherwise. The kernel's parameter is ``unsigned int``, so only the low 32 bits
@@ -154,16 +176,13 @@ def decode(data: bytes, *, big_endian: bool) -> HvGuestState:
     """The fields of a 232-byte (version 1 layout) or 248-byte (version 2 layout) block read
     in the given byte order. The ``version`` field is decoded as stored, whatever the
     length."""
-    layout = {size: v for v, size in _SIZES.items()}.get(len(data))
+    layout = _LAYOUT_OF_SIZE.get(len(data))
     if layout is None:
         raise ValueError(f"an hv_guest_state is 232 or 248 bytes, not {len(data)}")
-    values = struct.unpack(_fmt(_LAYOUT[layout], big_endian), data)
-    names = [name for name, _ in _LAYOUT[layout]]
-    i = names.index("sprg")
-    fields = dict(zip(names[:i], values[:i], strict=True))
-    fields["sprg"] = tuple(values[i:i + 4])
-    fields.update(zip(names[i + 1:], values[i + 4:], strict=True))
-    return HvGuestState(**fields)
+    codec = _codec(layout, big_endian)
+    values = codec.packer.unpack(data)
+    i = codec.sprg  # (the fields in the struct's order are HvGuestState's)
+    return HvGuestState(*values[:i], values[i:i + 4], *values[i + 4:])
 
 
 def encode(state: HvGuestState, *, big_endian: bool, version: int) -> bytes:
@@ -172,14 +191,10 @@ def encode(state: HvGuestState, *, big_endian: bool, version: int) -> bytes:
     field written is ``state.version``, so odd blocks (a v1 layout claiming version 2) can be
     built on purpose. Raises ValueError for an unknown layout and struct.error for a value
     that does not fit its field."""
-    fields = _LAYOUT.get(version)
-    if fields is None:
+    if version not in _LAYOUT:
         raise ValueError(f"no hv_guest_state layout for version {version}")
-    values: list[int] = []
-    for name, _ in fields:
-        value = getattr(state, name)
-        values.extend(value if name == "sprg" else (value,))
-    return struct.pack(_fmt(fields, big_endian), *values)
+    codec = _codec(version, big_endian)
+    return codec.packer.pack(*codec.head(state), *state.sprg, *codec.tail(state))
 
 
 def _swab(value: int, size: int) -> int:
@@ -337,12 +352,17 @@ def decode_pt_regs(data: bytes, *, big_endian: bool,
     specially."""
     if len(data) != 8 * words:
         raise ValueError(f"pt_regs is {8 * words} bytes here, not {len(data)}")
-    return struct.unpack((">" if big_endian else "<") + f"{words}Q", data)
+    return _u64s(words, big_endian).unpack(data)
 
 
 def encode_pt_regs(regs: tuple[int, ...], *, big_endian: bool) -> bytes:
     """The inverse of ``decode_pt_regs``: one u64 per word, in the given byte order."""
-    return struct.pack((">" if big_endian else "<") + f"{len(regs)}Q", *regs)
+    return _u64s(len(regs), big_endian).pack(*regs)
+
+
+@functools.cache
+def _u64s(words: int, big_endian: bool) -> struct.Struct:
+    return struct.Struct((">" if big_endian else "<") + f"{words}Q")
 
 
 def read_pt_regs(mem: bytes, *, l1_big_endian: bool,

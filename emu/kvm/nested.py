@@ -161,6 +161,12 @@ class L1Host:
     """The actor inside an IDR write (to catch unserialised writers)."""
     live: dict[int, KvmNestedGuest] = attrs.Factory(dict)
     """Model bookkeeping: shadow LPID -> every allocated guest not yet freed."""
+    guests_version: int = 0
+    """Model bookkeeping: bumped when a guest joins or leaves ``live`` or its cached PATE
+    (``l1_gr_to_hr``, ``process_table``) is reloaded."""
+    lifetime_version: int = 0
+    """Model bookkeeping: bumped by every change of what ``nested_lifetime`` reads (the IDR,
+    ``live``, a guest's ``refcnt``, ``held`` and ``freed``), for its key."""
     mmu: Any = None
     """L0's MMU for this L1 (emu/kvm/radix_mmu.py ``RadixMmu``: kvm->arch.pgtable, the
     notifier sequence, the memslots' nested rmaps), which sets it; None where only the life
@@ -193,7 +199,9 @@ async def _idr_write(l1: L1Host, what: str, change: Callable[[], Any]) -> Any:
     l1.idr_writer = me
     await m.point(f"{what} (IDR nodes)")
     l1.idr_writer = None
-    return change()
+    done = change()
+    l1.lifetime_version += 1
+    return done
 
 
 def _find_nested(l1: L1Host, lpid: int) -> KvmNestedGuest | None:
@@ -223,6 +231,13 @@ def _use(gp: KvmNestedGuest, what: str) -> None:
                           f"LPID {gp.shadow_lpid}), freed by kvmhv_release_nested")
 
 
+def _get(gp: KvmNestedGuest) -> None:
+    """Take a reference (mmu_lock held)."""
+    gp.refcnt += 1
+    gp.held += 1
+    gp.l1_host.lifetime_version += 1
+
+
 # ------------------------------------------------------------------ life cycle
 async def kvmhv_alloc_nested(l1: L1Host, lpid: int) -> KvmNestedGuest | None:
     m = l1.m
@@ -233,6 +248,8 @@ async def kvmhv_alloc_nested(l1: L1Host, lpid: int) -> KvmNestedGuest | None:
     gp = KvmNestedGuest(l1, lpid, shadow_lpid, RadixTree(l1.tables),
                         m.mutex(f"tlb_lock[{lpid}]", lock_class="tlb_lock"))
     l1.live[shadow_lpid] = gp
+    l1.guests_version += 1
+    l1.lifetime_version += 1
     return gp
 
 
@@ -245,6 +262,8 @@ def kvmhv_release_nested(gp: KvmNestedGuest) -> None:
     l1.lpids.free(gp.shadow_lpid)
     del l1.live[gp.shadow_lpid]
     gp.freed = True
+    l1.guests_version += 1
+    l1.lifetime_version += 1
 
 
 async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedGuest | None:
@@ -256,8 +275,7 @@ async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedG
         gp = _find_nested(l1, l1_lpid)
         if gp is not None:
             _use(gp, "kvmhv_get_nested")
-            gp.refcnt += 1
-            gp.held += 1
+            _get(gp)
         mmu_lock.unlock()
         if gp is not None or not create:
             return gp
@@ -283,9 +301,9 @@ async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedG
         await _idr_write(l1, f"idr_replace lpid {l1_lpid}",
                          lambda: l1.idr.__setitem__(l1_lpid, newgp))
         newgp.refcnt += 1  # the table's reference
+        l1.lifetime_version += 1
         gp, newgp = newgp, None
-    gp.refcnt += 1
-    gp.held += 1
+    _get(gp)
     mmu_lock.unlock()
     if newgp is not None:
         kvmhv_release_nested(newgp)
@@ -298,6 +316,7 @@ async def kvmhv_put_nested(gp: KvmNestedGuest) -> None:
     _use(gp, "kvmhv_put_nested")
     gp.refcnt -= 1
     gp.held -= 1
+    gp.l1_host.lifetime_version += 1
     ref = gp.refcnt
     mmu_lock.unlock()
     if ref == 0:
@@ -312,6 +331,7 @@ async def kvmhv_remove_nested(gp: KvmNestedGuest) -> None:
         await _idr_write(l1, f"idr_remove lpid {gp.l1_lpid}",
                          lambda: l1.idr.pop(gp.l1_lpid))
         gp.refcnt -= 1
+        l1.lifetime_version += 1
     ref = gp.refcnt
     l1.kvm.mmu_lock.unlock()
     if ref == 0:
@@ -349,6 +369,7 @@ async def kvmhv_update_ptbl_cache(gp: KvmNestedGuest) -> None:
         pate = read_pate(l1.read_guest, l1.l1_ptcr, gp.l1_lpid)
         l1.kvm.srcu.read_unlock(idx)
     gp.l1_gr_to_hr, gp.process_table = (pate.dw0, pate.dw1) if pate else (0, 0)
+    l1.guests_version += 1
     kvmhv_set_nested_ptbl(gp)
 
 
@@ -397,8 +418,7 @@ async def kvmhv_emulate_tlbie_all_lpid(l1: L1Host, ric: int) -> None:
             await kvmhv_emulate_tlbie_lpid(gp, ric)
             await mmu_lock.lock()
             continue
-        gp.refcnt += 1  # the fix: hold the guest while mmu_lock is dropped
-        gp.held += 1
+        _get(gp)  # the fix: hold the guest while mmu_lock is dropped
         mmu_lock.unlock()
         await kvmhv_emulate_tlbie_lpid(gp, ric)
         await kvmhv_put_nested(gp)

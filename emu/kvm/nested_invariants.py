@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..hw.memory import PAGE_SHIFT
-from ..hw.radix import RADIX_PGTABLE_RANGE, Leaf, WalkFault, walk
+from ..hw.radix import RADIX_PGTABLE_RANGE, Leaf, ReadFn, WalkFault, walk
 from .nested import KvmNestedGuest, L1Host
 from .nested_rmap import n_rmap_gpa, n_rmap_lpid
 from .radix_mmu import RadixMmu
@@ -54,17 +54,21 @@ class L1Edits:
 
     def __init__(self) -> None:
         self.pending: list[tuple[int | None, int, int]] = []
+        self.version = 0
+        """Bumped by every ``begin`` and ``end``."""
 
     def begin(self, lpid: int | None, start: int = 0, end: int = RADIX_PGTABLE_RANGE
               ) -> tuple[int | None, int, int]:
         """Before L1 writes: [start, end) of nested guest ``lpid`` (None: every one)."""
         edit = (lpid, start, end)
         self.pending.append(edit)
+        self.version += 1
         return edit
 
     def end(self, edit: tuple[int | None, int, int]) -> None:
         """After the H_TLB_INVALIDATE that covers ``edit`` returned."""
         self.pending.remove(edit)
+        self.version += 1
 
     def __call__(self, lpid: int, start: int, end: int) -> bool:
         return any((who is None or who == lpid) and lo < end and start < hi
@@ -99,12 +103,11 @@ def _reachable(mmu: RadixMmu, index: dict[tuple[int, int], list[int]], gp: KvmNe
 
 
 def _composed(mmu: RadixMmu, index: dict[tuple[int, int], list[int]], gp: KvmNestedGuest,
-              s: Leaf) -> str | None:
-    """Claim (B)."""
-    l1 = gp.l1_host
+              s: Leaf, read: ReadFn) -> str | None:
+    """Claim (B), reading L1's memory with ``read``."""
     if not gp.l1_gr_to_hr:
         return "L0 caches no partition-table entry for its guest"
-    g = walk(l1.read_guest, gp.l1_gr_to_hr, s.gpa)
+    g = walk(read, gp.l1_gr_to_hr, s.gpa)
     if isinstance(g, WalkFault):
         return f"L1's table maps nothing there (walk error {g.err})"
     if s.size > g.size:
@@ -124,10 +127,13 @@ def _composed(mmu: RadixMmu, index: dict[tuple[int, int], list[int]], gp: KvmNes
     return None
 
 
-def shadow_composition(l1: L1Host, l1_editing: L1Editing) -> str | None:
+def shadow_composition(l1: L1Host, l1_editing: L1Editing, read: ReadFn | None = None
+                       ) -> str | None:
     """The shadow-composition invariant (see the module notes): claim (A) for every shadow
-    PTE, (B) for those L1 is not editing."""
+    PTE, (B) for those L1 is not editing. L1's memory is read only through ``read`` (default
+    ``l1.read_guest``), so a caller can tell which of it the answer depends on."""
     mmu = l1.mmu
+    read = read or l1.read_guest
     index = None
     for _, gp in sorted(l1.live.items()):
         for s in gp.shadow_pgtable.leaves():
@@ -135,7 +141,7 @@ def shadow_composition(l1: L1Host, l1_editing: L1Editing) -> str | None:
                 index = _rmap_index(mmu)
             problem = _reachable(mmu, index, gp, s)
             if problem is None and not l1_editing(gp.l1_lpid, s.gpa, s.gpa + s.size):
-                problem = _composed(mmu, index, gp, s)
+                problem = _composed(mmu, index, gp, s, read)
             if problem is not None:
                 return (f"shadow PTE {s.pte:#x} of nested guest {gp.l1_lpid} (shadow LPID "
                         f"{gp.shadow_lpid}) at L2 {s.gpa:#x}: {problem}")

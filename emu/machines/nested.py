@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
+from operator import attrgetter
 
 from ..actors.guest_code import GuestCode
 from ..actors.l1_hypervisor import L1Hypervisor, L1Kernel
@@ -38,7 +39,7 @@ from ..actors.returncodes import AcceptSpec
 from ..actors.scheduler import HostScheduler, migrate
 from ..actors.vcpu import GuestProgram, VCpu
 from ..hw.cputhreads import Topology
-from ..hw.memory import PAGE_SHIFT
+from ..hw.memory import PAGE_SHIFT, PAGE_SIZE
 from ..hw.radix import TableMemory
 from ..hw.tlb import IS_LPID, RIC_ALL, Tlbs
 from ..kvm import radix_debugfs
@@ -132,9 +133,9 @@ class NestedMachine(PowerMachine):
             if moves else None
         checks = {  # name: (check, the key of what it reads: between steps a keyed check
             # runs only when its key has changed; None: at every step)
-            "nested lifetime": (partial(nested_lifetime, self.l1), None),
-            "shadow composition": (lambda: shadow_composition(self.l1, self.kernel.edits),
-                                   self._composition_key),
+            "nested lifetime": (partial(nested_lifetime, self.l1),
+                                lambda: self.l1.lifetime_version),
+            "shadow composition": (self._shadow_composition, self._composition_key),
             "nested rmap unique": (lambda: nested_rmap_unique(self.mmu),
                                    lambda: (self.mmu.rmap_version, self.kvm.memslots_generation)),
             "L1 table current": (lambda: l1_pgtable_current(self.mmu), self._l1_table_key),
@@ -263,14 +264,27 @@ class NestedMachine(PowerMachine):
         """The debugfs ``radix`` file of the L1 VM, read now (from inside a schedule)."""
         return await radix_debugfs.debugfs_radix_read(self.mmu)
 
-    def _composition_key(self) -> tuple:
-        """Everything shadow composition reads: the shadow tables, L0's table for L1, L1's
-        own memory, the rmap, the live nested guests and their PATE caches, L1's pending
-        edits, the memslots."""
-        return (self.l1.tables.version, self.mmu.pgtable.mem.version, self.kernel.tables.version,
-                self.mmu.rmap_version, self.kvm.memslots_generation,
-                tuple(self.kernel.edits.pending),
-                tuple((lpid, gp.l1_lpid, gp.l1_gr_to_hr) for lpid, gp in self.l1.live.items()))
+    def _shadow_composition(self) -> str | None:
+        """Shadow composition, following the pages of L1's memory it read (its walks of
+        L1's tables) for its key: an L1 storing its register blocks does not re-run it."""
+        pages: set[int] = set()
+
+        def read(addr: int) -> int | None:
+            pages.add(addr & ~(PAGE_SIZE - 1))
+            return self._read_l1(addr)
+
+        problem = shadow_composition(self.l1, self.kernel.edits, read)
+        self.kernel.tables.watch(pages)
+        return problem
+
+    def _composition_key(self) -> tuple[int, ...]:
+        """Everything shadow composition reads: the shadow tables, L0's table for L1, the
+        pages of L1's memory its last pass read, the rmap, the memslots, L1's pending edits,
+        the live nested guests and their PATE caches."""
+        return (self.l1.tables.version, self.mmu.pgtable.mem.version,
+                self.kernel.tables.watched_version, self.mmu.rmap_version,
+                self.kvm.memslots_generation, self.kernel.edits.version,
+                self.l1.guests_version)
 
     def _l1_table_key(self) -> tuple[int, ...]:
         """What "L1 table current" reads: L0's table for L1, the memslots, QEMU's mappings."""
@@ -279,9 +293,10 @@ class NestedMachine(PowerMachine):
                 mm.pte_version)
 
     def _entries(self) -> tuple:
-        """The L2 entry record of each vCPU (frozen, a new one at every entry; tuples compare
-        their items by identity first, so an unchanged key costs no field comparison)."""
-        return tuple(kv.l2_entry for kv in self.kvm_vcpus.values())
+        """The L2 entry record of each vCPU (frozen, a new one at every entry that differs
+        from the last; tuples compare their items by identity first, so an unchanged key
+        costs no field comparison)."""
+        return tuple(map(_L2_ENTRY, self.kvm_vcpus.values()))
 
     def _tlb_coherence(self) -> str | None:
         if not self.tlbs.stale_uses:
@@ -298,6 +313,9 @@ class NestedMachine(PowerMachine):
             if found:
                 return found
         return None
+
+
+_L2_ENTRY = attrgetter("l2_entry")
 
 
 def _l1_msr(big_endian: bool) -> int:
