@@ -3,7 +3,7 @@ on any other (``return-code``): every code a guest program or QEMU receives is c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -21,6 +21,10 @@ def code_name(call: str, rc: int) -> str:
     if call.startswith(("KVM_", "qemu ")):
         return ERRNO_NAMES.get(rc, str(rc))
     return rc_name(rc)
+
+
+CodeName = Callable[[str, int], str]
+"""(call, code) -> the code's name in messages."""
 
 
 @attrs.frozen
@@ -43,11 +47,11 @@ class Accept:
     def allows(self, rc: int, contended: bool) -> bool:
         return rc in self.codes or (contended and rc in self.contended)
 
-    def describe(self, call: str) -> str:
-        text = ", ".join(code_name(call, c) for c in sorted(self.codes)) or "nothing"
+    def describe(self, call: str, name: CodeName = code_name) -> str:
+        text = ", ".join(name(call, c) for c in sorted(self.codes)) or "nothing"
         if self.contended - self.codes:
             text += " (and when contended " + ", ".join(
-                code_name(call, c) for c in sorted(self.contended - self.codes)) + ")"
+                name(call, c) for c in sorted(self.contended - self.codes)) + ")"
         return text
 
 
@@ -68,8 +72,12 @@ class ReturnCodes:
     else is a violation of kind ``return-code``. ``None``: the program checks its codes
     itself (a hand-built machine; the scenarios of ``emu/scenarios/svm.py`` declare)."""
 
-    def __init__(self, m: Machine, table: Mapping[str, AcceptSpec] | None) -> None:
+    def __init__(self, m: Machine, table: Mapping[str, AcceptSpec] | None,
+                 name: CodeName = code_name) -> None:
+        """``name``: how the platform names a code in messages (POWER: hcall codes and
+        errnos; arm64 pKVM: errnos)."""
         self.m = m
+        self.name = name
         self.table = None if table is None else {k: Accept.of(v) for k, v in table.items()}
 
     def check(self, who: str, call: str, args: Iterable[int], rc: int, contended: bool,
@@ -86,5 +94,5 @@ class ReturnCodes:
             return
         shown = ", ".join(hex(a) if isinstance(a, int) else str(a) for a in args)
         race = "contended" if contended else "uncontended"
-        self.m.fail("return-code", f"{who}: {call}({shown}) returned {code_name(call, rc)} "
-                    f"({race}); the scenario accepts {allowed.describe(call)}")
+        self.m.fail("return-code", f"{who}: {call}({shown}) returned {self.name(call, rc)} "
+                    f"({race}); the scenario accepts {allowed.describe(call, self.name)}")

@@ -17,3 +17,8 @@ ERANGE = 34
 
 NAMES = {v: f"-{k}" for k, v in sorted(globals().items()) if k.startswith("E")}
 """An errno by its name as a return code: NAMES[EPERM] == "-EPERM"."""
+
+
+def code_name(rc: int) -> str:
+    """A return code by name: "0", "-EPERM", or the number if it is no errno."""
+    return NAMES.get(-rc, str(rc)) if rc else "0"

@@ -123,14 +123,14 @@ class HypVmemmap:
 
     def hyp_page_ref_inc(self, pfn: int) -> None:
         if self.refcount[pfn] == USHRT_MAX:
-            self.fail("BUG_ON", f"hyp_page_ref_inc: refcount of pfn {pfn:#x} overflows")
+            self.fail("bug-on", f"BUG_ON: hyp_page_ref_inc: refcount of pfn {pfn:#x} overflows")
             return
         self.refcount[pfn] += 1
         self.version += 1
 
     def hyp_page_ref_dec(self, pfn: int) -> None:
         if not self.refcount[pfn]:
-            self.fail("BUG_ON", f"hyp_page_ref_dec: refcount of pfn {pfn:#x} is already 0")
+            self.fail("bug-on", f"BUG_ON: hyp_page_ref_dec: refcount of pfn {pfn:#x} is already 0")
             return
         self.refcount[pfn] -= 1
         self.version += 1
@@ -141,7 +141,7 @@ class HypVmemmap:
 
     def hyp_set_page_refcounted(self, pfn: int) -> None:
         if self.refcount[pfn]:
-            self.fail("BUG_ON", f"hyp_set_page_refcounted: pfn {pfn:#x} is referenced")
+            self.fail("bug-on", f"BUG_ON: hyp_set_page_refcounted: pfn {pfn:#x} is referenced")
             return
         self.refcount[pfn] = 1
         self.version += 1

@@ -347,7 +347,7 @@ def stage2_pte_is_locked(pgt: KvmPgtable, pte: int) -> bool:
 
 
 def _warn(pgt: KvmPgtable, what: str) -> None:
-    pgt.ctx.fail("WARN_ON", f"pgtable.c: {what}")
+    pgt.ctx.fail("warn-on", f"WARN_ON: pgtable.c: {what}")
 
 
 def __kvm_pgtable_stage2_init(pgt: KvmPgtable, mm_ops: KvmPgtableMmOps, ia_bits: int,
