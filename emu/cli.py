@@ -21,6 +21,7 @@ from . import __version__
 from .errors import EmuError
 from .kvm.nested_releases import matrix as nested_matrix
 from .kvm.releases import matrix
+from .pkvm.releases import matrix as pkvm_matrix
 from .sim import replay as replay_file
 from .sim.explain import explain
 from .sim.files import check_dir, check_file
@@ -172,7 +173,8 @@ def list_cmd(path: str | None) -> int:
     click.echo("\n" + click.style("quirks", bold=True))
     for qname, text in described.items():
         click.echo(f"  {qname}: {text}")
-    for suite, release_matrix in (("svm", matrix), ("nested", nested_matrix)):
+    for suite, release_matrix in (("svm", matrix), ("nested", nested_matrix),
+                                  ("pkvm", pkvm_matrix)):
         click.echo("\n" + click.style(f"kernel releases (--kernel RELEASE; {suite} scenarios)",
                                       bold=True))
         click.echo(release_matrix())
