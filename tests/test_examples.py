@@ -16,6 +16,7 @@ EXPECT = {
     "svm_share_race.py": "without the quirk: 500 schedules, no violation",
     "svm_multi_vcpu.py": "hunt: 300 schedules",
     "nested_two_l2.py": "hunt: 200 schedules with thread migrations, max",
+    "pkvm_page_walk.py": "every invariant held after every call",
 }
 
 

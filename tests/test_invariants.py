@@ -894,7 +894,14 @@ CHECKS = {
     "life-cycle (destroy leaves nothing)": ["test_life_cycle_destroyed_vm_leaves_nothing"],
     "life-cycle (FLAGS_ONLY keeps states)": ["test_life_cycle_flags_only_changes_gfn_states"],
 }
-ELSEWHERE = {  # the nested model's checks, provoked in their own test file
+ELSEWHERE = {  # the nested and pkvm models' checks, provoked in their own test files
+    "illegal-access":
+        "test_pkvm_machine.py::test_illegal_access_fires_on_an_access_the_books_forbid",
+    "hyp-panic": "test_pkvm_machine.py::test_el2_touching_a_shared_page_it_has_not_pinned_panics",
+    "apply-failed":
+        "test_pkvm_machine.py::test_an_apply_step_that_fails_after_its_check_is_reported",
+    "bug-on": "test_pkvm_invariants.py::test_abort_bug_on_is_found_and_the_fixed_model_retries",
+    "warn-on": "test_pkvm_transitions.py::test_unshare_guest_check_order",
     "idr": "test_nested_lifecycle.py::test_candidate_race_found_with_its_quirk",
     "use-after-free (nested guest)":
         "test_nested_lifecycle.py::test_candidate_race_found_with_its_quirk",
@@ -907,14 +914,14 @@ ELSEWHERE = {  # the nested model's checks, provoked in their own test file
 
 def test_every_check_has_a_test():
     """Every violation kind the model reports (grep: fail(" and m.invariant / m.final in
-    emu/actors, emu/kvm, emu/machines, emu/scenarios) has a test that provokes it: above,
-    or named in ``ELSEWHERE``."""
+    emu/actors, emu/kvm, emu/pkvm, emu/machines, emu/scenarios) has a test that provokes
+    it: above, or named in ``ELSEWHERE``."""
     import pathlib
     import re
 
     root = pathlib.Path(emu.__file__).parent
     kinds = set()
-    for layer in ("actors", "kvm", "machines", "scenarios"):
+    for layer in ("actors", "kvm", "pkvm", "machines", "scenarios"):
         for path in root.glob(f"{layer}/**/*.py"):
             kinds |= set(re.findall(r'fail\("([a-z-]+)"', path.read_text()))
     kinds |= {"invariant"}  # m.invariant and m.final
