@@ -26,7 +26,7 @@ release: it is the model as written, the newest code with every candidate fixed.
 
 from __future__ import annotations
 
-from ..sim.releases import QuirkHistory, quirk_matrix
+from ..sim.releases import QuirkHistory, quirk_matrix, release_bugs
 from ..sim.scenario import Releases, register_releases
 
 NESTED_ENTRY = "360cae313702"
@@ -126,9 +126,7 @@ NEWEST = "v6.12"
 
 def bugs(release: str | None) -> tuple[str, ...]:
     """The nested quirks ``release`` has, sorted (none for None: the default model)."""
-    if release is None:
-        return ()
-    return tuple(sorted(q for q, h in HISTORY.items() if h.in_release(release)))
+    return release_bugs(HISTORY, release)
 
 
 TABLE = Releases("kernel release", "--kernel", frozenset(HISTORY),

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import attrs
 
-from ..sim.releases import QuirkHistory, quirk_matrix, version
+from ..sim.releases import QuirkHistory, quirk_matrix, release_bugs, version
 from ..sim.scenario import Releases, register_releases
 
 GOLDEN_RATIO_32 = 0x61C88647
@@ -193,7 +193,7 @@ QUIRK_HISTORY: dict[str, QuirkHistory] = {
 
 def bugs(release: str) -> tuple[str, ...]:
     """The quirks ``release`` has, sorted."""
-    return tuple(sorted(q for q, h in QUIRK_HISTORY.items() if h.in_release(release)))
+    return release_bugs(QUIRK_HISTORY, release)
 
 
 def behaviour(release: str | None) -> Behaviour:

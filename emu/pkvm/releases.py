@@ -57,7 +57,7 @@ from __future__ import annotations
 import attrs
 
 from ..errors import EmuError
-from ..sim.releases import QuirkHistory, quirk_matrix, version
+from ..sim.releases import QuirkHistory, quirk_matrix, release_bugs, version
 from ..sim.scenario import Releases, register_releases
 
 HOST_STAGE2 = "1025c8c0c6ac"
@@ -197,9 +197,7 @@ def behaviour(release: str | None) -> Behaviour:
 
 def bugs(release: str | None) -> tuple[str, ...]:
     """The pKVM quirks ``release`` has, sorted (none for None: the default model)."""
-    if release is None:
-        return ()
-    return tuple(sorted(q for q, h in HISTORY.items() if h.in_release(release)))
+    return release_bugs(HISTORY, release)
 
 
 TABLE = Releases("kernel release", "--kernel", frozenset(HISTORY),

@@ -47,3 +47,11 @@ def quirk_matrix(history: Mapping[str, QuirkHistory], names: Sequence[str], widt
         cells = "".join(f"{'x' if h.in_release(n) else '.':>{col}}" for n in names)
         lines.append(f"{h.bug + ' ' + q:<{width}}{cells}{'.':>9}")
     return lines
+
+
+def release_bugs(history: Mapping[str, QuirkHistory], release: str | None) -> tuple[str, ...]:
+    """The quirks of ``history`` that ``release`` has, sorted (none for None: the default
+    model, which has every fix)."""
+    if release is None:
+        return ()
+    return tuple(sorted(q for q, h in history.items() if h.in_release(release)))

@@ -126,6 +126,20 @@ class Scenario:
         return tuple(sorted(chosen))
 
 
+
+def quirk_claims(modules: Iterable[Any]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """A suite package's quirk claims merged: each module's ``QUIRK_SCENARIO`` (quirk -> the
+    scenario that hunts it) and ``QUIRK_PARAMS`` (quirk -> the parameters it needs), so
+    that every quirk has exactly one scenario; ValueError if two modules claim one."""
+    claims: dict[str, str] = {}
+    params: dict[str, dict[str, Any]] = {}
+    for mod in modules:
+        if claims.keys() & mod.QUIRK_SCENARIO.keys():
+            raise ValueError(f"{mod.__name__} claims a quirk another scenario claims")
+        claims.update(mod.QUIRK_SCENARIO)
+        params.update(mod.QUIRK_PARAMS)
+    return claims, params
+
 REGISTRY: dict[str, Scenario] = {}
 
 

@@ -11,6 +11,7 @@ this package merges them, so every quirk has exactly one scenario that hunts it 
 
 from __future__ import annotations
 
+from ...sim.scenario import quirk_claims
 from . import boot, malicious, memslot_delete, storm, teardown, tlbiel_migrate, unmap_fault
 from .common import EA, ENTER, H_YIELD, PARAMS, QUIRKS
 
@@ -18,13 +19,7 @@ SUITE = "POWER nested virtualisation: seed 002 (L1 hypervisor, H_ENTER_NESTED, T
 """What ``emu list`` says of the suite (entry point in pyproject.toml)."""
 
 _MODULES = (boot, tlbiel_migrate, storm, teardown, memslot_delete, unmap_fault, malicious)
-QUIRK_SCENARIO: dict[str, str] = {}
-QUIRK_PARAMS: dict[str, dict[str, object]] = {}
-for _mod in _MODULES:
-    if QUIRK_SCENARIO.keys() & _mod.QUIRK_SCENARIO.keys():
-        raise AssertionError(f"{_mod.__name__} claims a quirk another scenario claims")
-    QUIRK_SCENARIO.update(_mod.QUIRK_SCENARIO)
-    QUIRK_PARAMS.update(_mod.QUIRK_PARAMS)
+QUIRK_SCENARIO, QUIRK_PARAMS = quirk_claims(_MODULES)
 
 __all__ = ["EA", "ENTER", "H_YIELD", "PARAMS", "QUIRKS", "QUIRK_PARAMS", "QUIRK_SCENARIO",
            "SUITE"]

@@ -9,6 +9,7 @@ exactly one scenario that hunts it down.
 
 from __future__ import annotations
 
+from ...sim.scenario import quirk_claims
 from . import aborts, boot, donate_abort, guest_storm, share_pin
 from .common import QUIRKS
 
@@ -16,12 +17,6 @@ SUITE = "arm64 pKVM: seed 003 (host stage-2 ownership, share/donate/pin, guests)
 """What ``emu list`` says of the suite (entry point in pyproject.toml)."""
 
 _MODULES = (boot, donate_abort, share_pin, aborts, guest_storm)
-QUIRK_SCENARIO: dict[str, str] = {}
-QUIRK_PARAMS: dict[str, dict[str, object]] = {}
-for _mod in _MODULES:
-    if QUIRK_SCENARIO.keys() & _mod.QUIRK_SCENARIO.keys():
-        raise AssertionError(f"{_mod.__name__} claims a quirk another scenario claims")
-    QUIRK_SCENARIO.update(_mod.QUIRK_SCENARIO)
-    QUIRK_PARAMS.update(_mod.QUIRK_PARAMS)
+QUIRK_SCENARIO, QUIRK_PARAMS = quirk_claims(_MODULES)
 
 __all__ = ["QUIRKS", "QUIRK_PARAMS", "QUIRK_SCENARIO", "SUITE"]
