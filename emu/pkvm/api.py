@@ -249,6 +249,7 @@ def ownership_table(hyp: mp.Hyp, pfns: Iterable[int] | None = None) -> str:
     count and guest mappings (default: every memory page whose state is not the one it
     booted in, the host's or the hypervisor's)."""
     guests = guest_mappings(hyp)
+    changed_only = pfns is None
     if pfns is None:
         hyp_pages = range(hyp.hyp_start_pfn, mp.MEM_BASE_PFN + hyp.memory_pages)
         pfns = [pfn for pfn in hyp.memory_pfns()
@@ -265,4 +266,6 @@ def ownership_table(hyp: mp.Hyp, pfns: Iterable[int] | None = None) -> str:
                      f"{names[mp.get_hyp_state(hyp, pfn << mp.PAGE_SHIFT)]:<16}"
                      f"{vmemmap.refcount[pfn]:>5}{vmemmap.host_share_guest_count[pfn]:>6}"
                      f"  {maps or '-'}")
+    if changed_only and len(lines) == 1:
+        lines.append("(every memory page is in the state it booted in)")
     return "\n".join(lines) + "\n"
