@@ -890,6 +890,7 @@ async def guest_mem_access(hyp: Hyp, cpu: int, vm: PkvmHypVm, gfn: int, write: b
 # --- host <-> hyp ---------------------------------------------------------------------------
 
 async def __pkvm_host_share_hyp(hyp: Hyp, pfn: int) -> int:
+    _require(hyp, "has_hyp_share", "__pkvm_host_share_hyp")
     beh = hyp.behaviour
     phys = pfn << PAGE_SHIFT
     size = PAGE_SIZE
@@ -914,6 +915,7 @@ async def __pkvm_host_share_hyp(hyp: Hyp, pfn: int) -> int:
 
 
 async def __pkvm_host_unshare_hyp(hyp: Hyp, pfn: int) -> int:
+    _require(hyp, "has_hyp_unshare", "__pkvm_host_unshare_hyp")
     beh = hyp.behaviour
     phys = pfn << PAGE_SHIFT
     size = PAGE_SIZE
@@ -949,6 +951,7 @@ async def __pkvm_host_unshare_hyp(hyp: Hyp, pfn: int) -> int:
 
 
 async def __pkvm_host_donate_hyp(hyp: Hyp, pfn: int, nr_pages: int) -> int:
+    _require(hyp, "has_host_donation", "__pkvm_host_donate_hyp")
     beh = hyp.behaviour
     phys = pfn << PAGE_SHIFT
     size = PAGE_SIZE * nr_pages
@@ -971,6 +974,7 @@ async def __pkvm_host_donate_hyp(hyp: Hyp, pfn: int, nr_pages: int) -> int:
 
 
 async def __pkvm_hyp_donate_host(hyp: Hyp, pfn: int, nr_pages: int) -> int:
+    _require(hyp, "has_host_donation", "__pkvm_hyp_donate_host")
     beh = hyp.behaviour
     phys = pfn << PAGE_SHIFT
     size = PAGE_SIZE * nr_pages

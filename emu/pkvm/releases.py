@@ -143,6 +143,13 @@ class Behaviour:
     share_hyp_maps_el2: bool
     """__pkvm_host_share_hyp maps the page at EL2 stage-1 at once and unshare unmaps it
     (before v6.16); False: the first hyp_pin_shared_mem maps it, the last unpin unmaps it."""
+    has_hyp_share: bool
+    """__pkvm_host_share_hyp (v5.15 on)."""
+    has_hyp_unshare: bool
+    """__pkvm_host_unshare_hyp (v5.17 on: the first modelled release with it is v6.1)."""
+    has_host_donation: bool
+    """__pkvm_host_donate_hyp / __pkvm_hyp_donate_host (v6.2 on; before, EL2 took its
+    memory only at init)."""
     has_pins: bool
     """hyp_pin_shared_mem / hyp_unpin_shared_mem, and the unshare -EBUSY (v6.2 on)."""
     has_ffa: bool
@@ -154,6 +161,9 @@ class Behaviour:
 
 FIRST: dict[str, str] = {
     "nine-two": "v5.15",
+    "share": "v5.15",
+    "unshare": "v5.17",
+    "donation": "v6.2",
     "pins": "v6.2",
     "ffa": "v6.5",
     "host-vmemmap": "v6.14",
@@ -174,6 +184,9 @@ def _behaviour(release: str) -> Behaviour:
         hyp_state_in_vmemmap=v616,
         hyp_checks_always=v616,
         share_hyp_maps_el2=not v616,
+        has_hyp_share=_since(release, "share"),
+        has_hyp_unshare=_since(release, "unshare"),
+        has_host_donation=_since(release, "donation"),
         has_pins=_since(release, "pins"),
         has_ffa=_since(release, "ffa"),
         has_guest_share=_since(release, "host-vmemmap"),

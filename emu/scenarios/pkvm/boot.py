@@ -24,6 +24,7 @@ def pkvm_boot(m: Machine, cpus: int, rounds: int) -> None:
     times, touching the pages between rounds (each reclaim clears the annotation, so the
     next touch faults them in again). A trusted host never touches a page it gave away."""
     mach = machine(m, host_cpus=cpus)
+    mach.require("has_host_donation", "__pkvm_host_donate_hyp (host-to-hyp donation)")
     first = mach.page(DONATED) >> 12
 
     async def toucher(cpu: HostCpu) -> None:

@@ -21,6 +21,7 @@ def donate_vs_abort(m: Machine) -> None:
     reach Q only while the host owns it: the donation's annotation must take CPU0's TLB
     entry with it."""
     mach = machine(m, host_cpus=3)
+    mach.require("has_host_donation", "__pkvm_host_donate_hyp (host-to-hyp donation)")
     p, q = mach.page(0), mach.page(1)
     touched, donated = m.completion("Q written"), m.completion("Q donated")
 
