@@ -18,7 +18,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from . import __version__
-from .errors import EmuError
+from .errors import EmuError, Unsupported
 from .kvm.nested_releases import matrix as nested_matrix
 from .kvm.releases import matrix
 from .pkvm.releases import matrix as pkvm_matrix
@@ -240,10 +240,17 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
     done: list[HuntResult] = []
     try:
         for name in names:
-            found = _hunt_one(name, log, params=_params(params), quirks=quirks,
-                              strategy=strategy, depth=depth, seed=seed, max_steps=max_steps,
-                              schedules=schedules, check_determinism=check_determinism,
-                              keep_going=keep_going, release=kernel, timers=timers)
+            try:
+                found = _hunt_one(name, log, params=_params(params), quirks=quirks,
+                                  strategy=strategy, depth=depth, seed=seed,
+                                  max_steps=max_steps, schedules=schedules,
+                                  check_determinism=check_determinism, keep_going=keep_going,
+                                  release=kernel, timers=timers)
+            except Unsupported as why:
+                if len(names) == 1:
+                    raise
+                click.echo(f"skipped {name}: {why}")
+                continue
             done.append(found)
             _hunt_report(found, log, timeline, check_determinism)
             if found.mismatches or found.found is not None:

@@ -14,3 +14,8 @@ class ScenarioError(EmuError):
 
 class ReplayDivergence(EmuError):
     """A replayed decision list no longer fits the scenario it is replayed against."""
+
+
+class Unsupported(EmuError):
+    """The scenario cannot be built as asked (it needs what the chosen release lacks): a
+    suite hunt skips it and says why; a hunt of that scenario alone stops with the reason."""

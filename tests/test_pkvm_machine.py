@@ -183,3 +183,17 @@ def test_an_apply_step_that_fails_after_its_check_is_reported():
     with pytest.raises(Finding, match="apply-failed") as found:
         p.ctx.call(share)
     assert found.value.kind == "apply-failed"
+
+
+def test_a_release_without_a_scenario_s_calls_skips_it_in_a_suite_hunt(cli, tmp_path):
+    """On v6.1 (no donation, pins or guest shares) the pkvm suite hunt skips the four
+    scenarios that need them, saying why, and hunts concurrent-aborts, where B12 (still in
+    v6.1) is found; asked for alone, such a scenario is refused with the same reason."""
+    r = cli("hunt", "pkvm", "--kernel", "v6.1", "--schedules", "20", "--out", str(tmp_path))
+    assert r.status == 1, r.out + r.err
+    assert r.out.count("skipped ") == 4
+    assert "skipped share-unshare-pin: this scenario needs hyp_pin_shared_mem (pins), " \
+           "which v6.1 does not have (it came in v6.2)" in r.out
+    assert "BUG_ON(!__get_fault_info())" in r.out
+    r = cli("hunt", "pkvm-boot", "--kernel", "v6.1", "--out", str(tmp_path))
+    assert r.status == 2 and "which v6.1 does not have (it came in v6.2)" in r.err

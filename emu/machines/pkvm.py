@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from ..actors.pkvm_cpu import GuestVcpu, HostCpu
 from ..actors.returncodes import AcceptSpec, ReturnCodes
-from ..errors import EmuError
+from ..errors import Unsupported
 from ..hw.arm64_stage2 import PAGE_SHIFT
 from ..pkvm import invariants
 from ..pkvm.api import ownership_table
@@ -56,11 +56,12 @@ class PkvmMachine:
 
     def require(self, feature: str, what: str) -> None:
         """The scenario needs ``what``, which releases have when their ``Behaviour`` sets
-        ``feature``: refuse to build on a release without it (EmuError, not a finding)."""
+        ``feature``: refuse to build on a release without it (``Unsupported``, not a
+        finding: a suite hunt skips the scenario and says why)."""
         if not getattr(self.hyp.behaviour, feature):
             first = next((r for r in RELEASES if getattr(behaviour(r), feature)), None)
             since = f" (it came in {first})" if first else ""
-            raise EmuError(f"this scenario needs {what}, which {self.m.release} does not "
+            raise Unsupported(f"this scenario needs {what}, which {self.m.release} does not "
                            f"have{since}")
 
     def page(self, n: int) -> int:
