@@ -24,12 +24,16 @@ pages, indexed as one. Tables live in ``TableMemory`` by page frame number, 512 
 page, zero until written. The walk is lockless: it reads the entries as they are at that
 moment (``walk``; ``walk_stepwise`` takes a scheduling point before each read, so other
 CPUs' stores interleave with the walk's steps). Every store bumps ``TableMemory.version``,
-the key of invariants that read the tables.
+the key of invariants that read the tables. Every entry is an object of the access
+relation (``sim.accesses``) named ``s2:<pfn>:<index>`` (whatever regime its table is in):
+``read`` reads it, ``write`` writes it, ``zero`` writes each entry it clears.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+
+from ..sim import accesses
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -139,11 +143,22 @@ class TableMemory:
             page = self.pages[pfn] = [0] * PTRS_PER_PTE
         return page
 
+    @staticmethod
+    def touch(pfn: int, idx: int, write: bool = False) -> None:
+        """The step reads (or writes) entry ``idx`` of page ``pfn`` (called only when
+        accesses are recorded: ``accesses.current.on``; a reader that takes entries from
+        ``table`` reports itself through this)."""
+        accesses.current.touch(f"s2:{pfn:#x}:{idx}", write)
+
     def read(self, pfn: int, idx: int) -> int:
+        if accesses.current.on:
+            self.touch(pfn, idx)
         page = self.pages.get(pfn)
         return 0 if page is None else page[idx]
 
     def write(self, pfn: int, idx: int, desc: int) -> None:
+        if accesses.current.on:
+            self.touch(pfn, idx, True)
         self.table(pfn)[idx] = desc
         self.version += 1
 
@@ -152,6 +167,10 @@ class TableMemory:
         for p in range(pfn, pfn + nr_pages):
             page = self.pages.get(p)
             if page is not None:
+                if accesses.current.on:  # (an entry that was 0 stays 0: no write)
+                    for idx, desc in enumerate(page):
+                        if desc:
+                            self.touch(p, idx, True)
                 page[:] = _ZEROS
         self.version += 1
 

@@ -17,12 +17,16 @@ removes it. Only valid leaves are cached (an invalid descriptor faults and is no
 The level hint of ``__tlbi_level`` is taken as "any level" (an entry of another size is
 removed too: the least-surprising reading, never a stale entry left by a wrong hint).
 ``version`` is bumped by every fill and invalidation (the key of invariants reading TLBs).
+Accesses (``sim.accesses``): a CPU's stage-2 entries of one VMID are one object,
+``tlb:cpu<n>:vmid<v>``, its EL2 entries another, ``tlb:cpu<n>:el2``; a lookup reads it, a
+fill and a TLBI (on every CPU) write it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from ..sim import accesses
 from .arm64_stage2 import MIN_BLOCK_LEVEL, TableMemory, granule_shift, walk, walk_stepwise
 
 _LEVELS = tuple(range(3, MIN_BLOCK_LEVEL - 1, -1))
@@ -45,6 +49,8 @@ class Arm64Tlbs:
     # stage-2
     def lookup_s2(self, cpu: int, vmid: int, ipa: int) -> tuple[int, int] | None:
         """(descriptor, level) cached for ``ipa`` on ``cpu``, or None (a miss)."""
+        if accesses.current.on:
+            accesses.current.touch(f"tlb:cpu{cpu}:vmid{vmid}")
         tlb = self.s2[cpu]
         for level, shift in _SHIFTS:
             desc = tlb.get((vmid, level, ipa >> shift))
@@ -55,14 +61,26 @@ class Arm64Tlbs:
     def fill_s2(self, cpu: int, vmid: int, ipa: int, desc: int, level: int) -> None:
         self.s2[cpu][(vmid, level, ipa >> granule_shift(level))] = desc
         self.version += 1
+        if accesses.current.on:
+            accesses.current.touch(f"tlb:cpu{cpu}:vmid{vmid}", True)
+
+    def _touch_all(self, vmid: int | None) -> None:
+        """A broadcast TLBI writes every CPU's entries of ``vmid`` (None: EL2's)."""
+        for cpu in range(len(self.s2)):
+            accesses.current.touch(f"tlb:cpu{cpu}:" + ("el2" if vmid is None else f"vmid{vmid}"),
+                                   True)
 
     def tlbi_ipas2e1is(self, vmid: int, ipa: int) -> None:
+        if accesses.current.on:
+            self._touch_all(vmid)
         for tlb in self.s2:
             for level, shift in _SHIFTS:
                 tlb.pop((vmid, level, ipa >> shift), None)
         self.version += 1
 
     def tlbi_vmalls12e1is(self, vmid: int) -> None:
+        if accesses.current.on:
+            self._touch_all(vmid)
         for i, tlb in enumerate(self.s2):
             self.s2[i] = {k: v for k, v in tlb.items() if k[0] != vmid}
         self.version += 1
@@ -78,6 +96,8 @@ class Arm64Tlbs:
 
     # EL2 stage-1
     def lookup_el2(self, cpu: int, va: int) -> tuple[int, int] | None:
+        if accesses.current.on:
+            accesses.current.touch(f"tlb:cpu{cpu}:el2")
         tlb = self.el2[cpu]
         for level, shift in _SHIFTS:
             desc = tlb.get((level, va >> shift))
@@ -88,8 +108,12 @@ class Arm64Tlbs:
     def fill_el2(self, cpu: int, va: int, desc: int, level: int) -> None:
         self.el2[cpu][(level, va >> granule_shift(level))] = desc
         self.version += 1
+        if accesses.current.on:
+            accesses.current.touch(f"tlb:cpu{cpu}:el2", True)
 
     def tlbi_vae2is(self, va: int) -> None:
+        if accesses.current.on:
+            self._touch_all(None)
         for tlb in self.el2:
             for level, shift in _SHIFTS:
                 tlb.pop((level, va >> shift), None)

@@ -6,7 +6,8 @@ Each VMA keeps one word per 64 KiB page of its range (an ``array('q')``, 8 bytes
 host faults, and the fault handler pages it out). ``mmap_lock`` guards the VMA list and the
 migrations that rewrite these words. A page under migration also has a migration entry
 (``migrating``): its word still names the source page, and a host access waits for the
-migration to finish (the core mm in emu/kvm/mm.py keeps both).
+migration to finish (the core mm in emu/kvm/mm.py keeps both). The access name of a PTE
+(``sim.accesses``) is ``hostpte:<hva>``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from ..sim import accesses
 from ..sim.locks import RWSem
 from .memory import PAGE_SHIFT, PAGE_SIZE
 
@@ -35,6 +37,20 @@ class VMA:
 
     def index(self, hva: int) -> int:
         return (hva - self.start) >> PAGE_SHIFT
+
+
+def touch_pte(hva: int, write: bool = False) -> None:
+    """The step reads (or writes) the PTE of the page at ``hva``, its migration entry
+    included; nothing when accesses are not recorded."""
+    if accesses.current.on:
+        accesses.current.touch(f"hostpte:{hva & ~(PAGE_SIZE - 1):#x}", write)
+
+
+def touch_ptes(vma: VMA, first: int, end: int, write: bool) -> None:
+    """The step reads (or writes) the PTEs of pages [first, end) of ``vma`` (by index;
+    only called when accesses are recorded: ``accesses.current.on``)."""
+    for i in range(first, end):
+        accesses.current.touch(f"hostpte:{vma.start + (i << PAGE_SHIFT):#x}", write)
 
 
 class HostMM:
@@ -78,9 +94,11 @@ class HostMM:
 
     def get_pte(self, hva: int) -> int:
         vma = self.vma_lookup(hva)
+        touch_pte(hva)
         return vma.pte[(hva - vma.start) >> PAGE_SHIFT] if vma else 0
 
     def set_pte(self, hva: int, value: int) -> None:
         vma = self.vma_lookup(hva)
         vma.pte[vma.index(hva)] = value
         self.pte_version += 1
+        touch_pte(hva, True)

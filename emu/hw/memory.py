@@ -3,7 +3,9 @@
 A frame holds a small value (what the guest last wrote there, not 64 KiB of bytes), whether
 it is encrypted, and whether the value is an SVM's secret (written while its GFN was
 secure). Only touched frames have an object, so a 100 GB guest costs memory only for the
-pages it touches.
+pages it touches. A frame is an object of the access relation (``sim.accesses``),
+``frame:<kind>:<pfn>``: taking it (``FramePool.get``, ``[pfn]``) counts as a write, since
+the caller may change its contents; allocating and freeing write the pool, ``frames:<kind>``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import attrs
+
+from ..sim import accesses
 
 PAGE_SHIFT = 16
 """The base page size of a 64-bit POWER server kernel (CONFIG_PPC_64K_PAGES): 64 KiB."""
@@ -86,6 +90,8 @@ class FramePool:
         self.refs = PageRefs(self.free)
 
     def alloc(self) -> int:
+        if accesses.current.on:
+            accesses.current.touch(f"frames:{self.kind}", True)
         if self._free:
             pfn = self._free.pop()
         else:
@@ -96,22 +102,31 @@ class FramePool:
 
     def alloc_range(self, n: int) -> range:
         """``n`` fresh consecutive pfns (QEMU populating a whole memory region)."""
+        if accesses.current.on:
+            accesses.current.touch(f"frames:{self.kind}", True)
         first = len(self._live)
         self._live.extend(b"\x01" * n)
         return range(first, first + n)
 
     def free(self, pfn: int) -> None:
+        if accesses.current.on:
+            accesses.current.touch(f"frames:{self.kind}", True)
+            accesses.current.touch(f"frame:{self.kind}:{pfn:#x}", True)
         self._live[pfn] = 0
         self.frames.pop(pfn, None)
         self._free.append(pfn)
 
     def get(self, pfn: int) -> Frame | None:
         """The frame, or None if the pfn is not allocated (freed under someone's feet)."""
+        if accesses.current.on:
+            accesses.current.touch(f"frame:{self.kind}:{pfn:#x}", True)
         if 0 < pfn < len(self._live) and self._live[pfn]:
             return self[pfn]
         return None
 
     def __getitem__(self, pfn: int) -> Frame:
+        if accesses.current.on:
+            accesses.current.touch(f"frame:{self.kind}:{pfn:#x}", True)
         frame = self.frames.get(pfn)
         if frame is None:
             if not (0 < pfn < len(self._live) and self._live[pfn]):

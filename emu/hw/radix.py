@@ -20,6 +20,11 @@ map from entry index to nonzero entry. The *owner* of a tree (L0 for its own and
 shadow tables, L1 for its L2->L1 tables) changes it through ``RadixTree``; anyone may walk
 it through a read function (``walk``), which is how L0 reads a table that lives in L1's
 memory and may find it unreadable (kvmppc_mmu_walk_radix_tree over kvm_read_guest).
+
+Accesses (``sim.accesses``): each doubleword of a ``TableMemory`` is an object named
+``radix:<space>:<address>``, ``space`` ``host`` for tables in host real memory (a
+``FramePool``) and ``guest`` for tables in a guest's own memory; a table freed with its
+entries writes every entry it held.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from typing import Protocol
 import attrs
 from sortedcontainers import SortedDict
 
-from .memory import PAGE_SHIFT, PAGE_SIZE
+from ..sim import accesses
+from .memory import PAGE_SHIFT, PAGE_SIZE, FramePool
 
 # Leaf PTE bits (asm/book3s/64/pgtable.h; the kernel spells them _PAGE_*).
 PAGE_EXEC = 0x00001
@@ -212,6 +218,8 @@ class TableMemory:
 
     def __init__(self, frames: FrameAllocator) -> None:
         self.frames = frames
+        self.space = "host" if isinstance(frames, FramePool) else "guest"
+        """The address space the access names say: ``radix:<space>:<address>``."""
         self.pages: dict[int, SortedDict] = {}
         """Page-aligned address -> {doubleword index: nonzero value}."""
         self.version = 0
@@ -228,6 +236,16 @@ class TableMemory:
         instead of the pages followed so far (one reader: the last set it read)."""
         self.watched = frozenset(pages)
 
+    def touch(self, addr: int, write: bool = False) -> None:
+        """The step reads (or writes) the doubleword at ``addr`` (called only when accesses
+        are recorded: ``accesses.current.on``)."""
+        accesses.current.touch(f"radix:{self.space}:{addr:#x}", write)
+
+    def touch_span(self, addr: int, n: int, write: bool) -> None:
+        """``touch`` every doubleword of the ``n`` bytes at ``addr``."""
+        for dw in range(addr & ~7, addr + n, 8):
+            self.touch(dw, write)
+
     def changed(self, page: int) -> None:
         """Record a change of the page at ``page`` (its page-aligned address)."""
         self.version += 1
@@ -242,17 +260,24 @@ class TableMemory:
         return addr
 
     def free_table(self, addr: int) -> None:
+        if accesses.current.on:
+            for index in self.pages[addr]:
+                self.touch(addr + index * 8, True)
         del self.pages[addr]
         self.changed(addr)
         self.frames.free(addr >> PAGE_SHIFT)
 
     def read(self, addr: int) -> int:
+        if accesses.current.on:
+            self.touch(addr & ~7)
         page = self.pages.get(addr & ~(PAGE_SIZE - 1))
         return page.get((addr & (PAGE_SIZE - 1)) >> 3, 0) if page is not None else 0
 
     def write(self, addr: int, value: int) -> None:
         """Store a doubleword (a guest writing its partition table, or a hostile guest
         scribbling on its own tables)."""
+        if accesses.current.on:
+            self.touch(addr & ~7, True)
         base = addr & ~(PAGE_SIZE - 1)
         index = (addr & (PAGE_SIZE - 1)) >> 3
         page = self.pages.get(base)
@@ -271,6 +296,8 @@ class TableMemory:
     def read_bytes(self, addr: int, n: int) -> bytes:
         """``n`` bytes at ``addr`` (any alignment): ``read_span`` of this memory, which is
         always readable, a page at a time."""
+        if accesses.current.on:
+            self.touch_span(addr, n, False)
         first = addr & ~7
         if (first ^ (addr + n - 1)) & ~(PAGE_SIZE - 1):  # crosses a page: per doubleword
             return read_span(self.read, addr, n) or b""  # (this memory is always readable)
@@ -283,6 +310,8 @@ class TableMemory:
 
     def write_bytes(self, addr: int, data: bytes) -> None:
         """``write_span`` of this memory, which is always writable."""
+        if accesses.current.on:
+            self.touch_span(addr, len(data), True)
         if addr & 7 or len(data) & 7 or (addr ^ (addr + len(data) - 1)) & ~(PAGE_SIZE - 1):
             write_span(self.read, self._store, addr, data)
             return
@@ -379,6 +408,8 @@ class RadixTree:
             page = self.mem.pages[table]
             index = _index(gpa, level)
             entry = page.get(index, 0)
+            if accesses.current.on:
+                self.mem.touch(table + index * 8)
             if not entry & PAGE_PRESENT:
                 return None
             if entry & PAGE_PTE:
@@ -410,6 +441,9 @@ class RadixTree:
             page = self.mem.pages[table]
             index = _index(gpa, lvl)
             entry = page.get(index, 0)
+            if accesses.current.on:  # read, and written if it is replaced below
+                self.mem.touch(table + index * 8, not entry & PAGE_PRESENT or
+                               bool(entry & PAGE_PTE))
             if entry & PAGE_PRESENT and entry & PAGE_PTE:
                 removed.append(Leaf(gpa & ~((1 << _SHIFT[lvl]) - 1), entry, _SHIFT[lvl]))
                 entry = 0
@@ -421,6 +455,8 @@ class RadixTree:
         page = self.mem.pages[table]
         index = _index(gpa, level)
         entry = page.get(index, 0)
+        if accesses.current.on:
+            self.mem.touch(table + index * 8, entry != pte)
         if entry & PAGE_PRESENT and entry & PAGE_PTE:
             if entry != pte:
                 if (entry ^ pte) & PTE_BITS_MUST_MATCH:
@@ -457,6 +493,8 @@ class RadixTree:
         hi = min((end - 1 - base) >> shift, (1 << _BITS[level]) - 1)
         for index in page.irange(lo, hi):
             entry = page[index]
+            if accesses.current.on:
+                self.mem.touch(table + index * 8)
             if not entry & PAGE_PRESENT:
                 continue
             gpa = base + (index << shift)
@@ -479,6 +517,8 @@ class RadixTree:
         for table, page, index, _ in slots:
             del page[index]
             self.mem.changed(table)
+            if accesses.current.on:
+                self.mem.touch(table + index * 8, True)
         return [leaf for _, _, _, leaf in slots]
 
     def update(self, gpa: int, clear_bits: int = 0, set_bits: int = 0) -> int | None:
@@ -488,6 +528,8 @@ class RadixTree:
         if found is None:
             return None
         table, page, index, leaf = found
+        if accesses.current.on:
+            self.mem.touch(table + index * 8, True)
         new = (leaf.pte | set_bits) & ~clear_bits
         if new:
             page[index] = new
@@ -511,6 +553,8 @@ class RadixTree:
         pgd = self.mem.pages[self.root]
         leaves: list[Leaf] = []
         for index, entry in list(pgd.items()):
+            if accesses.current.on:
+                self.mem.touch(self.root + index * 8, True)
             leaves += self._free_subtree(entry & RPDB_MASK, 2, index << PGDIR_SHIFT)
         pgd.clear()
         self.mem.changed(self.root)

@@ -38,6 +38,12 @@ through the old entry. ``lookup`` records each such use in ``stale_uses`` (three
 a lookup), and ``stale_entries`` lists every entry that would be one. The guest-entry flush
 (``flush_guest_tlb``) is housekeeping, not an announcement that a mapping changed, so it
 removes entries without recording anything.
+
+Accesses (``sim.accesses``), one object per TLB group and LPID, ``tlb:g<group>:lpid<n>``,
+plus ``tlb:g<group>:all`` (which an IS=3 invalidation writes and every lookup and fill of
+the group reads), and the invalidation records of an LPID, ``tlbinval:lpid<n>``, and of
+everything, ``tlbinval:all``, which invalidations write and lookups and fills read (whether
+an entry is stale depends on the order of its fill and an invalidation anywhere).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from collections.abc import Callable
 
 import attrs
 
+from ..sim import accesses
 from .cputhreads import Topology
 from .memory import PAGE_SHIFT, PAGE_SIZE
 from .radix import PMD_SHIFT, PUD_SHIFT, Leaf, WalkFault
@@ -207,9 +214,21 @@ class Tlbs:
     def tlb(self, cpu: int) -> Tlb:
         return self.groups[self.topology.group_of(cpu)]
 
+    @staticmethod
+    def touch(group: int, lpid: int, write: bool) -> None:
+        """A lookup or fill (``write``) of ``lpid``'s entries in ``group``: it reads the
+        invalidation records and the group's IS=3 object too (accesses recorded only)."""
+        rec = accesses.current
+        rec.touch(f"tlb:g{group}:lpid{lpid}", write)
+        rec.touch(f"tlb:g{group}:all")
+        rec.touch(f"tlbinval:lpid{lpid}")
+        rec.touch("tlbinval:all")
+
     def lookup(self, cpu: int, lpid: int, gpa: int) -> TlbEntry | None:
         """What ``cpu`` translates ``gpa`` through for ``lpid`` without walking: the cached
         entry, current or stale (smallest page on a multi-hit), or None on a miss."""
+        if accesses.current.on:
+            self.touch(self.topology.group_of(cpu), lpid, False)
         found = self.tlb(cpu).matches(lpid, gpa)
         if not found:
             return None
@@ -235,6 +254,8 @@ class Tlbs:
             entry = TlbEntry(lpid, ea >> PAGE_SHIFT, PAGE_SHIFT, leaf.real_address(gra) & page,
                              leaf.prot, leaf.rc, self.epoch, gra & page)
         self.tlb(cpu).insert(entry)
+        if accesses.current.on:
+            self.touch(self.topology.group_of(cpu), lpid, True)
         return entry
 
     def translate(
@@ -257,6 +278,18 @@ class Tlbs:
         if ric == RIC_PWC:
             return 0
         self.epoch += 1
+        if accesses.current.on:
+            rec = accesses.current
+            if is_ == IS_ALL:
+                rec.touch("tlbinval:all", True)
+                for tlb in tlbs:
+                    rec.touch(f"tlb:g{tlb.group}:all", True)
+                    for n in sorted(tlb._by_lpid):
+                        rec.touch(f"tlb:g{tlb.group}:lpid{n}", True)
+            else:
+                rec.touch(f"tlbinval:lpid{lpid}", True)
+                for tlb in tlbs:
+                    rec.touch(f"tlb:g{tlb.group}:lpid{lpid}", True)
         if is_ == IS_VA:
             if shift not in TLB_SHIFTS:
                 raise ValueError(f"no page size 1 << {shift}")
@@ -305,6 +338,8 @@ class Tlbs:
         tlbiel IS=2 R=1 PRS=1, RIC=2 on set 0 then RIC=0 on every other set, ptesync, ERAT
         flush: every entry of ``lpid`` in ``cpu``'s group goes (other LPIDs and other
         groups keep theirs). Not recorded as an invalidation (see the module notes)."""
+        if accesses.current.on:
+            accesses.current.touch(f"tlb:g{self.topology.group_of(cpu)}:lpid{lpid}", True)
         return self.tlb(cpu).remove_lpid(lpid)
 
     def invalidated_since_fill(self, entry: TlbEntry) -> int:

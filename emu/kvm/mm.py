@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..hw.hostmm import touch_pte
 from .hvcall import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ async def migrate_vma_setup(kvm: KVM, mig: MigrateVma) -> int:
         return EBUSY
     mm = kvm.mm
     await mmu_notifier_invalidate(mm, mig.start, mig.start + PAGE_SIZE)
+    touch_pte(mig.start, True)  # (it may install a migration entry)
     if mig.start in mm.migrating:
         mig.src = 0  # a migration entry: not present, not device-private, not collected
         return 0
@@ -132,12 +134,14 @@ async def migrate_vma_pages(kvm: KVM, mig: MigrateVma) -> None:
     i = mig.vma.index(mig.start)
     if mig.src == 0:
         await kvm.m.point("migrate_vma_insert_page: pte_offset_map_lock")
+        touch_pte(mig.start, True)
         if mig.vma.pte[i] != 0 or mig.start in kvm.mm.migrating:
             mig.migrate = False  # the PTE changed under the migration: abort
             kvm.m.note(f"migrate_vma_insert_page: the PTE of {mig.start:#x} changed, abort")
             return
     mig.vma.pte[i] = mig.dst
     kvm.mm.pte_version += 1
+    touch_pte(mig.start, True)
     mig.done = True
 
 
@@ -145,6 +149,7 @@ def migrate_vma_finalize(kvm: KVM, mig: MigrateVma) -> None:
     """Remove the migration entry (restoring the source if it did not move) and wake its
     waiters; the page that lost goes (a device page through page_free)."""
     if mig.entry is not None:
+        touch_pte(mig.start, True)
         del kvm.mm.migrating[mig.start]
         mig.entry.complete_all()
     if not mig.done:
@@ -181,6 +186,7 @@ async def handle_mm_fault(kvm: KVM, hva: int) -> int:
     i = vma.index(hva)
     why, tries = "", 0
     while tries < MAX_FAULT_RETRIES:
+        touch_pte(hva)
         entry = mm.migrating.get(hva)
         if entry is not None:
             why = "a migration entry"
@@ -198,6 +204,7 @@ async def handle_mm_fault(kvm: KVM, hva: int) -> int:
             if vma.pte[i] == 0:
                 vma.pte[i] = kvm.memory.normal.alloc()
                 kvm.mm.pte_version += 1
+                touch_pte(hva, True)
             return vma.pte[i]
         tries += 1
         await kvm.m.yield_point("handle_mm_fault: retry the walk")
@@ -262,6 +269,7 @@ async def migrate_pages(kvm: KVM, hva: int, copy_ns: int, *, ksm: bool = False
         return False, 0
     i = vma.index(hva)
     src = vma.pte[i]
+    touch_pte(hva, True)  # (it may install a migration entry)
     if src <= 0 or hva in mm.migrating or kvm.memory.normal.refs.counts.get(src):
         return False, 0
     entry = mm.migrating[hva] = kvm.m.completion(f"migration entry {hva:#x}")
@@ -276,6 +284,7 @@ async def migrate_pages(kvm: KVM, hva: int, copy_ns: int, *, ksm: bool = False
         vma.pte[i] = dst
         kvm.mm.pte_version += 1
         normal.refs.release(src)
+    touch_pte(hva, True)
     del mm.migrating[hva]
     entry.complete_all()  # remove_migration_ptes
     return moved, rc

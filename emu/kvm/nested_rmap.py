@@ -11,6 +11,8 @@ An entry is one u64: bits 63..52 the L1 lpid of the nested guest, bits 51..12 th
 real address of the shadow PTE (frame, not shifted down), bit 0 the single-entry tag. The
 per-GFN word ``memslot->arch.rmap[gfn]`` is 0, one tagged entry, or an ``llist`` head of
 ``rmap_nested`` nodes whose last ``next`` is the entry that was there first, still tagged.
+A word is one object of the access relation (``sim.accesses``), named by whoever makes it
+(``rmap:<lpid>:<gfn>``): an insert and ``llist_del_all`` write it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import attrs
+
+from ..sim import accesses
 
 RMAP_NESTED_LPID_MASK = 0xFFF0_0000_0000_0000
 RMAP_NESTED_LPID_SHIFT = 52
@@ -56,6 +60,8 @@ class RmapWord:
 
     single: int | None = None
     nodes: list[int] = attrs.Factory(list)
+    name: str = attrs.field(default="rmap", kw_only=True, eq=False)
+    """Its access name (``rmap:<lpid>:<gfn>``)."""
 
     @property
     def kind(self) -> str:
@@ -90,6 +96,8 @@ class RmapWord:
         (``n_rmap_is_equal``), a node is pushed at the head, a single entry becoming the
         list's tail. Returns False when the entry was dropped as a duplicate (the caller then
         frees its node). ``dedup=False`` skips the scan (the "rmap-no-dedup" quirk)."""
+        if accesses.current.on:
+            accesses.current.touch(self.name, True)
         if self.single is None:
             self.single = rmap
             return True
@@ -101,7 +109,9 @@ class RmapWord:
     def del_all(self) -> RmapWord:
         """``llist_del_all``: the word becomes 0 and the detached chain is returned. The
         kernel then walks it (``kernel_walk``) to invalidate and free each entry."""
-        detached = RmapWord(self.single, self.nodes)
+        if accesses.current.on:
+            accesses.current.touch(self.name, True)
+        detached = RmapWord(self.single, self.nodes, name=self.name)
         self.single, self.nodes = None, []
         return detached
 

@@ -176,7 +176,8 @@ class RadixMmu:
 
     def rmapp(self, memslot: Memslot, gfn: int) -> RmapWord:
         """``&memslot->arch.rmap[gfn - memslot->base_gfn]``."""
-        return self.rmap.setdefault(memslot, {}).setdefault(gfn - memslot.base_gfn, RmapWord())
+        return self.rmap.setdefault(memslot, {}).setdefault(
+            gfn - memslot.base_gfn, RmapWord(name=f"rmap:{self.kvm.lpid}:{gfn:#x}"))
 
 
 # ---------------------------------------------------------------------- hardware

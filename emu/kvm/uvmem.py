@@ -31,6 +31,10 @@ lock is a leaf spinlock held for a few instructions; the model updates the bitma
 scheduling point inside, which is exactly the exclusion it gives. ``cond_resched`` in the
 INIT_DONE migration loop is a scheduling point every ``RESCHED_BATCH`` pages.
 
+Accesses (``sim.accesses``): a GFN's state word is ``gfn:<lpid>:<gfn>``, a device page
+(its bitmap bit and pvt) ``devpage:<dpfn>``, and the search for a free one reads and takes
+``devpage:bitmap``.
+
 Designs: ``gfn-states`` is the kernel's three flags. ``two-state`` is the alternative of
 the review in seed 004: the HV tracks only "has a device page", and at INIT_DONE sends every
 other GFN to the UV with UV_PAGE_IN, which the UV refuses for a shared GFN (that GFN then
@@ -49,7 +53,9 @@ from __future__ import annotations
 from array import array
 from typing import TYPE_CHECKING
 
+from ..hw.hostmm import touch_ptes
 from ..hw.memory import PageRefs
+from ..sim import accesses
 from .hvcall import (
     H_AUTHORITY,
     H_P2,
@@ -230,6 +236,8 @@ class UvmemDevice:
         "Gets called with kvm->arch.uvmem_lock held" is stale there). It takes only the
         bitmap lock, then updates the GFN's state word."""
         bit = dpfn - 1
+        if accesses.current.on:
+            touch_devpages(dpfn, dpfn + 1)
         self.bitmap[bit] = 0
         self._hint = min(self._hint, bit)
         kvm = self.kvms[self.pvt_lpid[bit]]
@@ -245,6 +253,21 @@ class UvmemDevice:
 
 
 # ---------------------------------------------------------------------- GFN state words
+def touch_gfns(kvm: KVM, first: int, end: int, write: bool) -> None:
+    """The step reads (or writes) the state words of GFNs [first, end) (only called when
+    accesses are recorded: ``accesses.current.on``)."""
+    for gfn in range(first, end):
+        accesses.current.touch(f"gfn:{kvm.lpid}:{gfn:#x}", write)
+
+
+def touch_devpages(first: int, end: int) -> None:
+    """The step takes or frees device pages [first, end) (accesses recorded only)."""
+    rec = accesses.current
+    rec.touch("devpage:bitmap", True)
+    for dpfn in range(first, end):
+        rec.touch(f"devpage:{dpfn}", True)
+
+
 def uvmem_slot(kvm: KVM, gfn: int) -> UvmemSlot | None:
     """The uvmem slot covering ``gfn`` (the first on the list, as every lookup takes)."""
     for p in kvm.uvmem_pfns:
@@ -255,6 +278,8 @@ def uvmem_slot(kvm: KVM, gfn: int) -> UvmemSlot | None:
 
 def kvmppc_uvmem_slot_lookup(kvm: KVM, gfn: int) -> int:
     """The pfns[] word of a GFN (0 if no uvmem slot covers it)."""
+    if accesses.current.on:
+        touch_gfns(kvm, gfn, gfn + 1, False)
     p = uvmem_slot(kvm, gfn)
     return p.pfns[gfn - p.base_pfn] if p else 0
 
@@ -263,6 +288,8 @@ def kvmppc_mark_gfn(gfn: int, kvm: KVM, flag: int, uvmem_pfn: int) -> None:
     p = uvmem_slot(kvm, gfn)
     if p is None:
         return
+    if accesses.current.on:
+        touch_gfns(kvm, gfn, gfn + 1, True)
     if kvm.design == "two-state" or kvm.quirk("single-flag-gfn-tracking"):
         flag &= KVMPPC_GFN_UVMEM_PFN  # only "has a device page" is tracked
     p.pfns[gfn - p.base_pfn] = (uvmem_pfn | flag) if flag == KVMPPC_GFN_UVMEM_PFN else flag
@@ -300,7 +327,11 @@ def kvmppc_next_nontransitioned_gfn(memslot: Memslot, kvm: KVM, gfn: int) -> int
     pfns, base = p.pfns, p.base_pfn
     for i in range(gfn - base, p.nr_pfns):
         if not pfns[i] & KVMPPC_GFN_FLAG_MASK:
+            if accesses.current.on:
+                touch_gfns(kvm, gfn, base + i + 1, False)
             return base + i
+    if accesses.current.on:
+        touch_gfns(kvm, gfn, base + p.nr_pfns, False)
     return None
 
 
@@ -526,6 +557,8 @@ def kvmppc_uvmem_get_page(gpa: int, kvm: KVM) -> int | None:
     """A free device pfn for ``gpa`` (uvmem_lock held), its pvt zeroed; None if none."""
     dev = kvm.uvmem_dev
     bit = dev.bitmap.find(0, dev._hint)
+    if accesses.current.on:  # (none found: only the bitmap was read)
+        touch_devpages(bit + 1, bit + 2 if bit >= 0 else bit + 1)
     if bit < 0:
         return None
     dev.bitmap[bit] = 1
@@ -615,6 +648,10 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
             # under migration) or setup failed: -1
             break
         run += 1
+    if accesses.current.on:  # the words and PTEs read: the run and the one that ended it
+        touch_gfns(kvm, gfn, gfn + min(run + 1, n), False)
+        touch_ptes(vma, v0, v0 + min(run + 1, n), False)
+        accesses.current.touch("devpage:bitmap", True)
     done, b, bitmap = 0, dev._hint, dev.bitmap
     while done < run and (b := bitmap.find(0, b)) >= 0:  # kvmppc_uvmem_get_page, in runs
         want = min(b + run - done, dev.npages)
@@ -630,6 +667,10 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
             "Q", range(KVMPPC_GFN_UVMEM_PFN + b + 1, KVMPPC_GFN_UVMEM_PFN + e + 1))
         vma.pte[v0 + done:v0 + done + k] = array("q", range(-(b + 1), -(e + 1), -1))
         kvm.mm.pte_version += 1
+        if accesses.current.on:
+            touch_gfns(kvm, gfn + done, gfn + done + k, True)
+            touch_devpages(b + 1, e + 1)
+            touch_ptes(vma, v0 + done, v0 + done + k, True)
         done += k
         b = e
         dev._hint = e

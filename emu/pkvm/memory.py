@@ -21,7 +21,9 @@ hyp_page: refcount, order, host_state, hyp_state_comp, host_share_guest_count), 
 object per page. Pages are named by pfn where the kernel passes a page's hyp VA (refcount
 and allocator calls); the state accessors take a physical address, as the kernel's do.
 Every change goes through a method, which bumps ``version`` (the key of invariants that read
-the vmemmap).
+the vmemmap). Each ``struct hyp_page`` is one object of the access relation
+(``sim.accesses``), ``vmemmap:<pfn>``, read by the getters and written by the setters; a
+pool's free lists are another, ``hyp_pool:<range_start>``, written by allocation and free.
 
 The buddy allocator: a pool covers [range_start, range_end); a free block of 2**order pages
 has refcount 0 and ``order`` set on its head, its tail pages HYP_NO_ORDER; a free block is
@@ -39,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..hw.arm64_stage2 import PAGE_SHIFT, SW0, SW1, SW_SHIFT, TableMemory
+from ..sim import accesses
 from ..sim.sequential import Finding
 
 PKVM_PAGE_OWNED = 0
@@ -98,30 +101,50 @@ class HypVmemmap:
         """Where a BUG_ON goes: raised as a ``Finding`` unless a machine sets its own
         ``fail`` here."""
 
+    @staticmethod
+    def touch(pfn: int, write: bool = False) -> None:
+        """The step reads (or writes) page ``pfn``'s struct hyp_page (called only when
+        accesses are recorded: ``accesses.current.on``)."""
+        accesses.current.touch(f"vmemmap:{pfn:#x}", write)
+
     # page states (memory.h; by physical address)
     def get_host_state(self, phys: int) -> int:
+        if accesses.current.on:
+            self.touch(phys >> PAGE_SHIFT)
         return self.host_state[phys >> PAGE_SHIFT]
 
     def set_host_state(self, phys: int, state: int) -> None:
+        if accesses.current.on:
+            self.touch(phys >> PAGE_SHIFT, True)
         self.host_state[phys >> PAGE_SHIFT] = state
         self.version += 1
 
     def get_hyp_state(self, phys: int) -> int:
+        if accesses.current.on:
+            self.touch(phys >> PAGE_SHIFT)
         return self.hyp_state_comp[phys >> PAGE_SHIFT] ^ PKVM_PAGE_STATE_MASK
 
     def set_hyp_state(self, phys: int, state: int) -> None:
+        if accesses.current.on:
+            self.touch(phys >> PAGE_SHIFT, True)
         self.hyp_state_comp[phys >> PAGE_SHIFT] = state ^ PKVM_PAGE_STATE_MASK
         self.version += 1
 
     def set_host_share_guest_count(self, phys: int, count: int) -> None:
+        if accesses.current.on:
+            self.touch(phys >> PAGE_SHIFT, True)
         self.host_share_guest_count[phys >> PAGE_SHIFT] = count
         self.version += 1
 
     # refcounts (memory.h; by pfn)
     def hyp_page_count(self, pfn: int) -> int:
+        if accesses.current.on:
+            self.touch(pfn)
         return self.refcount[pfn]
 
     def hyp_page_ref_inc(self, pfn: int) -> None:
+        if accesses.current.on:
+            self.touch(pfn, True)
         if self.refcount[pfn] == USHRT_MAX:
             self.fail("bug-on", f"BUG_ON: hyp_page_ref_inc: refcount of pfn {pfn:#x} overflows")
             return
@@ -129,6 +152,8 @@ class HypVmemmap:
         self.version += 1
 
     def hyp_page_ref_dec(self, pfn: int) -> None:
+        if accesses.current.on:
+            self.touch(pfn, True)
         if not self.refcount[pfn]:
             self.fail("bug-on", f"BUG_ON: hyp_page_ref_dec: refcount of pfn {pfn:#x} is already 0")
             return
@@ -140,6 +165,8 @@ class HypVmemmap:
         return self.refcount[pfn] == 0
 
     def hyp_set_page_refcounted(self, pfn: int) -> None:
+        if accesses.current.on:
+            self.touch(pfn, True)
         if self.refcount[pfn]:
             self.fail("bug-on", f"BUG_ON: hyp_set_page_refcounted: pfn {pfn:#x} is referenced")
             return
@@ -150,6 +177,8 @@ class HypVmemmap:
         """Make each page of the block headed by ``pfn`` an order-0 page with its own
         reference (page_alloc.c)."""
         order = self.order[pfn]
+        if accesses.current.on:
+            self.touch(pfn, True)
         self.order[pfn] = 0
         for tail in range(pfn + 1, pfn + (1 << order)):
             self.order[tail] = 0
@@ -207,13 +236,25 @@ def _find_buddy_nocheck(pool: HypPool, pfn: int, order: int) -> int | None:
 
 def _find_buddy_avail(pool: HypPool, pfn: int, order: int) -> int | None:
     buddy = _find_buddy_nocheck(pool, pfn, order)
+    if buddy is not None and accesses.current.on:
+        pool.vmemmap.touch(buddy)
     if buddy is None or pool.vmemmap.order[buddy] != order or pool.vmemmap.refcount[buddy]:
         return None
     return buddy
 
 
+def _touch_pool(pool: HypPool, pfns: tuple[int, ...]) -> None:
+    """The step changes the pool's free lists and the struct hyp_page of ``pfns``
+    (accesses recorded only)."""
+    accesses.current.touch(f"hyp_pool:{pool.range_start:#x}", True)
+    for pfn in pfns:
+        pool.vmemmap.touch(pfn, True)
+
+
 def _hyp_attach_page(pool: HypPool, pfn: int) -> None:
     vm = pool.vmemmap
+    if accesses.current.on:
+        _touch_pool(pool, (pfn,))
     order = vm.order[pfn]
     if order == HYP_NO_ORDER:
         order = 0  # undefined in C (see the module docstring): freed as one page
@@ -224,6 +265,8 @@ def _hyp_attach_page(pool: HypPool, pfn: int) -> None:
         if buddy is None:
             break
         pool.free_area[order].remove(buddy)
+        if accesses.current.on:
+            _touch_pool(pool, (buddy,))
         vm.order[buddy] = HYP_NO_ORDER
         pfn = min(pfn, buddy)
         order += 1
@@ -234,10 +277,14 @@ def _hyp_attach_page(pool: HypPool, pfn: int) -> None:
 
 def _hyp_extract_page(pool: HypPool, pfn: int, order: int) -> int:
     vm = pool.vmemmap
+    if accesses.current.on:
+        _touch_pool(pool, (pfn,))
     pool.free_area[vm.order[pfn]].remove(pfn)
     while vm.order[pfn] > order:
         vm.order[pfn] -= 1
         buddy = pfn ^ (1 << vm.order[pfn])
+        if accesses.current.on:
+            vm.touch(buddy, True)
         vm.order[buddy] = vm.order[pfn]
         pool.free_area[vm.order[buddy]].append(buddy)
     return pfn
@@ -267,6 +314,8 @@ def hyp_page_count(pool: HypPool, pfn: int) -> int:
 
 def hyp_alloc_pages(pool: HypPool, order: int) -> int | None:
     """The head pfn of a zeroed block of 2**order pages with refcount 1, or None."""
+    if accesses.current.on:  # (found or not, the free lists were read)
+        accesses.current.touch(f"hyp_pool:{pool.range_start:#x}")
     i = order
     while i < pool.max_order and not pool.free_area[i]:
         i += 1

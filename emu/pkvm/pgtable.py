@@ -73,6 +73,7 @@ from ..hw.arm64_stage2 import (
     granule_size,
 )
 from ..hw.arm64_tlb import Arm64Tlbs
+from ..sim import accesses
 from .errno_base import E2BIG, EAGAIN, EINVAL, ENOMEM, EPERM, ERANGE
 from .memory import (
     HypPool,
@@ -447,6 +448,8 @@ async def __kvm_pgtable_visit(data: _WalkData, pgt: KvmPgtable, pfn: int, table:
                               idx: int, level: int) -> int:
     walker = data.walker
     flags = walker.flags
+    if accesses.current.on:
+        pgt.mem.touch(pfn, idx)
     ctx = KvmPgtableVisitCtx(pgt, pfn, idx, table[idx], walker.arg, data.start, data.addr,
                              data.end, level, flags)
     ret = 0

@@ -6,7 +6,8 @@ CPU spins in firmware rather than sleeping, and which is therefore legal under a
 Every message gets a flow id, so the Perfetto trace draws an arrow from the send to
 the receive. A completion is the kernel's ``struct completion``: ``complete`` adds one
 "done", ``complete_all`` makes every present and future wait pass, and
-``wait_for_completion`` consumes one "done".
+``wait_for_completion`` consumes one "done". Sending and receiving write the channel;
+completing and waiting write the completion (``accesses``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class Channel(Sleepers):
         self._queue.append((flow, message))
         if self.sleepers:
             self.changed()
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)
         ctl.trace.add(ctl.step, ctl.current.index, "send", self.name, [flow, label(message)])
 
     async def receive(self) -> Any:
@@ -67,6 +70,8 @@ class Channel(Sleepers):
         flow, message = self._queue.popleft()
         if self.sleepers:
             self.changed()
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)
         ctl.trace.add(ctl.step, ctl.current.index, "recv", self.name, [flow, label(message)])
         return message
 
@@ -93,6 +98,8 @@ class Completion(Sleepers):
         self.done += 1
         if self.sleepers:
             self.changed()
+        if self._ctl.recorder.on:
+            self._ctl.recorder.touch(self.name, True)
         self._ctl.annotate("note", self._completed)
 
     def complete_all(self) -> None:
@@ -100,11 +107,15 @@ class Completion(Sleepers):
             return
         self.done = self._ALL
         self.changed()
+        if self._ctl.recorder.on:
+            self._ctl.recorder.touch(self.name, True)
         self._ctl.annotate("note", f"complete_all({self.name})")
 
     def reinit(self) -> None:
         self.done = 0
         self.changed()
+        if self._ctl.recorder.on:
+            self._ctl.recorder.touch(self.name, True)
 
     def _is_done(self) -> bool:
         return self.done > 0
@@ -117,3 +128,5 @@ class Completion(Sleepers):
         self.done -= 1
         if self.sleepers:
             self.changed()
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)

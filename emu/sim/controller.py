@@ -33,6 +33,12 @@ yields (``ctl.yielder``). PCT then drops the actor below every other (Coyote and
 the same for a yield), so a spinning actor cannot starve the actor it waits for; random
 walk is fair anyway and ignores it.
 
+**Accesses.** With recording on (``record``, or a strategy's ``wants_accesses``), each
+decision closes the step in progress: what the chosen actor read and wrote from the decision
+that picked it to its next scheduling point (``touch``, and every primitive reports itself),
+kept outside the trace and its hash in ``step_accesses`` (see ``accesses``). A timer step
+writes ``clock``; so does a sleep that queues a timer, and the step after it reads it.
+
 **Liveness** is reported only when progress is impossible under a fair continuation. The
 step budget ``max_steps`` has two halves: the strategy's own schedule runs until
 ``max_steps - max_steps // 2`` steps; from there on the controller sets ``fair`` and the
@@ -64,6 +70,7 @@ import trio.testing
 from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
 
 from ..errors import EmuError, ScenarioError
+from . import accesses
 from .lockdep import Lockdep
 from .trace import Trace
 from .violations import Stop, Violation
@@ -73,6 +80,8 @@ Check = Callable[[], "str | None"]
 
 TIMER = "timer"
 """The pseudo-actor whose step fires the earliest pending timer (a reserved actor name)."""
+CLOCK = "clock"
+"""The access name of virtual time and its timers."""
 
 
 class Sleepers:
@@ -147,9 +156,12 @@ class Controller:
     stall_seconds = 30.0
     """Wall time without a decision after which the watchdog reports a raw-Trio spin."""
 
-    def __init__(self, strategy: Any, *, max_steps: int = 10_000) -> None:
+    def __init__(self, strategy: Any, *, max_steps: int = 10_000, record: bool = False) -> None:
         self.strategy = strategy
         self.max_steps = max_steps
+        self.recorder = accesses.Recorder(record or getattr(strategy, "wants_accesses", False))
+        """The accesses of every step (``accesses``): recorded when ``record`` is given or
+        the strategy's ``wants_accesses`` is true, else off (a flag test per access)."""
         self.detail = False
         """Record where in the model each step is taken (``Trace.where``): for re-runs that
         explain a schedule, never for hunting."""
@@ -217,6 +229,17 @@ class Controller:
         self._flow += 1
         return self._flow
 
+    def touch(self, name: str, write: bool = False) -> None:
+        """The step in progress reads (or writes) the shared object ``name`` (a stable
+        name: see ``accesses``); nothing when accesses are not recorded."""
+        self.recorder.touch(name, write)
+
+    @property
+    def step_accesses(self) -> list[accesses.StepAccesses]:
+        """The accesses of the steps taken so far (step ``i`` at index ``i - 1``; the step in
+        progress is not among them); empty when not recorded."""
+        return self.recorder.steps
+
     # ----------------------------------------------------------------- scheduling points
     async def point(self, op: str, enabled: Predicate | None = None, waits_for: Any = None) -> None:
         """A scheduling point: the current actor will perform ``op`` once it is enabled and
@@ -266,10 +289,15 @@ class Controller:
             raise ValueError("sleep takes a non-negative duration")
         self.might_sleep("sleep", dt)
         deadline = self.now + dt
+        rec = self.recorder
         if dt:  # a zero sleep is due already: no timer to fire
             self._timer_seq += 1
             heapq.heappush(self._timers, (deadline, self._timer_seq))
+            if rec.on:  # a new timer changes what the timer step does
+                rec.touch(CLOCK, True)
         await self.point(f"sleep {dt}", lambda: self.now >= deadline)
+        if rec.on:  # it woke because of the time
+            rec.touch(CLOCK)
 
     def might_sleep(self, call: str, arg: Any) -> None:
         """The kernel's might_sleep() in ``call(arg)``: sleeping while holding a spinlock is
@@ -329,6 +357,8 @@ class Controller:
             return
         self.stopped = True
         self.trace.closed = True
+        if self.recorder.on:  # the step in progress ends here
+            self.recorder.close(self.step)
         if self._scope is None:
             return
         self._watchdog_scope.cancel()
@@ -342,6 +372,8 @@ class Controller:
         """Pick the actor that takes the next step; None when every non-daemon actor has
         finished. A step of the timer pseudo-actor is taken here, then the decision is
         made again."""
+        if self.recorder.on:  # the step in progress ends at this decision
+            self.recorder.close(self.step)
         if not self._workers:
             return None
         if self.invariants:
@@ -362,6 +394,8 @@ class Controller:
             self._deadlock()
         if self.step >= self._limit:
             self._out_of_steps()
+        if self.recorder.on:  # what the checks and predicates read is no step's
+            self.recorder.close(self.step)
         chosen = self.strategy.choose(enabled, self)
         self.step += 1
         if chosen is self.timer:
@@ -395,6 +429,8 @@ class Controller:
     def _timer_step(self) -> Actor | None:
         """The strategy chose the timer: fire it, record the step, and decide again."""
         self._fire()
+        if self.recorder.on:
+            self.recorder.touch(CLOCK, True)
         if not self._timer_traced:
             self._timer_traced = True
             self.trace.add_actor(TIMER, "controller")
@@ -480,7 +516,15 @@ class Controller:
 
     # ----------------------------------------------------------------- running
     async def run(self) -> None:
-        """Run the schedule to its end (inside the caller's ``trio.run``)."""
+        """Run the schedule to its end (inside the caller's ``trio.run``); for its duration
+        ``accesses.current`` is this controller's recorder."""
+        accesses.current = self.recorder
+        try:
+            await self._run()
+        finally:
+            accesses.current = accesses.OFF
+
+    async def _run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
             if self.actors:

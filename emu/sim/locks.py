@@ -6,6 +6,9 @@ announces the operation and is disabled until it can be performed. Releases (``u
 explored, at the releasing actor's next scheduling point. This keeps the step count, and so
 PCT's k, small.
 
+Every acquisition and release is a write of the lock (``accesses``); an RWSem's read
+side and an SRCU reader's lock and unlock are reads, a grace period is a write.
+
 Each acquisition goes through lockdep first (the kernel calls lock_acquire before it
 blocks), and a sleeping acquisition while a spinlock is held is reported as the kernel's
 "sleeping function called from invalid context".
@@ -66,6 +69,8 @@ class Mutex:
         await ctl.point(self._acquire, self._free, self)
         self.owner = actor
         actor.held.append(Held(self, False, ctl.step))
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)
 
     def unlock(self) -> None:
         ctl = self._ctl
@@ -78,6 +83,8 @@ class Mutex:
                      f"which is held by {holder}")
         self.owner = None
         _release(actor, self)
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)
 
     async def __aenter__(self) -> None:
         await self.lock()
@@ -145,6 +152,8 @@ class SRCU:
         idx = self.idx
         self.readers[idx] += 1
         actor.held.append(Held(self, True, ctl.step, idx))
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name)
         return idx
 
     def read_unlock(self, idx: int) -> None:
@@ -155,6 +164,8 @@ class SRCU:
             ctl.fail("srcu", f"{ctl.current.name} calls srcu_read_unlock({self.name}, {idx}) "
                      "without a matching srcu_read_lock")
         self.readers[idx] -= 1
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name)
 
     async def synchronize(self) -> None:
         ctl = self._ctl
@@ -170,9 +181,13 @@ class SRCU:
         self.gp_holder = actor
         old = self.idx
         self.idx ^= 1
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)
         await ctl.point(f"synchronize_srcu {self.name}: wait for readers of index {old}",
                         lambda: self.readers[old] == 0, _Readers(self, actor, old))
         self.gp_holder = None
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)
 
 
 class _ReadWait:
@@ -228,6 +243,8 @@ class RWSem:
         await ctl.point(self._read_op, self._can_read, self._read_wait)
         self.readers.append(actor)
         actor.held.append(Held(self, True, ctl.step))
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name)
 
     def up_read(self) -> None:
         ctl = self._ctl
@@ -238,6 +255,8 @@ class RWSem:
             ctl.fail("bad-unlock", f"{actor.name} calls up_read({self.name}) without holding it")
         self.readers.remove(actor)
         _release(actor, self)
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name)
 
     async def down_write(self) -> None:
         ctl = self._ctl
@@ -245,12 +264,16 @@ class RWSem:
         ctl.might_sleep("down_write", self.name)
         ctl.lockdep.acquire(actor, self)
         self.waiting_writers.append(actor)
+        if ctl.recorder.on:  # a queued writer holds new readers off
+            ctl.recorder.touch(self.name, True)
         try:
             await ctl.point(self._write_op, self._can_write, self)
         finally:
             self.waiting_writers.remove(actor)
         self.writer = actor
         actor.held.append(Held(self, False, ctl.step))
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)
 
     def up_write(self) -> None:
         ctl = self._ctl
@@ -261,6 +284,8 @@ class RWSem:
             ctl.fail("bad-unlock", f"{actor.name} calls up_write({self.name}) without holding it")
         self.writer = None
         _release(actor, self)
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)
 
     def downgrade_write(self) -> None:
         """Turn the caller's write hold into a read hold without letting a writer in."""
@@ -273,6 +298,8 @@ class RWSem:
         self.readers.append(actor)
         _release(actor, self)
         actor.held.append(Held(self, True, ctl.step))
+        if ctl.recorder.on:
+            ctl.recorder.touch(self.name, True)
 
     # the mm names
     mmap_read_lock = down_read

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 from .channel import Channel, Completion
-from .controller import Actor, Check, Controller
+from .controller import CLOCK, Actor, Check, Controller
 from .locks import SRCU, Mutex, RWSem, SpinLock
 from .shared import KObject, SharedVar
 
@@ -118,7 +118,15 @@ class Machine:
 
     @property
     def now(self) -> int:
+        self.ctl.touch(CLOCK)  # reading virtual time is an access (a timer step writes it)
         return self.ctl.now
+
+    def touch(self, name: str, write: bool = False) -> None:
+        """The current step reads (``write`` false) or writes the shared object ``name``, a
+        stable name such as ``gfn:1:0x5`` (see ``sim.accesses``): what the access relation
+        of partial-order reduction, shrinking and explanations is made of. Nothing when the
+        run does not record accesses."""
+        self.ctl.touch(name, write)
 
     # checks and findings
     def invariant(self, name: str, check: Check, *,
