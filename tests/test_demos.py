@@ -16,7 +16,9 @@ def test_hunt_finds_lost_update_and_writes_replay(cli, tmp_path):
     assert "write-write conflict on counter" in r.out
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["findings.jsonl", "lost-update-seed3.replay.json",
-                     "lost-update-seed3.trace.json"]
+                     "lost-update-seed3.trace.json", "shrunk"]
+    assert [p.name for p in (tmp_path / "shrunk").iterdir()] == [
+        "lost-update-seed3.shrunk.replay.json"]
     data = json.loads((tmp_path / files[1]).read_text())
     assert data["scenario"] == "lost-update" and data["violation"]["kind"] == "invariant"
     index = [json.loads(line) for line in (tmp_path / files[0]).read_text().splitlines()]

@@ -31,6 +31,8 @@ def stem(result: RunResult) -> str:
     """``share-vs-pageout-seed37``; ``mine-race-seed3`` for ``path/to/mine.py:race``."""
     path, sep, func = result.scenario.rpartition(":")
     name = f"{Path(path).stem}-{func}" if sep and path.endswith(".py") else result.scenario
+    if result.strategy.get("name") == "explore":  # (not to overwrite a hunt's finding)
+        name += f"-explore-k{result.strategy['preemptions']}"
     return f"{_slug(name)}-seed{result.seed}"
 
 

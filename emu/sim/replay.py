@@ -9,6 +9,13 @@ a file is recorded by its path (relative to the working directory, to the replay
 absolute) and the SHA-256 of its content, so the file is found from anywhere and a change
 to it is named before it can show up as a divergence.
 
+Format 3 identifies a decision by its label ``(actor, op, n)``, the n-th time that actor
+steps at that operation (``strategies.labelled``, counted along the list, so the list reads
+as before), which ``replay(..., tolerant=True)`` realigns on when the model has changed
+since; a shrunk schedule (``shrink``) also records ``"shrunk"``: the preemptions, steps and
+actors before and after, the replays it took, and the trace hash of the schedule it came
+from. Formats 1 and 2 read as format 3 (their decisions have the same labels).
+
 ``load`` refuses, in one line, anything that is not a file this emu wrote and nobody
 edited (bounded size, nesting and numbers; steps counting 1, 2, 3...; the checksum), unless
 edits are accepted, in which case the file is replayed exactly as it now reads.
@@ -19,19 +26,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import attrs
+import trio
 
 from ..errors import EmuError
 from .files import read_bounded, write_atomic
-from .runner import MAX_DEPTH, MAX_STEPS, RunResult, run_decisions
+from .runner import MAX_DEPTH, MAX_STEPS, RunResult, prepare, run_decisions, run_schedule
+from .strategies import RandomWalk, Tolerant
+from .violations import Violation
 
 FORMAT = "emu-replay"
-FORMAT_VERSION = 2
-READS = (1, 2)
-"""Format 1 (emu 0.1.0) has no checksum and no scenario-file record; it is still read."""
+FORMAT_VERSION = 3
+READS = (1, 2, 3)
+"""Format 1 (emu 0.1.0) has no checksum and no scenario-file record, format 2 no shrink
+record; both are still read."""
 MAX_BYTES = 256 * 2**20
 MAX_SEED = 2**64
 _REQUIRED = {"scenario": str, "params": dict, "quirks": list, "strategy": dict, "seed": int,
@@ -53,7 +65,8 @@ def _scenario_file(result: RunResult, replay_path: Path) -> dict[str, str] | Non
             "sha256": digest}
 
 
-def replay_data(result: RunResult, path: Path) -> dict[str, Any]:
+def replay_data(result: RunResult, path: Path,
+                shrunk: dict[str, Any] | None = None) -> dict[str, Any]:
     from .. import __version__
 
     v = result.violation
@@ -74,13 +87,16 @@ def replay_data(result: RunResult, path: Path) -> dict[str, Any]:
     }
     if result.release is not None:
         data["kernel"] = result.release
+    if shrunk is not None:
+        data["shrunk"] = shrunk
     data["checksum"] = _checksum(data)
     return data
 
 
-def save(path: str | Path, result: RunResult) -> Path:
+def save(path: str | Path, result: RunResult, shrunk: dict[str, Any] | None = None) -> Path:
+    """Write ``result``'s replay file (with ``shrunk``, the record of a shrunk schedule)."""
     path = Path(path)
-    return write_atomic(path, json.dumps(replay_data(result, path), indent=1) + "\n")
+    return write_atomic(path, json.dumps(replay_data(result, path, shrunk), indent=1) + "\n")
 
 
 def load(path: str | Path, *, accept_edits: bool = False) -> dict[str, Any]:
@@ -129,7 +145,7 @@ def _validate(path: Path, data: dict[str, Any]) -> None:
     if not _int_in(data["max_steps"], 1, MAX_STEPS):
         raise _corrupt(path, f"max_steps {data['max_steps']} out of range")
     strategy = data["strategy"]
-    if strategy.get("name") not in ("random", "pct") or (
+    if strategy.get("name") not in ("random", "pct", "explore") or (
             strategy["name"] == "pct" and not (_int_in(strategy.get("depth"), 1, MAX_DEPTH)
                                                and _int_in(strategy.get("k"), 1, MAX_STEPS))):
         raise _corrupt(path, f"bad strategy {json.dumps(strategy)[:80]}")
@@ -154,6 +170,8 @@ def _validate(path: Path, data: dict[str, Any]) -> None:
     if record is not None and not (isinstance(record, dict) and all(
             isinstance(record.get(k), str) for k in ("path", "absolute", "sha256"))):
         raise _corrupt(path, "bad scenario_file record")
+    if "shrunk" in data and not isinstance(data["shrunk"], dict):
+        raise _corrupt(path, "bad shrunk record")
 
 
 def scenario_spec(data: dict[str, Any], path: str | Path) -> tuple[str, str | None]:
@@ -180,23 +198,57 @@ def scenario_spec(data: dict[str, Any], path: str | Path) -> tuple[str, str | No
     return f"{os.path.relpath(found)}:{func}", note
 
 
+_NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
+
+
+def violation_key(v: Violation | dict[str, Any] | None) -> tuple[str, str] | None:
+    """What makes two violations the same finding: the kind and the message with every
+    number masked (the object a message names keeps its kind of name, ``GFN 0x#``; the
+    step counts and values around it may differ)."""
+    if v is None:
+        return None
+    kind, message = (v["kind"], v["message"]) if isinstance(v, dict) else (v.kind, v.message)
+    return kind, _NUMBER.sub("#", message)
+
+
 @attrs.frozen
 class ReplayResult:
     result: RunResult
     expected_hash: str
+    expected: tuple[str, str] | None = None
+    """The violation key (``violation_key``) the file records."""
+    tolerant: Tolerant | None = None
+    """The realignment of a tolerant replay (its counts, ``summary``)."""
 
     @property
     def matched(self) -> bool:
         return self.result.trace_hash == self.expected_hash
 
+    @property
+    def reproduced(self) -> bool:
+        """The replay found the violation the file records (or, like it, none)."""
+        return violation_key(self.result.violation) == self.expected
 
-def replay(data: dict[str, Any], spec: str | None = None, *,
-           detail: bool = False) -> ReplayResult:
+
+def replay(data: dict[str, Any], spec: str | None = None, *, detail: bool = False,
+           tolerant: bool = False) -> ReplayResult:
     """Re-run the decision list of a loaded replay file (against ``spec`` if given);
-    ``detail`` records the model function of every step, for an explanation."""
+    ``detail`` records the model function of every step, for an explanation. Strict by
+    default (``ReplayDivergence`` at the first decision that does not fit); ``tolerant``
+    realigns by label and goes on with a random walk seeded by the file's seed."""
     decisions = [(d[0], d[1], d[2]) for d in data["decisions"]]
-    result = run_decisions(spec or data["scenario"], decisions, seed=data["seed"],
-                           params=data["params"], quirks=data["quirks"],
-                           strategy=data["strategy"], max_steps=data["max_steps"],
-                           release=data.get("kernel"), detail=detail)
-    return ReplayResult(result, data["trace_hash"])
+    expected = violation_key(data.get("violation"))
+    scenario = spec or data["scenario"]
+    if not tolerant:
+        result = run_decisions(scenario, decisions, seed=data["seed"],
+                               params=data["params"], quirks=data["quirks"],
+                               strategy=data["strategy"], max_steps=data["max_steps"],
+                               release=data.get("kernel"), detail=detail)
+        return ReplayResult(result, data["trace_hash"], expected)
+    sc, values, chosen = prepare(scenario, data["params"], data["quirks"], data.get("kernel"))
+    follow = Tolerant(decisions, RandomWalk(data["seed"], timers=True))
+    result = trio.run(lambda: run_schedule(sc, values, chosen, follow, data["seed"],
+                                           data["max_steps"], data.get("kernel"), detail,
+                                           views=True))
+    return ReplayResult(attrs.evolve(result, strategy=data["strategy"]), data["trace_hash"],
+                        expected, follow)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import difflib
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from ..errors import EmuError, ReplayDivergence, ScenarioError
+from .accesses import StepAccesses
 from .controller import Controller
 from .interrupt import INTERRUPT, Interrupted
 from .machine import Machine
@@ -25,6 +26,9 @@ from .scenario import Scenario, resolve, resolve_release
 from .strategies import RandomWalk, Replay, make_strategy
 from .trace import Trace
 from .violations import Stop, Violation
+
+if TYPE_CHECKING:
+    from .shrink import Shrunk
 
 STRATEGIES = ("random", "pct")
 MAX_DEPTH = 100
@@ -53,6 +57,10 @@ class RunResult:
     views: dict[str, str] = attrs.Factory(dict)
     """The model's views of its state at the end of the run (``Machine.view``), by name:
     filled by ``run`` and replays, and by a hunt for a schedule that found something."""
+    accesses: list[StepAccesses] | None = None
+    """What each step read and wrote (step ``i`` at index ``i - 1``; ``sim.accesses``),
+    outside the trace and its hash: recorded by ``run``, replays and ``run_schedule(...,
+    accesses=True)``, or for a strategy that wants them; None when not recorded (a hunt)."""
 
     @property
     def ok(self) -> bool:
@@ -109,10 +117,24 @@ class HuntResult:
     """The signal that ended the hunt early (SIGINT, SIGTERM), if one did."""
     release: str | None = None
     """The release the model ran as (``--kernel``); None: the model's default."""
+    shrinking: bool = True
+    """Whether ``shrunk`` shrinks ``found`` (``hunt(shrink=False)``: it stays None)."""
+    _shrunk: Shrunk | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.found is None
+
+    @property
+    def shrunk(self) -> Shrunk | None:
+        """``found`` shrunk (``shrink.shrink``: fewest preemptions, steps, actors), computed
+        the first time it is asked for, so a hunt whose caller never looks pays nothing;
+        None when nothing was found, the hunt was interrupted or told not to shrink."""
+        if self._shrunk is None and self.shrinking and self.found is not None and \
+                self.interrupted is None:
+            from .shrink import shrink  # (shrink runs schedules: it imports this module)
+            self._shrunk = shrink(self.found)
+        return self._shrunk
 
     @property
     def decisions_per_second(self) -> float:
@@ -143,13 +165,14 @@ def step_budget(sc: Scenario, values: dict[str, Any], max_steps: int | None) -> 
 async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
                        strategy: Any, seed: int, max_steps: int,
                        release: str | None = None, detail: bool = False,
-                       views: bool = False) -> RunResult:
+                       views: bool = False, accesses: bool = False) -> RunResult:
     """Build the scenario on a fresh controller and run one schedule (inside trio.run).
     ``release`` is handed to the model as ``machine.release`` (an opaque name); ``detail``
     records where in the model each step is taken (slow: for explanations); ``views``
-    takes the model's views at the end (always taken when the schedule found something)."""
+    takes the model's views at the end (always taken when the schedule found something);
+    ``accesses`` records every step's accesses (``RunResult.accesses``)."""
     INTERRUPT.check()
-    ctl = Controller(strategy, max_steps=max_steps)
+    ctl = Controller(strategy, max_steps=max_steps, record=accesses)
     ctl.detail = detail
     machine = Machine(ctl, params, quirks, tuple(sc.quirks), seed, release)
     try:
@@ -171,7 +194,8 @@ async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, 
         raise ctl.error
     return RunResult(sc.name, params, quirks, strategy.spec(), seed, max_steps,
                      ctl.violations, ctl.trace, ctl.step, ctl.now, sc.source, release,
-                     _take_views(machine) if views or ctl.violations else {})
+                     _take_views(machine) if views or ctl.violations else {},
+                     ctl.step_accesses if ctl.recorder.on else None)
 
 
 def _take_views(machine: Machine) -> dict[str, str]:
@@ -225,7 +249,7 @@ def run(scenario: str | Scenario, *, seed: int = 0, params: Mapping[str, Any] | 
     async def main() -> RunResult:
         full = await _complete_spec(spec, sc, values, chosen, steps, release)
         return await run_schedule(sc, values, chosen, make_strategy(full, seed), seed, steps,
-                                  release, views=True)
+                                  release, views=True, accesses=True)
 
     return trio.run(main)
 
@@ -239,7 +263,7 @@ def run_decisions(scenario: str | Scenario, decisions: list[tuple[int, str, str]
 
     async def main() -> RunResult:
         result = await run_schedule(sc, values, chosen, Replay(decisions), seed, max_steps,
-                                    release, detail, views=True)
+                                    release, detail, views=True, accesses=True)
         if result.steps < len(decisions):
             raise ReplayDivergence(f"the schedule ended after {result.steps} steps, but the "
                                    f"replay file records {len(decisions)}")
@@ -262,7 +286,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
          check_determinism: bool = False, keep_going: bool = False,
          progress: Callable[[int, RunResult], None] | None = None,
          on_finding: Callable[[RunResult], None] | None = None,
-         release: str | None = None, timers: bool = True) -> HuntResult:
+         release: str | None = None, timers: bool = True, shrink: bool = True) -> HuntResult:
     """Run schedules with seeds ``seed, seed+1, ...`` until one finds a fatal violation.
 
     A schedule with only a warning (lockdep's *possible* deadlock) is remembered and the
@@ -275,7 +299,8 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     schedule), before the next schedule runs, so a caller can save it at once. A stop
     requested through ``INTERRUPT`` (SIGINT, SIGTERM) ends the hunt after the schedule in
     flight, which is dropped; the result says ``interrupted``. ``release`` runs the model as
-    that release (its quirks added to ``quirks``).
+    that release (its quirks added to ``quirks``). ``shrink``: ``HuntResult.shrunk`` is
+    the schedule reported, shrunk (when first asked for).
     """
     if schedules < 1:
         raise EmuError(f"bad number of schedules {schedules} (at least 1)")
@@ -325,6 +350,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
             interrupted = stop.signum
         elapsed = time.perf_counter() - start
         return HuntResult(sc.name, values, chosen, full, seed, ran, fatal or warning, violating,
-                          mismatches, total, longest, actors, elapsed, interrupted, release)
+                          mismatches, total, longest, actors, elapsed, interrupted, release,
+                          shrink)
 
     return trio.run(main)

@@ -21,7 +21,24 @@ earliest timer (see ``controller``).
   other, as Coyote and Shuttle do. In the fair suffix (``ctl.fair``) it picks uniformly
   among the candidates from its own RNG.
 - ``Replay``: follow a recorded decision list (``timer`` decisions included), and say
-  exactly where it stops fitting.
+  exactly where it stops fitting: the decision expected and every runnable actor's operation.
+- ``Tolerant``: follow a recorded decision list by *label*, realigning where the model has
+  changed, then go on with a seeded strategy (below).
+
+A decision's **label** is ``(actor, operation, n)``: the n-th time that actor takes a step
+at that operation. Labels are unique within a schedule and do not depend on position, so
+they survive a change that adds, removes or renames a scheduling point elsewhere.
+``Tolerant`` realigns by them, at each decision, on the first recorded label not yet taken
+(the *head*):
+
+| situation                                         | choice                              |
+|---------------------------------------------------|-------------------------------------|
+| the head's actor has finished or moved past it    | skip the head, look again           |
+| the head's actor can run, at the head's label     | it (matched)                        |
+| the head's actor can run, at a label not recorded | it (a new step)                     |
+| the head's actor cannot run                       | the runnable actor whose label the  |
+|                                                   | file has first (matched, reordered) |
+| no runnable actor stands at a recorded label      | the seeded strategy                 |
 
 A strategy's choices depend only on its seed and on what the controller shows it.
 """
@@ -120,15 +137,67 @@ def pct_bound(n: int, k: int, depth: int) -> str:
     return f"{10 ** (exponent - whole):.3g}e{whole}"
 
 
-class Replay:
-    """Follow a recorded decision list. ``timer`` decisions fire the earliest timer; a file
-    written before timers were choices has none, and replays wherever no timer step was
-    needed (firing when nobody can run is forced, never recorded)."""
+Label = tuple[str, str, int]
+"""(actor name, operation, occurrence: 1 for the first time that actor steps at it)."""
+
+
+def labelled(decisions: list[tuple[int, str, str]]) -> list[Label]:
+    """The labels of a decision list ``[(step, actor, operation)]``."""
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for _, name, op in decisions:
+        n = seen[name, op] = seen.get((name, op), 0) + 1
+        out.append((name, op, n))
+    return out
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'tsnrhtdd'[(n // 10 % 10 != 1) * (n % 10 < 4) * n % 10::4]}"
+
+
+def runnable(enabled: list[Actor]) -> str:
+    """The candidates of a decision, as ``actor: 'operation'``."""
+    return ", ".join(f"{a.name}: '{a.op}'" for a in enabled)
+
+
+class Labels:
+    """What a following strategy keeps track of: each actor's label, and the preemptions
+    taken (a switch away from an actor that could have gone on and does not yield, the
+    timer pseudo-actor aside) with the label the preempted actor stood at."""
 
     timer_choices = True
     """The controller always offers the timer to a replay (it is chosen only by name)."""
 
+    def __init__(self) -> None:
+        self.taken: dict[tuple[str, str], int] = {}
+        self.last: Actor | None = None
+        self.preemptions: list[tuple[int, Label, str]] = []
+        """(step, label of the preempted actor, the actor switched to)."""
+
+    def label(self, actor: Actor) -> Label:
+        return actor.name, actor.op, self.taken.get((actor.name, actor.op), 0) + 1
+
+    def took(self, chosen: Actor, enabled: list[Actor], ctl: Controller) -> Actor:
+        """Record that ``chosen`` takes the next step; returns it."""
+        last = self.last
+        if last is not None and last is not chosen and last is not ctl.timer and \
+                last is not ctl.yielder and last in enabled:
+            self.preemptions.append((ctl.step + 1, self.label(last), chosen.name))
+        key = (chosen.name, chosen.op)
+        self.taken[key] = self.taken.get(key, 0) + 1
+        self.last = chosen
+        return chosen
+
+
+class Replay(Labels):
+    """Follow a recorded decision list, strictly: the first decision that does not fit
+    ends the run, naming the decision expected and what could run instead. ``timer``
+    decisions fire the earliest timer; a file written before timers were choices has none,
+    and replays wherever no timer step was needed (firing when nobody can run is forced,
+    never recorded)."""
+
     def __init__(self, decisions: list[tuple[int, str, str]]) -> None:
+        super().__init__()
         self.decisions = decisions
 
     def spec(self) -> dict[str, Any]:
@@ -138,20 +207,93 @@ class Replay:
         i = ctl.step
         if i >= len(self.decisions):
             ctl.abort_run(ReplayDivergence(
-                f"the schedule goes on past the {len(self.decisions)} recorded decisions"))
+                f"the schedule goes on past the {len(self.decisions)} recorded decisions; "
+                f"runnable: {runnable(enabled)}"))
         _, name, op = self.decisions[i]
+        n = self.taken.get((name, op), 0) + 1
+        expected = f"{name} doing '{op}' (its {_ordinal(n)} time)"
         for actor in enabled:
             if actor.name == name:
                 if actor.op != op:
                     ctl.abort_run(ReplayDivergence(
-                        f"at step {i + 1} the replay file has {name} doing '{op}', but here "
-                        f"{name} is at '{actor.op}'"))
-                return actor
-        here = ", ".join(f"{a.name} ('{a.op}')" for a in enabled)
+                        f"at step {i + 1} the replay file has {expected}, but here {name} is "
+                        f"at '{actor.op}'; runnable: {runnable(enabled)}"))
+                return self.took(actor, enabled, ctl)
         ctl.abort_run(ReplayDivergence(
-            f"at step {i + 1} the replay file chooses {name} ('{op}'), which cannot run here; "
-            f"enabled: {here}"))
+            f"at step {i + 1} the replay file chooses {name} ('{op}', its {_ordinal(n)} "
+            f"time), which cannot run here; runnable: {runnable(enabled)}"))
         raise AssertionError("unreachable")
+
+
+class Tolerant(Labels):
+    """Follow a recorded decision list by label, realigning where the model changed (the
+    table in the module docstring), then go on with ``then``. Counts what it did."""
+
+    def __init__(self, decisions: list[tuple[int, str, str]], then: Any) -> None:
+        super().__init__()
+        self.labels = labelled(decisions)
+        self.where = {lab: i for i, lab in enumerate(self.labels)}
+        self.pending = [True] * len(self.labels)
+        self.head = 0
+        self.then = then
+        self.matched = self.skipped = self.new = self.free = 0
+        self._actors: dict[str, Actor] = {}
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": "tolerant-replay"}
+
+    def _advance(self, enabled: list[Actor], ctl: Controller) -> None:
+        """Move the head past recorded decisions that can no longer be taken."""
+        if not self._actors:
+            self._actors = {a.name: a for a in ctl.actors}
+        while self.head < len(self.labels):
+            if self.pending[self.head]:
+                name = self.labels[self.head][0]
+                actor = ctl.timer if name == ctl.timer.name else self._actors.get(name)
+                if actor is None or actor.done:
+                    gone = True
+                elif actor is ctl.timer and actor not in enabled:
+                    return  # (its operation names a deadline only while it is offered)
+                else:
+                    gone = self.where.get(self.label(actor), -1) > self.head
+                if not gone:
+                    return
+                self.pending[self.head] = False
+                self.skipped += 1
+            self.head += 1
+
+    def _take(self, actor: Actor, index: int, enabled: list[Actor], ctl: Controller) -> Actor:
+        self.pending[index] = False
+        self.matched += 1
+        return self.took(actor, enabled, ctl)
+
+    def choose(self, enabled: list[Actor], ctl: Controller) -> Actor:
+        self._advance(enabled, ctl)
+        if self.head < len(self.labels):
+            head = self.labels[self.head]
+            for actor in enabled:
+                if actor.name == head[0]:
+                    label = self.label(actor)
+                    if label == head:
+                        return self._take(actor, self.head, enabled, ctl)
+                    if label not in self.where:
+                        self.new += 1
+                        return self.took(actor, enabled, ctl)
+            recorded = [(self.where[lab], a) for a in enabled
+                        if (lab := self.label(a)) in self.where and self.pending[self.where[lab]]]
+            if recorded:
+                index, actor = min(recorded, key=lambda r: r[0])
+                return self._take(actor, index, enabled, ctl)
+        self.free += 1
+        return self.took(self.then.choose(enabled, ctl), enabled, ctl)
+
+    def summary(self) -> str:
+        """What the realignment did, in one line."""
+        rest = len(self.labels) - self.matched - self.skipped
+        return (f"{self.matched} of {len(self.labels)} recorded decisions matched, "
+                f"{self.skipped} skipped" + (f", {rest} not reached" if rest else "")
+                + f"; {self.new} new step(s) where the file's actor stood, {self.free} by "
+                f"the seeded strategy")
 
 
 def _timers_spec(timers: bool) -> dict[str, Any]:
