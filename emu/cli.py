@@ -1,4 +1,4 @@
-"""The ``emu`` command: list, run, hunt, replay, study.
+"""The ``emu`` command: list, run, hunt, explore, replay, study.
 
 Exit status: 0 clean, 1 violation found, 2 usage or input error (one line, no traceback),
 128 + the signal's number when interrupted (130 for Ctrl-C, 143 for SIGTERM); a hunt's
@@ -24,6 +24,7 @@ from .kvm.releases import matrix
 from .pkvm.releases import matrix as pkvm_matrix
 from .sim import replay as replay_file
 from .sim.explain import explain
+from .sim.explore import ExploreResult, explore
 from .sim.files import check_dir, check_file
 from .sim.findings import FindingLog
 from .sim.interrupt import Interrupted, handle_signals
@@ -223,11 +224,14 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], ker
               help="Run every seed twice and compare trace hashes (implies --keep-going).")
 @click.option("--keep-going", is_flag=True,
               help="Do not stop at the first violation: save and print each one as found.")
+@click.option("--shrink/--no-shrink", "shrink", default=True, show_default=True,
+              help="Shrink the violation reported (fewest preemptions, then steps, then "
+                   "actors) and save it as shrunk/*.shrunk.replay.json in --out.")
 @timeline_option
 def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
              kernel: str | None, strategy: str, timers: bool, depth: int, seed: int,
              max_steps: int | None, schedules: int, out: str, check_determinism: bool,
-             keep_going: bool, timeline: int) -> int:
+             keep_going: bool, shrink: bool, timeline: int) -> int:
     """Run up to N schedules of SCENARIO, stopping at the first violation. SCENARIO may be
     a suite (svm, engine: each of its scenarios in turn); the default is the svm suite.
     Every finding is written to --out the moment it is found. Ctrl-C or SIGTERM stops the
@@ -245,7 +249,7 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
                                   strategy=strategy, depth=depth, seed=seed,
                                   max_steps=max_steps, schedules=schedules,
                                   check_determinism=check_determinism, keep_going=keep_going,
-                                  release=kernel, timers=timers)
+                                  release=kernel, timers=timers, shrink=shrink)
             except Unsupported as why:
                 if len(names) == 1:
                     raise
@@ -320,6 +324,107 @@ def _hunt_report(h: HuntResult, log: FindingLog, timeline: int, checked: bool) -
     click.echo(f"replay file: {saved.replay}\ntrace:       {saved.trace} (open in "
                f"ui.perfetto.dev)\nall findings: {log.index}\n"
                f"replay with: emu replay {saved.replay} --explain")
+    shrunk = h.shrunk
+    if shrunk is not None:
+        click.echo(shrunk.line())
+    if shrunk is not None and not shrunk.note:
+        # a directory of its own: out/*.replay.json stay the originals, one per finding
+        name = saved.replay.name.replace(".replay.json", ".shrunk.replay.json")
+        (saved.replay.parent / "shrunk").mkdir(exist_ok=True)
+        path = replay_file.save(saved.replay.parent / "shrunk" / name, shrunk.result,
+                                shrunk.record())
+        click.echo(f"shrunk replay file: {path}")
+
+
+@cli.command("explore")
+@click.argument("scenario")
+@click.option("--preemptions", "bound", required=True, type=click.IntRange(min=0), metavar="K",
+              help="Explore every schedule with at most K preemptions.")
+@click.option("-p", "params", multiple=True, metavar="NAME=VALUE",
+              help="Scenario parameter (repeatable).")
+@click.option("--quirk", "quirks", multiple=True, metavar="Q",
+              help="Switch a historic bug back on (repeatable).")
+@click.option("--kernel", default=None, metavar="RELEASE",
+              help="Run the model as this kernel release (see 'emu list').")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED - 1),
+              help="Seed of the scenario's own data choices (the same in every schedule).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Step budget per schedule (default: the scenario's).")
+@click.option("--prune/--no-prune", default=True, show_default=True,
+              help="Sleep sets: skip schedules that only reorder independent steps.")
+@click.option("--max-schedules", type=click.IntRange(min=1), default=None,
+              help="Stop after N runs (those cut short as redundant included); no verdict.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Resume from this file if it exists; keep it up to date (every 2,000 "
+                   "runs, and when the search stops early).")
+@click.option("--out", default="emu-out", show_default=True, type=click.Path(file_okay=False),
+              help="Where a finding goes: its replay file, trace and findings.jsonl.")
+@timeline_option
+def explore_cmd(scenario: str, bound: int, params: tuple[str, ...], quirks: tuple[str, ...],
+                kernel: str | None, seed: int, max_steps: int | None, prune: bool,
+                max_schedules: int | None, checkpoint: str | None, out: str,
+                timeline: int) -> int:
+    """Explore every schedule of SCENARIO with at most K preemptions (a preemption switches
+    away from an actor that could go on; blocking, finishing and yielding switches are
+    free; firing a timer is a choice like an actor's step), depth first, until a violation
+    or the end of the space: only then is it "clean within K preemptions". Ctrl-C stops it
+    (with --checkpoint, resumable)."""
+    if checkpoint is not None:
+        check_file(checkpoint, "--checkpoint")
+    log = FindingLog(out)
+    with tqdm(unit="sched", file=sys.stderr, disable=None, leave=False, desc=scenario) as bar:
+        def estimated(n: int, actors: int, size: int) -> None:
+            tqdm.write(_space_line(n, actors, bound, size), file=sys.stdout)
+
+        def on_finding(result: RunResult) -> None:
+            saved = log.save(result)  # on disk before it is announced
+            tqdm.write(f"finding: {_verdict(result)} (saved {saved.replay})", file=sys.stdout)
+
+        e = explore(scenario, preemptions=bound, params=_params(params), quirks=quirks,
+                    release=kernel, max_steps=max_steps, prune=prune, seed=seed,
+                    max_schedules=max_schedules, checkpoint=checkpoint,
+                    on_estimate=estimated, on_finding=on_finding,
+                    progress=lambda done, cut: bar.update(1))
+    return _explore_report(e, log, timeline, checkpoint)
+
+
+def _space_line(n: int, actors: int, bound: int, size: int) -> str:
+    return (f"space: the first schedule takes {n} decisions among {actors} candidates: at "
+            f"most ~{size:,} schedules within {bound} preemption(s) (Musuvathi-Qadeer bound; "
+            "exceeded when other schedules are longer or actors yield)")
+
+
+def _explore_report(e: ExploreResult, log: FindingLog, timeline: int,
+                    checkpoint: str | None) -> int:
+    resumed = ""
+    if e.resumed:
+        click.echo(_space_line(e.first_decisions, e.candidates, e.preemptions, e.estimate))
+        resumed = f", {e.resumed:,} of those runs before resuming"
+    click.echo(f"explore {e.scenario} (at most {e.preemptions} preemption(s), sleep sets "
+               f"{'on' if e.prune else 'off'}): {e.schedules:,} schedules explored, "
+               f"{e.pruned:,} cut short as redundant{resumed}; {e.elapsed:.2f} s")
+    for text in e.earlier:
+        click.echo(f"found before resuming: {text}")
+    if e.found is not None:
+        r = e.found
+        saved = log.get(r) or log.save(r)
+        click.echo(f"FOUND with {e.found_preemptions} preemption(s):")
+        _show_found(r, timeline)
+        click.echo(f"replay file: {saved.replay}\nreplay with: emu replay {saved.replay} "
+                   "--explain")
+    if e.exhausted:
+        click.echo(f"clean within {e.preemptions} preemption(s): the space is exhausted"
+                   if e.clean else "the space is exhausted")
+    else:
+        why = (f"interrupted by {signal.Signals(e.interrupted).name}" if e.interrupted
+               else "stopped at the first violation" if e.found is not None and
+               e.found.violation.fatal else "stopped at --max-schedules")
+        resume = (f"; resume with --checkpoint {checkpoint}" if checkpoint
+                  else "; --checkpoint FILE makes a search resumable")
+        click.echo(f"not exhausted ({why}): no verdict on the rest of the space{resume}")
+    if e.interrupted is not None:
+        return 128 + e.interrupted
+    return VIOLATION if e.found is not None or e.earlier else CLEAN
 
 
 @cli.command("replay")
@@ -329,31 +434,42 @@ def _hunt_report(h: HuntResult, log: FindingLog, timeline: int, checked: bool) -
 @click.option("--explain", "show", is_flag=True, help="Explain the violation step by step.")
 @click.option("--accept-edits", is_flag=True,
               help="Replay a file that was edited after emu wrote it, as it now reads.")
+@click.option("--strict/--tolerant", "strict", default=True, show_default=True,
+              help="--strict stops at the first decision that no longer fits (naming it and "
+                   "what could run instead); --tolerant realigns the decisions by (actor, "
+                   "operation, occurrence) after a model change, then goes on with a random "
+                   "walk seeded by the file's seed, and says whether the violation recurs.")
 @timeline_option
 @view_option
 def replay_cmd(file: str, trace_path: str | None, show: bool, accept_edits: bool,
-               timeline: int, views: tuple[str, ...]) -> int:
-    """Re-run a replay FILE and check that the trace hash matches."""
+               strict: bool, timeline: int, views: tuple[str, ...]) -> int:
+    """Re-run a replay FILE and check that the trace hash matches (--tolerant: that the
+    violation recurs)."""
     if trace_path is not None:
         check_file(trace_path, "--trace")
     data = replay_file.load(file, accept_edits=accept_edits)
     spec, note = replay_file.scenario_spec(data, file)
     if note:
         click.echo(note)
-    rep = replay_file.replay(data, spec, detail=show and timeline > 0)
+    rep = replay_file.replay(data, spec, detail=show and timeline > 0, tolerant=not strict)
     r = rep.result
     click.echo(f"replay {r.scenario} seed {r.seed} ({r.strategy['name']}): {r.steps} steps: "
                f"{_verdict(r)}")
+    if rep.tolerant is not None:
+        recurs = "the violation recurs" if rep.reproduced else "the violation does NOT recur"
+        click.echo(f"tolerant: {rep.tolerant.summary()}; {recurs}")
     if show:
         _show_found(r, timeline)
     if trace_path is not None:
         click.echo(f"trace: {write_perfetto(r.trace, trace_path, r.scenario)}")
     if rep.matched:
         click.echo(f"trace hash {r.trace_hash}: matched")
+    elif rep.tolerant is not None:
+        click.echo(f"trace hash {r.trace_hash} (the file records {rep.expected_hash})")
     else:
         click.echo(f"trace hash {r.trace_hash}: MISMATCH (the file records {rep.expected_hash})")
     _show_views(r, views)
-    return VIOLATION if r.violations or not rep.matched else CLEAN
+    return VIOLATION if r.violations or not (rep.matched or not strict) else CLEAN
 
 
 @cli.command("study")
@@ -391,7 +507,7 @@ def study_cmd(name: str, sizes: str, max_full_gb: float, out: str, schedules: in
 
 
 USAGE_TEXT = """usage: emu COMMAND [ARGS]...    hunt races in hypervisor memory management
-commands: list, run, hunt, replay, study (emu COMMAND --help); emu --help for more"""
+commands: list, run, hunt, explore, replay, study (emu COMMAND --help); emu --help for more"""
 
 
 def _one_line(message: str) -> str:

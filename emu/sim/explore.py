@@ -1,0 +1,443 @@
+"""Bounded exhaustive search: every schedule with at most K preemptions, depth first.
+
+A *preemption* is a decision that switches away from the candidate that took the previous
+step while that candidate could still take another. Switching away from one that blocked,
+finished, or whose next step is a yield (``yield_point``: it asks to let the others run) is
+free. The controller's timer pseudo-actor is a candidate like any actor: choosing it while
+the running actor could go on is a preemption, and after a timer step, switching away
+from the timer is one only while another timer is pending. (Firing when no actor can run is
+forced, not a decision, and costs nothing.)
+
+The search is stateless (CHESS, loom): every schedule is a fresh run of the scenario inside
+one ``trio.run``, steered by ``Explorer`` through a stack of decision nodes:
+
+=========  ==============================================================================
+phase      what the strategy does at decision i
+=========  ==============================================================================
+replay     i is on the stack: choose the node's ``chosen`` (the candidates must be the
+           same as when the node was made: a scenario that differs is not deterministic)
+extend     past the stack: push a node; choose the previous candidate if it may go on,
+           after a yield the next candidate round-robin, else the first; every other
+           candidate within the bound (and awake) becomes a backtrack point (``todo``)
+backtrack  after the run: the deepest node with a ``todo`` takes its next candidate and
+           the nodes below it are dropped; none left: the space is exhausted
+=========  ==============================================================================
+
+Past half the step budget (the controller's ``fair`` suffix) a node branches no more and
+the choice is round-robin, preemptions allowed, so a schedule that reaches the budget
+livelocks under a fair continuation (the controller's liveness rule) and an actor retrying
+in a loop cannot deepen the tree without end: the search is exhaustive over the unfair
+prefix.
+
+**Sleep sets** (Godefroid) prune schedules that only reorder independent steps (two steps
+are dependent when they touch a common object and one of them writes it:
+``accesses.dependent``). After the child of a node through candidate p has been explored,
+p *sleeps* in the later children of that node, and stays asleep down the tree until a
+step dependent on p's step runs; choosing a sleeping candidate would only repeat an
+equivalent schedule, so a run whose every allowed candidate sleeps ends there, cut short
+(``pruned``) after the invariants have seen the state it reached: sleep sets cut
+transitions, not states. They are only as sound as the accesses are complete (every piece
+of shared state reports itself; ``--no-prune`` is the check). With a preemption bound
+the equivalent schedule must also be within the bound, so an explored sibling p sleeps in
+the sibling q only when running p first costs no more preemptions than running q first
+(p was the running actor, or p's step blocks or ends it: ``Node.sleeps_in``); that keeps
+the verdict (tests compare it with the unpruned search). A timer step writes virtual time
+(``clock``, which a sleep and every read of ``Machine.now`` touch); a step that ended in a
+violation is dependent on everything.
+
+The space is estimated before the search from its first schedule (n decisions, a
+candidates): sum over c <= K of C(n, c) * (a + c)!, Musuvathi and Qadeer's bound (PLDI
+2007), an upper bound if no schedule takes more than n decisions and no actor yields
+(a switch at a yield is free: retry loops add schedules beyond it).
+
+``--checkpoint FILE`` saves the stack (JSON) every ``CHECKPOINT_EVERY`` runs and when the
+search stops early; a search started with an existing checkpoint resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ..errors import EmuError
+from .accesses import StepAccesses, dependent
+from .files import read_bounded, write_atomic
+from .interrupt import INTERRUPT, Interrupted
+from .runner import RunResult, prepare, run_schedule, step_budget
+
+if TYPE_CHECKING:
+    from .controller import Actor, Controller
+
+CHECKPOINT_FORMAT = "emu-explore-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_EVERY = 2000
+"""Runs between two checkpoint writes (and one more when the search stops)."""
+MAX_CHECKPOINT_BYTES = 512 * 2**20
+
+Accesses = StepAccesses | None
+"""A step's accesses; None: unknown, dependent on every step."""
+
+
+def _dependent(a: Accesses, b: Accesses) -> bool:
+    return a is None or b is None or dependent(a, b)
+
+
+@attrs.define
+class Branch:
+    """A candidate's step out of a node, once it has run."""
+
+    actor: str
+    accesses: Accesses
+    stays: bool
+    """Switching away right after this step would be a preemption (the actor could go on)."""
+
+    def to_json(self) -> list[Any]:
+        acc = self.accesses
+        return [self.actor, None if acc is None else [sorted(acc.reads), sorted(acc.writes)],
+                self.stays]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Branch:
+        actor, acc, stays = data
+        return cls(actor, None if acc is None else
+                   StepAccesses(frozenset(acc[0]), frozenset(acc[1])), stays)
+
+
+@attrs.define
+class Node:
+    """One decision of the search."""
+
+    candidates: list[str]
+    chosen: str
+    todo: list[str]
+    """Candidates still to explore here (within the bound, awake)."""
+    preemptions: int
+    """Preemptions before this decision."""
+    prev: str | None
+    """The candidate that took the previous step; switching away from it costs one
+    preemption unless ``free``."""
+    free: bool
+    done: list[Branch] = attrs.Factory(list)
+    """The children explored so far."""
+    sleep: list[Branch] = attrs.Factory(list)
+    """Candidates asleep here (inherited from above)."""
+    step: Branch | None = None
+    """The chosen candidate's step in the current run."""
+
+    def cost(self, actor: str) -> int:
+        return 0 if self.free or actor == self.prev else 1
+
+    def sleeps_in(self, b: Branch, q: str) -> bool:
+        """The explored child ``b`` may sleep in the child through ``q``: running b first
+        and then q costs no more preemptions than running q first, so the schedule it
+        stands for is within the bound too."""
+        return b.accesses is not None and \
+            self.cost(b.actor) + (b.stays and q != b.actor) <= self.cost(q)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"candidates": self.candidates, "chosen": self.chosen, "todo": self.todo,
+                "preemptions": self.preemptions, "prev": self.prev, "free": self.free,
+                "done": [b.to_json() for b in self.done],
+                "sleep": [b.to_json() for b in self.sleep]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Node:
+        return cls(list(d["candidates"]), d["chosen"], list(d["todo"]), d["preemptions"],
+                   d["prev"], d["free"], [Branch.from_json(b) for b in d["done"]],
+                   [Branch.from_json(b) for b in d["sleep"]])
+
+
+class _Pruned(EmuError):
+    """Every allowed candidate sleeps: the rest of this run repeats an explored schedule."""
+
+
+class Explorer:
+    """The strategy of one run of the search (see the module docstring)."""
+
+    timer_choices = True
+
+    def __init__(self, stack: list[Node], bound: int, prune: bool) -> None:
+        self.stack = stack
+        self.bound = bound
+        self.prune = prune
+        self.wants_accesses = prune
+        self.ctl: Controller | None = None
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": "explore", "preemptions": self.bound, "timers": True}
+
+    def choose(self, enabled: list[Actor], ctl: Controller) -> Actor:
+        self.ctl = ctl
+        i = ctl.step
+        names = [a.name for a in enabled]
+        prev = self.stack[i - 1].chosen if i else None
+        # the previous step's actor is at a yield: switching away from it is free
+        yielding = ctl.yielder is not None and ctl.yielder.name == prev
+        if i:
+            self._record(i - 1, prev in names and not yielding)
+        if i < len(self.stack):
+            node = self.stack[i]
+            if node.candidates != names:
+                ctl.abort_run(EmuError(
+                    f"explore: at step {i + 1} the candidates are {', '.join(names)}, where "
+                    f"an earlier run of the same prefix had {', '.join(node.candidates)}: "
+                    "the scenario is not deterministic"))
+        else:
+            node = self._extend(i, names, prev, yielding)
+        return enabled[names.index(node.chosen)]
+
+    def _record(self, i: int, stays: bool, ended: bool = False) -> None:
+        """Step i is over: keep its accesses and whether its actor could go on."""
+        node = self.stack[i]
+        accesses: Accesses = None
+        if self.prune and not ended:
+            accesses = self.ctl.step_accesses[i]
+            actor = self.ctl.current
+            if actor is not None and actor.name == node.chosen and actor.enabled is not None:
+                # It stops at a point it may block at: the step reads what it waits for, so
+                # a step that frees that is dependent on it (a release must not move past
+                # the arrival it would unblock: that changes which switches are free).
+                name = getattr(actor.waits_for, "name", None)
+                accesses = StepAccesses(accesses.reads | {name}, accesses.writes) \
+                    if isinstance(name, str) else None
+        node.step = Branch(node.chosen, accesses, stays)
+
+    def _extend(self, i: int, names: list[str], prev: str | None, yielding: bool) -> Node:
+        parent = self.stack[i - 1] if i else None
+        preemptions = parent.preemptions + parent.cost(prev) if parent else 0
+        sleep: list[Branch] = []
+        if parent is not None and self.prune:
+            sleep = [b for b in [*parent.sleep, *(b for b in parent.done
+                                                   if parent.sleeps_in(b, prev))]
+                     if not _dependent(b.accesses, parent.step.accesses)]
+        asleep = {b.actor for b in sleep}
+        node = Node(names, "", [], preemptions, prev, prev not in names or yielding,
+                    sleep=sleep)
+        fair = self.ctl.fair  # (the fair suffix is not bounded: see the module docstring)
+        allowed = [n for n in names if n not in asleep
+                   and (fair or preemptions + node.cost(n) <= self.bound)]
+        if not allowed:
+            self.ctl.abort_run(_Pruned("every candidate within the bound sleeps"))
+        if yielding or fair:
+            # round-robin from the previous candidate: spinners cannot starve the others;
+            # past half the step budget the continuation is fair and branches no more
+            k = names.index(prev) if prev in names else -1
+            first = next(n for n in names[k + 1:] + names[:k + 1] if n in allowed)
+        elif prev in allowed:
+            first = prev
+        else:
+            first = allowed[0]
+        node.chosen = first
+        node.todo = [] if fair else [n for n in allowed if n != first]
+        self.stack.append(node)
+        return node
+
+    def finish(self, steps: int, ended_by_violation: bool) -> None:
+        """The run ended after ``steps`` decisions: record the last step."""
+        if steps and steps == len(self.stack):
+            self._record(steps - 1, False, ended_by_violation)
+
+
+def advance(stack: list[Node]) -> bool:
+    """Move to the next schedule: the deepest node with a backtrack point takes it. False
+    when none is left (the space is exhausted)."""
+    while stack:
+        node = stack[-1]
+        if node.todo:
+            node.done.append(node.step or Branch(node.chosen, None, True))
+            node.chosen = node.todo.pop(0)
+            node.step = None
+            return True
+        stack.pop()
+    return False
+
+
+def estimate(decisions: int, candidates: int, bound: int) -> int:
+    """sum over c <= bound of C(n, c) * (a + c)!: Musuvathi and Qadeer's bound (PLDI 2007)
+    on the schedules of a candidates with at most ``bound`` preemptions, if no schedule
+    takes more than n decisions."""
+    return sum(math.comb(decisions, c) * math.factorial(candidates + c)
+               for c in range(bound + 1))
+
+
+def preemptions_of(stack: list[Node]) -> int:
+    """The preemptions of the schedule the stack describes."""
+    return stack[-1].preemptions + stack[-1].cost(stack[-1].chosen) if stack else 0
+
+
+@attrs.define
+class ExploreResult:
+    scenario: str
+    params: dict[str, Any]
+    quirks: tuple[str, ...]
+    preemptions: int
+    prune: bool
+    schedules: int
+    """Runs to the end of a schedule."""
+    pruned: int
+    """Runs cut short because the rest would repeat an explored schedule."""
+    exhausted: bool
+    """Every schedule within the bound was explored (or pruned as equivalent)."""
+    found: RunResult | None
+    """The first schedule with a fatal violation; else the first with a warning."""
+    found_preemptions: int
+    estimate: int
+    first_decisions: int
+    candidates: int
+    elapsed: float
+    """Wall-clock seconds of this invocation (statistics only)."""
+    interrupted: int | None = None
+    release: str | None = None
+    resumed: int = 0
+    """Runs done before this invocation (from the checkpoint)."""
+    earlier: list[str] = attrs.Factory(list)
+    """What the invocations before this one (from the checkpoint) found."""
+
+    @property
+    def clean(self) -> bool:
+        """Clean within the bound: exhausted, and no violation found by any invocation."""
+        return self.exhausted and self.found is None and not self.earlier
+
+
+def _checkpoint_data(sc: str, params: dict[str, Any], quirks: tuple[str, ...],
+                     release: str | None, bound: int, prune: bool, max_steps: int,
+                     seed: int, stack: list[Node], counts: dict[str, int],
+                     findings: list[str], exhausted: bool) -> dict[str, Any]:
+    return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+            "scenario": sc, "params": params, "quirks": list(quirks), "kernel": release,
+            "preemptions": bound, "prune": prune, "max_steps": max_steps, "seed": seed,
+            "exhausted": exhausted, **counts, "findings": findings,
+            "stack": [n.to_json() for n in stack]}
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    raw = read_bounded(path, MAX_CHECKPOINT_BYTES, "explore checkpoint")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise EmuError(f"{path} is not an explore checkpoint: invalid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT or \
+            data.get("format_version") != CHECKPOINT_VERSION:
+        raise EmuError(f"{path} is not an explore checkpoint of format version "
+                       f"{CHECKPOINT_VERSION}")
+    return data
+
+
+def explore(scenario: str, *, preemptions: int, params: Mapping[str, Any] | None = None,
+            quirks: Iterable[str] = (), release: str | None = None,
+            max_steps: int | None = None, prune: bool = True, seed: int = 0,
+            max_schedules: int | None = None, checkpoint: str | Path | None = None,
+            on_estimate: Callable[[int, int, int], None] | None = None,
+            on_finding: Callable[[RunResult], None] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> ExploreResult:
+    """Explore every schedule of ``scenario`` with at most ``preemptions`` preemptions
+    (sleep sets on unless ``prune`` is False) until a fatal violation, the end of the
+    space, ``max_schedules`` runs (pruned ones included), or an interrupt. ``seed`` seeds
+    the scenario's own data choices (the same in every schedule). ``checkpoint``: resume
+    from that file if it exists, and keep it up to date.
+
+    ``on_estimate(n, a, estimate)`` is called after the first schedule, ``on_finding``
+    when a schedule finds something (the first warning, a fatal violation),
+    ``progress(schedules, pruned)`` after each run."""
+    if preemptions < 0:
+        raise EmuError(f"bad --preemptions {preemptions} (at least 0)")
+    sc, values, chosen = prepare(scenario, params, quirks, release)
+    steps = step_budget(sc, values, max_steps)
+    stack: list[Node] = []
+    counts = {"schedules": 0, "pruned": 0, "first_decisions": 0, "candidates": 0}
+    path = Path(checkpoint) if checkpoint is not None else None
+    exhausted = False
+    findings: list[str] = []
+    if path is not None and path.exists():
+        data = load_checkpoint(path)
+        mine = {"scenario": sc.name, "params": values, "quirks": list(chosen),
+                "kernel": release, "preemptions": preemptions, "prune": prune,
+                "max_steps": steps, "seed": seed}
+        differ = [k for k, v in mine.items() if data.get(k) != v]
+        if differ:
+            raise EmuError(f"checkpoint {path} was written by another search (it differs in "
+                           f"{', '.join(differ)})")
+        stack = [Node.from_json(n) for n in data["stack"]]
+        counts = {k: data[k] for k in counts}
+        exhausted = data["exhausted"]
+        findings = list(data["findings"])
+    earlier = list(findings)
+    resumed = counts["schedules"] + counts["pruned"]
+
+    def save() -> None:
+        if path is not None:
+            write_atomic(path, json.dumps(_checkpoint_data(
+                sc.name, values, chosen, release, preemptions, prune, steps, seed, stack,
+                counts, findings, exhausted)) + "\n")
+
+    async def main() -> ExploreResult:
+        nonlocal exhausted
+        fatal: RunResult | None = None
+        warning: RunResult | None = None
+        found_preemptions = 0
+        interrupted: int | None = None
+        runs = 0
+        start = time.perf_counter()
+        try:
+            while not exhausted and (max_schedules is None or runs < max_schedules):
+                base = len(stack)
+                strategy = Explorer(stack, preemptions, prune)
+                try:
+                    result = await run_schedule(sc, values, chosen, strategy, seed, steps,
+                                                release)
+                except _Pruned:
+                    counts["pruned"] += 1
+                    result = None
+                except Interrupted:
+                    del stack[base:]  # the run in flight is dropped: resume re-runs it
+                    raise
+                runs += 1
+                if result is not None:
+                    counts["schedules"] += 1
+                    strategy.finish(result.steps, bool(result.violations))
+                    if not counts["first_decisions"]:
+                        counts["first_decisions"] = result.steps
+                        counts["candidates"] = len({n for node in stack
+                                                    for n in node.candidates})
+                        if on_estimate is not None:
+                            on_estimate(result.steps, counts["candidates"],
+                                        estimate(result.steps, counts["candidates"],
+                                                 preemptions))
+                    is_fatal = any(v.fatal for v in result.violations)
+                    if result.violations and (is_fatal or warning is None):
+                        v = result.violation
+                        findings.append(f"{v.kind}: {v.message}")
+                        if on_finding is not None:
+                            on_finding(result)
+                        if is_fatal:
+                            fatal = result
+                        else:
+                            warning = result
+                        found_preemptions = preemptions_of(stack)
+                if progress is not None:
+                    progress(counts["schedules"], counts["pruned"])
+                exhausted = not advance(stack)
+                if fatal is not None:
+                    break
+                if runs % CHECKPOINT_EVERY == 0:
+                    save()
+                INTERRUPT.check()
+        except Interrupted as stop:
+            interrupted = stop.signum
+        save()
+        return ExploreResult(sc.name, values, chosen, preemptions, prune, counts["schedules"],
+                             counts["pruned"], exhausted, fatal or warning, found_preemptions,
+                             estimate(counts["first_decisions"], counts["candidates"],
+                                      preemptions),
+                             counts["first_decisions"], counts["candidates"],
+                             time.perf_counter() - start, interrupted, release, resumed,
+                             earlier)
+
+    return trio.run(main)
