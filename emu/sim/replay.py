@@ -145,7 +145,7 @@ def _validate(path: Path, data: dict[str, Any]) -> None:
     if not _int_in(data["max_steps"], 1, MAX_STEPS):
         raise _corrupt(path, f"max_steps {data['max_steps']} out of range")
     strategy = data["strategy"]
-    if strategy.get("name") not in ("random", "pct", "explore") or (
+    if strategy.get("name") not in ("random", "pct", "explore", "guided") or (
             strategy["name"] == "pct" and not (_int_in(strategy.get("depth"), 1, MAX_DEPTH)
                                                and _int_in(strategy.get("k"), 1, MAX_STEPS))):
         raise _corrupt(path, f"bad strategy {json.dumps(strategy)[:80]}")

@@ -20,6 +20,7 @@ import trio
 from ..errors import EmuError, ReplayDivergence, ScenarioError
 from .accesses import StepAccesses
 from .controller import Controller
+from .guided import search as make_search
 from .interrupt import INTERRUPT, Interrupted
 from .machine import Machine
 from .scenario import Scenario, resolve, resolve_release
@@ -30,7 +31,7 @@ from .violations import Stop, Violation
 if TYPE_CHECKING:
     from .shrink import Shrunk
 
-STRATEGIES = ("random", "pct")
+STRATEGIES = ("random", "pct", "guided", "portfolio")
 MAX_DEPTH = 100
 """PCT's depth limit: its guarantee 1/(n*k^(d-1)) is vanishing long before this."""
 MAX_STEPS = 1 << 40
@@ -119,6 +120,9 @@ class HuntResult:
     """The release the model ran as (``--kernel``); None: the model's default."""
     shrinking: bool = True
     """Whether ``shrunk`` shrinks ``found`` (``hunt(shrink=False)``: it stays None)."""
+    search: list[str] = attrs.Factory(list)
+    """What the search says at the end, in lines (``guided``): a portfolio's member by
+    member (what each found first, at which schedule), the guided corpus; else empty."""
     _shrunk: Shrunk | None = attrs.field(default=None, init=False, repr=False)
 
     @property
@@ -222,16 +226,18 @@ def _strategy_spec(name: str, depth: int, timers: bool) -> dict[str, Any]:
     prunes interleavings and is kept only to compare with)."""
     if name not in STRATEGIES:
         raise EmuError(f"unknown strategy {name!r} (known: {', '.join(STRATEGIES)})")
-    if name == "pct" and not 1 <= depth <= MAX_DEPTH:
+    if name in ("pct", "guided") and not 1 <= depth <= MAX_DEPTH:
         raise EmuError(f"bad PCT depth {depth} (between 1 and {MAX_DEPTH})")
-    spec = {"name": "pct", "depth": depth} if name == "pct" else {"name": "random"}
+    spec: dict[str, Any] = {"name": name}
+    if name in ("pct", "guided"):
+        spec["depth"] = depth
     return {**spec, "timers": True} if timers else spec
 
 
 async def _complete_spec(spec: dict[str, Any], sc: Scenario, params: dict[str, Any],
                          quirks: tuple[str, ...], max_steps: int,
                          release: str | None = None) -> dict[str, Any]:
-    if spec["name"] == "pct" and "k" not in spec:
+    if spec["name"] in ("pct", "guided", "portfolio") and "k" not in spec:
         return {**spec, "k": await _calibrate(sc, params, quirks, max_steps, release)}
     return spec
 
@@ -316,16 +322,20 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
         mismatches: list[tuple[int, str, str]] = []
         total = longest = actors = ran = violating = 0
         interrupted: int | None = None
+        searching: Any = None
         start = time.perf_counter()
         try:
             full = await _complete_spec(spec, sc, values, chosen, steps, release)
+            searching = make_search(full, seed)
             for i in range(schedules):
                 s = seed + i
-                result = await run_schedule(sc, values, chosen, make_strategy(full, s), s, steps,
-                                            release)
+                strategy = searching.strategy(s)
+                result = await run_schedule(sc, values, chosen, strategy, s, steps, release)
+                searching.observe(result, strategy)
                 if check_determinism:
-                    again = await run_schedule(sc, values, chosen, make_strategy(full, s), s,
-                                               steps, release)
+                    again = await run_schedule(sc, values, chosen,
+                                               make_strategy(result.strategy, s), s, steps,
+                                               release)
                     if again.trace_hash != result.trace_hash:
                         mismatches.append((s, result.trace_hash, again.trace_hash))
                 ran += 1
@@ -351,6 +361,6 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
         elapsed = time.perf_counter() - start
         return HuntResult(sc.name, values, chosen, full, seed, ran, fatal or warning, violating,
                           mismatches, total, longest, actors, elapsed, interrupted, release,
-                          shrink)
+                          shrink, searching.summary() if searching is not None else [])
 
     return trio.run(main)

@@ -301,12 +301,17 @@ def _timers_spec(timers: bool) -> dict[str, Any]:
     return {"timers": True} if timers else {}
 
 
-def make_strategy(spec: dict[str, Any], seed: int) -> RandomWalk | PCT:
+def make_strategy(spec: dict[str, Any], seed: int) -> Any:
     """A strategy from its replay-file spec (``{"name": "pct", "depth": 3, "k": 40}``;
-    ``"timers": true`` makes firing a timer a choice whenever timers are pending)."""
+    ``"timers": true`` makes firing a timer a choice whenever timers are pending).
+    ``guided`` and ``portfolio``: one schedule of them (``guided.make``)."""
     timers = spec.get("timers") is True
     if spec["name"] == "random":
         return RandomWalk(seed, timers=timers)
     if spec["name"] == "pct":
         return PCT(seed, int(spec["depth"]), int(spec["k"]), timers=timers)
-    raise ValueError(f"unknown strategy {spec['name']!r} (known: random, pct)")
+    if spec["name"] in ("guided", "portfolio"):
+        from . import guided  # (guided builds on this module's strategies)
+        return guided.make(spec, seed)
+    raise ValueError(f"unknown strategy {spec['name']!r} (known: random, pct, guided, "
+                     f"portfolio)")
