@@ -33,6 +33,7 @@ from .sim.replay import MAX_SEED
 from .sim.runner import MAX_DEPTH, HuntResult, RunResult, detailed, hunt, prepare, run
 from .sim.scenario import builtin_scenarios, file_scenarios, suites
 from .sim.strategies import pct_bound
+from .sim.why import COUNTER, RUNS, why
 from .study import SIZES_GB, STUDIES, esm_scaling, plot, releases_study, releases_table, table
 
 CLEAN, VIOLATION, USAGE = 0, 1, 2
@@ -59,7 +60,7 @@ def _verdict(result: RunResult) -> str:
 def _show_found(result: RunResult, last: int) -> None:
     """Explain ``result``; its interleaving in kernel terms, from a re-run that records the
     model function of every step (hunting itself never pays for that)."""
-    if last > 0 and not result.trace.where:
+    if (last > 0 and not result.trace.where) or result.accesses is None:
         try:
             result = detailed(result)
         except EmuError as exc:  # a re-run that diverges is itself worth a line
@@ -85,7 +86,10 @@ scenario_options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
                  help="Run the model as this kernel release: its historic bugs on (plus any "
                       "--quirk) and its release-keyed behaviour ('emu list' shows the "
                       "matrix). Default: the fixed model."),
-    click.option("--strategy", default="random", show_default=True, help="random or pct."),
+    click.option("--strategy", default="random", show_default=True,
+                 help="random, pct, guided (conflict-guided: reverses one observed conflicting "
+                      "pair per schedule, the rest by PCT at --depth) or portfolio (random, "
+                      "PCT d2, PCT d3 and guided round robin; says which found what)."),
     click.option("--timer-choices/--no-timer-choices", "timers", default=True,
                  show_default=True,
                  help="Firing a pending timer (a copy finishing) is one of the strategy's "
@@ -307,6 +311,8 @@ def _hunt_report(h: HuntResult, log: FindingLog, timeline: int, checked: bool) -
                f"{h.decisions_per_second:,.0f} decisions/s")
     if h.strategy["name"] == "pct" and "k" in h.strategy:
         click.echo(_pct_line(h.strategy, h.actors))
+    for line in h.search:
+        click.echo(line)
     if checked:
         click.echo(f"determinism: every seed run twice, {len(h.mismatches)} mismatches")
         for s, a, b in h.mismatches:
@@ -432,6 +438,13 @@ def _explore_report(e: ExploreResult, log: FindingLog, timeline: int,
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
               help="Write the Perfetto trace JSON here.")
 @click.option("--explain", "show", is_flag=True, help="Explain the violation step by step.")
+@click.option("--why", "why_", is_flag=True,
+              help="Explain, then: the chance the violation still happens after each prefix "
+                   "of the schedule (random continuations), the step it becomes inevitable, "
+                   "and the nearest passing schedule (one conflicting pair reversed); the "
+                   "curve is a counter track of --trace.")
+@click.option("--why-runs", default=RUNS, show_default=True, type=click.IntRange(min=1),
+              help="--why: random continuations per prefix.")
 @click.option("--accept-edits", is_flag=True,
               help="Replay a file that was edited after emu wrote it, as it now reads.")
 @click.option("--strict/--tolerant", "strict", default=True, show_default=True,
@@ -441,8 +454,8 @@ def _explore_report(e: ExploreResult, log: FindingLog, timeline: int,
                    "walk seeded by the file's seed, and says whether the violation recurs.")
 @timeline_option
 @view_option
-def replay_cmd(file: str, trace_path: str | None, show: bool, accept_edits: bool,
-               strict: bool, timeline: int, views: tuple[str, ...]) -> int:
+def replay_cmd(file: str, trace_path: str | None, show: bool, why_: bool, why_runs: int,
+               accept_edits: bool, strict: bool, timeline: int, views: tuple[str, ...]) -> int:
     """Re-run a replay FILE and check that the trace hash matches (--tolerant: that the
     violation recurs)."""
     if trace_path is not None:
@@ -451,6 +464,7 @@ def replay_cmd(file: str, trace_path: str | None, show: bool, accept_edits: bool
     spec, note = replay_file.scenario_spec(data, file)
     if note:
         click.echo(note)
+    show = show or why_
     rep = replay_file.replay(data, spec, detail=show and timeline > 0, tolerant=not strict)
     r = rep.result
     click.echo(f"replay {r.scenario} seed {r.seed} ({r.strategy['name']}): {r.steps} steps: "
@@ -460,8 +474,13 @@ def replay_cmd(file: str, trace_path: str | None, show: bool, accept_edits: bool
         click.echo(f"tolerant: {rep.tolerant.summary()}; {recurs}")
     if show:
         _show_found(r, timeline)
+    counters = None
+    if why_:
+        answer = why(r if r.accesses is not None else detailed(r), runs=why_runs)
+        click.echo("\n" + answer.report())
+        counters = {COUNTER: answer.counter()}
     if trace_path is not None:
-        click.echo(f"trace: {write_perfetto(r.trace, trace_path, r.scenario)}")
+        click.echo(f"trace: {write_perfetto(r.trace, trace_path, r.scenario, counters)}")
     if rep.matched:
         click.echo(f"trace hash {r.trace_hash}: matched")
     elif rep.tolerant is not None:

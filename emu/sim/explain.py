@@ -1,5 +1,14 @@
-"""Explain a failing schedule in kernel terms: the violation, the conflicting accesses to
-shared state, and the interleaving with one column per actor.
+"""Explain a failing schedule in kernel terms: the violation, the conflicting pair of steps
+that decides it, the conflicting accesses to shared state, and the interleaving with one
+column per actor.
+
+The **deciding pair** comes from the access relation (``accesses``): the last two steps of
+different actors, at or before the violation, that conflict on an object the violation is
+about (an object named in its message: by its whole name, or by every hex number in the
+name, so ``vmemmap:0x200`` is what "pfn 0x200" is about). When the message names none of
+the objects touched, it is the last conflicting pair involving the failing actor (or, for
+a check at the end of the run, any actor). Only the last ``WINDOW`` steps are searched.
+A lock-order warning also carries lockdep's two-CPU table (``lockdep``), printed with it.
 
 The model marks its entry points (an hcall, a ucall, a fault) with ``entry``: a detailed
 re-run then names, for each step, the requests the entry points on the actor's stack serve,
@@ -8,9 +17,14 @@ decoded by the model from their arguments (the engine knows nothing of hyperviso
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+from .accesses import conflicts
 
 if TYPE_CHECKING:
     from .runner import RunResult
@@ -76,12 +90,106 @@ def lost_updates(result: RunResult) -> list[str]:
     return found
 
 
+WINDOW = 2000
+"""How many steps back from the violation the deciding pair is looked for."""
+
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+
+
+@attrs.frozen
+class Pair:
+    """Two conflicting steps of different actors, ``first`` before ``second``."""
+
+    first: int
+    second: int
+    objects: tuple[str, ...]
+    """The objects they conflict on, those the violation is about first, sorted."""
+    about: bool
+    """Whether ``objects[0]`` is an object the violation's message names."""
+
+
+def named(message: str, names: Iterable[str]) -> list[str]:
+    """The objects among ``names`` that ``message`` is about, sorted: named whole, or by
+    every hex number in the object's name (``vmemmap:0x200`` by "pfn 0x200")."""
+    numbers = {int(h, 16) for h in _HEX.findall(message)}
+    found = []
+    for name in sorted(set(names)):
+        hexes = {int(h, 16) for h in _HEX.findall(name)}
+        if (hexes and hexes <= numbers) or re.search(
+                rf"(?<![\w.]){re.escape(name)}(?![\w])", message):
+            found.append(name)
+    return found
+
+
+def deciding_pair(result: RunResult) -> Pair | None:
+    """The conflicting pair that decides ``result``'s violation (module docstring); None
+    without a violation, recorded accesses, or any conflict between two actors."""
+    v, steps = result.violation, result.accesses
+    if v is None or not steps:
+        return None
+    actors = [name for _, name, _ in result.decisions]
+    end = min(v.step, len(steps), len(actors))
+    start = max(end - WINDOW, 0)
+    touched = {n for s in steps[start:end] for n in s.reads | s.writes}
+    about = set(named(v.message, touched))
+    failing = v.actor if v.actor in actors[start:end] else None
+    for wanted in ([about] if about else []) + [None]:
+        for j in range(end - 1, start, -1):
+            for i in range(j - 1, start - 1, -1):
+                if actors[i] == actors[j] or (wanted is None and failing is not None
+                                              and failing not in (actors[i], actors[j])):
+                    continue
+                on = conflicts(steps[i], steps[j])
+                if wanted is not None:
+                    on = [o for o in on if o in wanted]
+                if on:
+                    ordered = sorted(on, key=lambda o: (o not in about, o))
+                    return Pair(i + 1, j + 1, tuple(ordered), ordered[0] in about)
+    return None
+
+
+def step_text(result: RunResult, step: int, requests: Mapping[int, tuple[str, ...]]) -> str:
+    """``step 5 cpu0 <requests>: <model function>: <operation>`` (what a detailed re-run
+    knows; the operation alone otherwise)."""
+    _, actor, op = result.decisions[step - 1]
+    where = result.trace.where.get(step)
+    served = " > ".join(requests.get(step, ()))
+    return (f"step {step} {actor} " + (f"{served}: " if served else "")
+            + (f"{where}: " if where else "") + op)
+
+
+def pair_lines(result: RunResult, pair: Pair) -> list[str]:
+    """The pair as two lines, each step with what it does to the objects (at most three)."""
+    steps = result.accesses or []
+    requests = result.trace.requests() if result.trace.where else {}
+    shown = pair.objects[:3]
+    more = f" and {len(pair.objects) - 3} more" if len(pair.objects) > 3 else ""
+
+    def does(step: int) -> str:
+        acc = steps[step - 1]
+        return ", ".join(f"{'writes' if o in acc.writes else 'reads'} {o}" for o in shown) + more
+
+    return [f"  {step_text(result, pair.first, requests)} ({does(pair.first)}) /",
+            f"  {step_text(result, pair.second, requests)} ({does(pair.second)})"]
+
+
+def pair_head(pair: Pair) -> str:
+    """What the pair is, in one line."""
+    which = (f"the last conflicting pair on {pair.objects[0]}, which the violation names"
+             if pair.about else "the last conflicting pair of the failing actor (the "
+             "violation names none of the objects touched)")
+    return f"conflicting pair that decides the outcome ({which}):"
+
+
 def explain(result: RunResult, last: int = 40) -> str:
     v = result.violation
     lines = [v.describe() if v else "no violation"]
     for other in result.violations:
         if other is not v:
             lines += ["", "also " + other.describe()]
+    pair = deciding_pair(result)
+    if pair is not None:
+        lines += ["", pair_head(pair), *pair_lines(result, pair)]
     conflicts = lost_updates(result)
     if conflicts:
         lines += ["", "conflicting accesses:"] + [f"  {c}" for c in conflicts]

@@ -4,20 +4,27 @@ One process per machine part (actor group) and one named thread track per actor;
 complete slice ("X") per granted step, named after the operation; a flow arrow from every
 send to its receive; counters as "C" events; accesses and notes as thread instants; the
 violation as a global instant. Timestamps are logical: step n starts at n microseconds, so a
-replay writes the byte-identical file. Virtual time is in each slice's args.
+replay writes the byte-identical file. Virtual time is in each slice's args. Counter tracks
+computed outside the run (``--why``'s probability curve) come as ``counters``: name ->
+[(logical time, value)], in a process of their own.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .files import write_atomic
 from .trace import Trace
 
+Counters = Mapping[str, Sequence[tuple[float, float]]]
+"""Counter tracks computed outside the run: name -> [(logical time, value)]."""
 
-def to_perfetto(trace: Trace, title: str = "emu") -> dict[str, Any]:
+
+def to_perfetto(trace: Trace, title: str = "emu", counters: Counters | None = None
+                ) -> dict[str, Any]:
     groups = list(dict.fromkeys(trace.groups))
     pid = {g: i + 1 for i, g in enumerate(groups)}
     out: list[dict[str, Any]] = []
@@ -54,10 +61,19 @@ def to_perfetto(trace: Trace, title: str = "emu") -> dict[str, Any]:
             args = {"value": data} if data is not None else {}
             out.append({"name": text if kind == "note" else f"{text} {data[0]}", "cat": kind,
                         "ph": "i", "s": "t", "ts": ts + 0.5, **where(actor), "args": args})
+    if counters:
+        extra = len(groups) + 1
+        out.append({"name": "process_name", "ph": "M", "pid": extra, "tid": 0,
+                    "args": {"name": f"{title}: analysis"}})
+        for name, points in counters.items():
+            out += [{"name": name, "cat": "analysis", "ph": "C", "ts": float(ts), "pid": extra,
+                     "args": {name: value}} for ts, value in points]
     return {"traceEvents": out, "displayTimeUnit": "ns",
             "otherData": {"title": title, "trace_hash": trace.hash}}
 
 
-def write_perfetto(trace: Trace, path: str | Path, title: str = "emu") -> Path:
+def write_perfetto(trace: Trace, path: str | Path, title: str = "emu",
+                   counters: Counters | None = None) -> Path:
     """Write the trace whole or not at all (see ``files.write_atomic``)."""
-    return write_atomic(path, json.dumps(to_perfetto(trace, title), separators=(",", ":")) + "\n")
+    return write_atomic(path, json.dumps(to_perfetto(trace, title, counters),
+                                         separators=(",", ":")) + "\n")
