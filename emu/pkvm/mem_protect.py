@@ -80,6 +80,7 @@ from ..hw.arm64_stage2 import (
     walk_stepwise,
 )
 from ..hw.arm64_tlb import Arm64Tlbs
+from ..sim import accesses
 from ..sim.sequential import Sequential
 from .errno_base import E2BIG, EAGAIN, EBUSY, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM
 from .memory import (
@@ -319,6 +320,8 @@ class HostStage1:
         self.version = 0
 
     def translate(self, va: int) -> int | None:
+        if accesses.current.on:
+            accesses.current.touch(f"host_s1:{va & ~(PAGE_SIZE - 1):#x}")
         vpfn = va >> PAGE_SHIFT
         ipa_pfn = self.remapped.get(vpfn, vpfn)
         if ipa_pfn is None:
@@ -862,6 +865,8 @@ async def host_stage1_update(hyp: Hyp, va: int, ipa: int | None) -> None:
     """The host kernel changes its own stage-1: ``va``'s page now maps ``ipa``'s (None:
     unmapped). A store other CPUs' AT walks observe."""
     await hyp.ctx.point(_OP_HOST_S1)
+    if accesses.current.on:
+        accesses.current.touch(f"host_s1:{va & ~(PAGE_SIZE - 1):#x}", True)
     vpfn = va >> PAGE_SHIFT
     hyp.host_s1.remapped[vpfn] = None if ipa is None else ipa >> PAGE_SHIFT
     hyp.host_s1.version += 1

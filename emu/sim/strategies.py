@@ -237,6 +237,11 @@ class Tolerant(Labels):
         self.head = 0
         self.then = then
         self.matched = self.skipped = self.new = self.free = 0
+        self.stand_in = -1
+        """The head decision whose actor already took one step of a label the file lacks in
+        its place (an inserted or renamed operation): after that one, the head's label is
+        gone if the actor still stands at an unknown label, so the replay moves on instead
+        of running that actor past the window."""
         self._actors: dict[str, Actor] = {}
 
     def spec(self) -> dict[str, Any]:
@@ -255,7 +260,9 @@ class Tolerant(Labels):
                 elif actor is ctl.timer and actor not in enabled:
                     return  # (its operation names a deadline only while it is offered)
                 else:
-                    gone = self.where.get(self.label(actor), -1) > self.head
+                    label = self.label(actor)
+                    gone = self.where.get(label, -1) > self.head or (
+                        self.stand_in == self.head and label not in self.where)
                 if not gone:
                     return
                 self.pending[self.head] = False
@@ -278,6 +285,7 @@ class Tolerant(Labels):
                         return self._take(actor, self.head, enabled, ctl)
                     if label not in self.where:
                         self.new += 1
+                        self.stand_in = self.head
                         return self.took(actor, enabled, ctl)
             recorded = [(self.where[lab], a) for a in enabled
                         if (lab := self.label(a)) in self.where and self.pending[self.where[lab]]]
