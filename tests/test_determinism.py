@@ -14,7 +14,10 @@ import emu
 
 CASES = [("lost-update", {}, [], "random"), ("lost-update", {"locked": True}, [], "pct"),
          ("abba", {}, [], "random"), ("srcu-uaf", {}, ["no-synchronize"], "pct"),
-         ("srcu-uaf", {"readers": 3}, [], "random")]
+         ("srcu-uaf", {"readers": 3}, [], "random"),
+         ("tlbiel-migrate", {"moves": 2}, [], "random"),
+         ("donate-vs-abort", {}, ["set-owner-no-tlbi"], "random"),
+         ("guest-share-storm", {}, [], "pct"), ("share-unshare-pin", {}, [], "random")]
 
 SNIPPET = """
 import json, sys, emu
