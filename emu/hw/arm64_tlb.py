@@ -138,15 +138,17 @@ def translate(tlbs: Arm64Tlbs, mem: TableMemory, cpu: int, vmid: int, pgd: int,
 
 async def translate_stepwise(tlbs: Arm64Tlbs, mem: TableMemory, cpu: int, vmid: int, pgd: int,
                              start_level: int, ia_bits: int, ipa: int,
-                             point: Callable[[str], Awaitable[None]]) -> tuple[int, int, bool]:
-    """``translate`` whose walk (on a miss) takes a point before each descriptor read. The
+                             point: Callable[[str], Awaitable[None]],
+                             op: str = "mmu walk") -> tuple[int, int, bool]:
+    """``translate`` whose walk (on a miss) takes a point (``op``) before each descriptor
+    read. The
     fill happens with the last read, in one step: a walk that read a leaf before a break
     fills before the break's TLBI, which removes it, as the architecture's TLBI completion
     guarantees for walks in flight."""
     cached = tlbs.lookup_s2(cpu, vmid, ipa)
     if cached is not None:
         return cached[0], cached[1], True
-    desc, level = await walk_stepwise(mem, pgd, start_level, ia_bits, ipa, point)
+    desc, level = await walk_stepwise(mem, pgd, start_level, ia_bits, ipa, point, op)
     if desc & 1:
         tlbs.fill_s2(cpu, vmid, ipa, desc, level)
     return desc, level, False

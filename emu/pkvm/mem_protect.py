@@ -77,9 +77,8 @@ from ..hw.arm64_stage2 import (
     TableMemory,
     output_address,
     start_level_for,
-    walk_stepwise,
 )
-from ..hw.arm64_tlb import Arm64Tlbs
+from ..hw.arm64_tlb import Arm64Tlbs, translate_stepwise
 from ..sim import accesses
 from ..sim.sequential import Sequential
 from .errno_base import E2BIG, EAGAIN, EBUSY, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM
@@ -840,21 +839,15 @@ async def host_mem_access(hyp: Hyp, cpu: int, va: int, write: bool) -> int:
     the pfn the access reached, or -EFAULT when the host's own stage-1 does not map ``va``
     (the host kernel's fault, not EL2's)."""
     pgt = hyp.host_mmu.pgt
-    tlbs = hyp.tlbs
     while True:
         ipa = hyp.host_s1.translate(va)
         if ipa is None:
             return -EFAULT
-        hit = tlbs.lookup_s2(cpu, 0, ipa)
-        if hit is None:
-            desc, level = await walk_stepwise(hyp.mem, pgt.pgd, pgt.start_level, pgt.ia_bits,
-                                              ipa, hyp.ctx.point, _OP_HOST_WALK)
-            if level == ADDRESS_SIZE_FAULT:
-                return -EFAULT
-            if kvm_pte_valid(desc):
-                tlbs.fill_s2(cpu, 0, ipa, desc, level)
-        else:
-            desc, level = hit
+        desc, level, _ = await translate_stepwise(
+            hyp.tlbs, hyp.mem, cpu, 0, pgt.pgd, pgt.start_level, pgt.ia_bits, ipa,
+            hyp.ctx.point, _OP_HOST_WALK)
+        if level == ADDRESS_SIZE_FAULT:
+            return -EFAULT
         if kvm_pte_valid(desc):
             return output_address(desc, level, ipa) >> PAGE_SHIFT
         await handle_host_mem_abort(hyp, cpu, va, ipa)
@@ -878,15 +871,11 @@ async def guest_mem_access(hyp: Hyp, cpu: int, vm: PkvmHypVm, gfn: int, write: b
     handles, e.g. with __pkvm_host_share_guest), or -EPERM on a write to a read-only leaf."""
     pgt = vm.pgt
     ipa = gfn << PAGE_SHIFT
-    hit = hyp.tlbs.lookup_s2(cpu, vm.vmid, ipa)
-    if hit is None:
-        desc, level = await walk_stepwise(hyp.mem, pgt.pgd, pgt.start_level, pgt.ia_bits, ipa,
-                                          hyp.ctx.point, _OP_GUEST_WALK)
-        if not kvm_pte_valid(desc):
-            return -EFAULT
-        hyp.tlbs.fill_s2(cpu, vm.vmid, ipa, desc, level)
-    else:
-        desc, level = hit
+    desc, level, _ = await translate_stepwise(
+        hyp.tlbs, hyp.mem, cpu, vm.vmid, pgt.pgd, pgt.start_level, pgt.ia_bits, ipa,
+        hyp.ctx.point, _OP_GUEST_WALK)
+    if not kvm_pte_valid(desc):
+        return -EFAULT
     if write and not kvm_pgtable_stage2_pte_prot(desc) & KVM_PGTABLE_PROT_W:
         return -EPERM
     return output_address(desc, level, ipa) >> PAGE_SHIFT
