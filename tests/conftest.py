@@ -72,3 +72,24 @@ def race_file(tmp_path) -> Path:
     path = tmp_path / "mine.py"
     path.write_text(RACE)
     return path
+
+
+@pytest.fixture
+def changed_model(monkeypatch):
+    """Every model changed at once (inert until set): an extra scheduling point before
+    actor ``who``'s operation ``at``, and the operation ``rename`` renamed (what a replay
+    file written before a model change meets)."""
+    from emu.sim.controller import Controller
+
+    change: dict[str, str | None] = {"who": None, "at": None, "rename": None}
+    point = Controller.point
+
+    async def changed(self, op, enabled=None, waits_for=None):
+        if self.current.name == change["who"] and op == change["at"]:
+            await point(self, f"extra before {op}")
+        if op == change["rename"]:
+            op = f"renamed {op}"
+        await point(self, op, enabled, waits_for)
+
+    monkeypatch.setattr(Controller, "point", changed)
+    return change

@@ -10,7 +10,6 @@ import pytest
 
 from emu.errors import ReplayDivergence
 from emu.sim import replay as replay_file
-from emu.sim.controller import Controller
 from emu.sim.runner import hunt
 from emu.sim.strategies import labelled
 
@@ -85,24 +84,6 @@ def test_an_unchanged_model_replays_tolerantly_step_for_step(tmp_path):
     rep = replay_file.replay(data, tolerant=True)
     assert rep.matched and rep.reproduced
     assert rep.tolerant.matched == len(found.decisions) and rep.tolerant.free == 0
-
-
-@pytest.fixture
-def changed_model(monkeypatch):
-    """Change every model at once: an extra scheduling point before the ``at`` operation
-    of the actor named ``who``, and the operation ``rename`` renamed."""
-    change = {"who": None, "at": None, "rename": None}
-    point = Controller.point
-
-    async def changed(self, op, enabled=None, waits_for=None):
-        if self.current.name == change["who"] and op == change["at"]:
-            await point(self, f"extra before {op}")
-        if op == change["rename"]:
-            op = f"renamed {op}"
-        await point(self, op, enabled, waits_for)
-
-    monkeypatch.setattr(Controller, "point", changed)
-    return change
 
 
 @pytest.mark.parametrize("scenario, quirk", QUIRKS)

@@ -30,7 +30,6 @@ import pytest
 from emu.errors import ReplayDivergence
 from emu.scenarios.pkvm import QUIRK_SCENARIO as PKVM_QUIRKS
 from emu.sim import replay as replay_file
-from emu.sim.controller import Controller
 from emu.sim.explain import deciding_pair
 from emu.sim.runner import RunResult, hunt
 from emu.sim.why import why
@@ -174,24 +173,6 @@ def test_the_page_in_hole_race_pair_is_the_fill_and_the_insert():
 
 
 # --- tolerant replay across a model change ------------------------------------------------
-
-@pytest.fixture
-def changed_model(monkeypatch):
-    """Every model changed at once (inert until set): an extra scheduling point before
-    actor ``who``'s operation ``at``, and the operation ``rename`` renamed."""
-    change: dict[str, str | None] = {"who": None, "at": None, "rename": None}
-    point = Controller.point
-
-    async def changed(self, op, enabled=None, waits_for=None):
-        if self.current.name == change["who"] and op == change["at"]:
-            await point(self, f"extra before {op}")
-        if op == change["rename"]:
-            op = f"renamed {op}"
-        await point(self, op, enabled, waits_for)
-
-    monkeypatch.setattr(Controller, "point", changed)
-    return change
-
 
 def _change_the_window(change: dict[str, str | None], data: dict[str, Any]) -> str:
     """Put the extra point before the failing step's operation (inside the window) and
