@@ -1,8 +1,17 @@
-"""Every step's accesses: what each primitive reports, the dependence relation, and the
-stable names of shared hypervisor state on every platform."""
+"""Every step's accesses: what each primitive reports, the dependence relation, the stable
+names of shared hypervisor state on every platform (page references, the Ultravisor's books,
+memslots, mmu_ready and vcpus_running, L1's nested-guest IDR, the LPID allocator, L0's
+partition table, the guest's calls in flight), and a check that the relation misses no
+dependence: two adjacent steps it calls independent, swapped, leave the same state."""
 
 from __future__ import annotations
 
+import array
+import collections
+import contextlib
+import types
+
+import pytest
 import trio
 
 import emu
@@ -274,3 +283,297 @@ def test_pkvm_stage2_entries_tlbs_and_vmemmap():
         assert dependent(res.accesses[s - 1], res.accesses[w - 1])
     # two walks of the same entries are independent
     assert not dependent(walks[0][1], walks[1][1])
+
+
+# ------------------------------------------- the shared state every platform reports (issue 10)
+def _detailed(scenario_name: str, seed: int, **params):
+    from emu.sim.runner import detailed
+
+    return detailed(emu.run(scenario_name, seed=seed, params=params or None))
+
+
+def _steps_on(res, name: str, write: bool | None = None):
+    """(step, actor, where) of the steps touching ``name``: any (``write`` None), writing
+    it (True), or only reading it (False)."""
+    found = []
+    for step, actor, _ in res.decisions:
+        a = res.accesses[step - 1]
+        touched = {None: a.reads | a.writes, True: a.writes, False: a.reads - a.writes}[write]
+        if name in touched:
+            found.append((step, actor, res.trace.where.get(step, "")))
+    return found
+
+
+def _conflict(res, i: int, j: int) -> list[str]:
+    return conflicts(res.accesses[i - 1], res.accesses[j - 1])
+
+
+def test_page_references_are_objects():
+    """get_page, put_page and the mapping going write page:<kind>:<pfn>; counting reads it."""
+    from emu.hw.memory import FramePool
+
+    rec, before = accesses.Recorder(True), accesses.current
+    accesses.current = rec
+    try:
+        pool = FramePool("normal")
+        pfn = pool.alloc()
+        rec.close(0)
+        pool.refs.get_page(pfn)
+        rec.close(1)
+        assert pool.refs.count(pfn) == 1
+        rec.close(2)
+        pool.refs.release(pfn)  # the mapping goes while the reference is held
+        rec.close(3)
+        assert pool.refs.unmapped(pfn)
+        rec.close(4)
+        pool.refs.put_page(pfn)  # the last reference frees the page
+        rec.close(5)
+    finally:
+        accesses.current = before
+    name = f"page:normal:{pfn:#x}"
+    get, count, release, unmapped, put = rec.steps
+    assert get == steps(writes={name}) and release == steps(writes={name})
+    assert count == steps(reads={name}) and unmapped == steps(reads={name})
+    assert put.writes == {name, f"frame:normal:{pfn:#x}", "frames:normal"}
+
+
+def test_a_step_that_takes_a_page_reference_writes_the_page():
+    res = _detailed("share-vs-pageout", 5)
+    # kvmppc_share_page: gfn_to_pfn takes a reference to QEMU's page (get_user_pages)
+    taken = [(s, who) for s, who, where in _steps_on(res, "page:normal:0x4", True)
+             if "get_user_page" in where]
+    assert taken, _steps_on(res, "page:normal:0x4")
+    step, who = taken[0]
+    # a page-in's migrate_vma_setup by another actor counts that page's references: the two
+    # steps conflict on it
+    counted = [s for s, other, where in _steps_on(res, "page:normal:0x4", False)
+               if other != who and "mmu_notifier_invalidate" in where]
+    assert counted and all("page:normal:0x4" in _conflict(res, s, step) for s in counted)
+
+
+def test_the_ultravisor_reports_its_books():
+    res = _detailed("share-vs-pageout", 5)
+    # UV_PAGE_OUT (served by the ucall server) writes what the UV knows of the GFN; the
+    # SVM's own access to that GFN (the firmware path on its vCPU) reads it
+    outs = [(s, where) for s, who, where in _steps_on(res, "uv:1:0x4", True)
+            if who == "ultravisor"]
+    assert outs
+    reads = [s for s, who, _ in _steps_on(res, "uv:1:0x4") if who.startswith("pcpu")]
+    assert reads and any(_conflict(res, s, o) for s in reads for o, _ in outs)
+    # H_SVM_INIT_DONE's success makes the SVM secure: the SVM record is written, and every
+    # look-up of the SVM reads it
+    record = _steps_on(res, "uvsvm:1", True)
+    lookups = _steps_on(res, "uvsvm:1", False)
+    assert record and lookups and any(_conflict(res, w, r) == ["uvsvm:1"] for w, _, _ in record
+                                      for r, _, _ in lookups if r != w)
+
+
+def test_svm_off_and_a_vcpu_entry_conflict_on_vcpus_running_and_mmu_ready():
+    """B6's race (svm-off-no-guard): the entry counts itself in vcpus_running and reads
+    mmu_ready; KVM_PPC_SVM_OFF clears mmu_ready and reads vcpus_running."""
+    res = _detailed("svm-off-vs-entry", 0)
+    entries = [s for s, _, where in _steps_on(res, "vcpus_running:1", True)
+               if "recv" in res.decisions[s - 1][2]]
+    check = [s for s, who, where in _steps_on(res, "vcpus_running:1", False)
+             if "kvmhv_svm_off" in where]
+    assert entries and check
+    assert all("vcpus_running:1" in _conflict(res, e, c) for e in entries for c in check)
+    off = [s for s, _, where in _steps_on(res, "mmu:1", True) if "kvmhv_svm_off" in where]
+    ready = [s for s, _, where in _steps_on(res, "mmu:1", False) if where.startswith("_enter")]
+    assert off and ready and all("mmu:1" in _conflict(res, o, r) for o in off for r in ready)
+
+
+def test_memslots_are_written_by_a_hotplug_and_read_by_lookups():
+    res = _detailed("dimm-hotplug", 0)
+    plugs = [s for s, who, _ in _steps_on(res, "memslots:1", True) if who == "qemu"]
+    lookups = [s for s, who, _ in _steps_on(res, "memslots:1", False) if who != "qemu"]
+    assert plugs and lookups
+    assert all(_conflict(res, p, q) for p in plugs for q in lookups)
+
+
+def test_nested_idr_lpids_guests_and_l0_partition_table():
+    res = _detailed("nested-teardown-vs-enter", 0)
+    # __prealloc_nested's idr_alloc and idr_replace write L1's nested-guest IDR; the
+    # debugfs cursor (idr_get_next) and __find_nested read it
+    writes = _steps_on(res, "idr:1", True)
+    assert any("idr_alloc" in res.decisions[s - 1][2] for s, _, _ in writes)
+    finds = _steps_on(res, "idr:1", False)
+    assert finds and all("idr:1" in _conflict(res, w, f) for w, _, _ in writes
+                         for f, _, _ in finds)
+    # kvmhv_alloc_nested takes a shadow LPID from the host's allocator
+    assert any("kvmhv_alloc_nested" in where for _, _, where in _steps_on(res, "lpids", True))
+    # a nested guest's references: get_nested and put_nested write it, a use reads it
+    guest = _steps_on(res, "nested:1:1:2")  # (L1 lpid 1, nested lpid 1, shadow LPID 2)
+    assert {who for _, who, _ in guest} >= {"vm1.vcpu0", "debugfs"}
+    # L0's partition-table entry of a shadow LPID: set and cleared by the guest's life cycle
+    assert any(n.startswith("ptbl:") for a in res.accesses for n in a.writes)
+    assert _steps_on(res, "ptcr:1", False)
+
+
+def test_pkvm_pin_check_reads_the_pinned_page():
+    """__pkvm_host_unshare_hyp's pin check (hyp_page_count) reads the page the pin wrote."""
+    res = _detailed("share-unshare-pin", 0)
+    pins = [(step, n) for step, _, _ in res.decisions
+            if "hyp_pin_shared_mem" in res.trace.where.get(step, "")
+            for n in sorted(res.accesses[step - 1].writes) if n.startswith("vmemmap:")]
+    assert pins
+    step, page = pins[0]
+    checks = [s for s, _, where in _steps_on(res, page) if "__pkvm_host_unshare_hyp" in where
+              and s != step]
+    assert checks and any(page in _conflict(res, step, c) for c in checks)
+
+
+def test_guest_calls_and_hcall_windows_are_objects():
+    """Which calls overlapped decides what a return code may be: starting and ending a
+    guest's call, and an hcall's window, write guestcalls:<lpid> and hcalls:<lpid>."""
+    res = emu.run("share-storm", seed=1)
+    kinds = _kinds(res)
+    assert {"guestcalls", "hcalls", "uv", "uvsvm", "page", "memslots", "mmu",
+            "vcpus_running"} <= kinds
+    calls = {who for step, who, _ in res.decisions
+             if "guestcalls:1" in res.accesses[step - 1].writes}
+    assert {"vm1.vcpu0", "vm1.vcpu1"} <= calls
+
+
+# ------------------------------------------------- the relation misses no dependence (a check)
+# Swap two adjacent steps of different actors that the relation calls independent, and the
+# model must end up in the same state after both: every object reachable from the actors
+# (their functions, arguments and the locals of their stacks) and the checks, compared by the
+# path it is first reached by. Whatever an actor read is in its locals, so a missed read shows
+# up as well as a missed write. Left out: bookkeeping that orders nothing (trace flow ids, the
+# step numbers lockdep keeps, the checks' caches and fingerprints, the TLBs' epoch clock,
+# counters for the views).
+_PRIMITIVE = (int, float, str, bytes, bool, type(None), range)
+_BOOKKEEPING = {"flow", "step", "passed", "epoch", "version", "tlb_version", "accesses",
+                "copies", "lifetime_version", "guests_version", "rmap_version",
+                "pte_version", "watched_version"}
+
+
+def _model_frames(actor, ctl):
+    from emu.sim import controller
+
+    if actor.task is None or actor.done:
+        return []
+    frames = []
+    for frame in controller._await_chain(actor, actor is ctl.current):
+        if frame.f_code.co_filename == contextlib.__file__:  # a suspended chain ends at an
+            break                                            # async generator: cut both here
+        if not frame.f_code.co_filename.startswith(controller._NOT_MODEL) and \
+                frame.f_code.co_filename != __file__:
+            frames.append(frame)
+    return frames
+
+
+def _snapshot(ctl) -> dict[str, object]:
+    roots = [(a.name, (a.fn, a.args)) for a in ctl.actors]
+    roots += [(f"{a.name}.{n}", dict(f.f_locals)) for a in ctl.actors
+              for n, f in enumerate(_model_frames(a, ctl))]
+    roots += [(name, check) for name, check in ctl.invariants + ctl.finals]
+    out, seen, queue = {}, {}, collections.deque(roots)
+    while queue:
+        path, obj = queue.popleft()
+        if isinstance(obj, _PRIMITIVE):
+            out[path] = obj
+            continue
+        if isinstance(obj, type | types.ModuleType | types.CodeType | types.FrameType |
+                      types.CoroutineType | types.BuiltinFunctionType | Controller) or \
+                type(obj).__module__.startswith(("trio", "random", "emu.sim.controller",
+                                                 "emu.sim.trace", "emu.sim.lockdep")):
+            continue
+        if id(obj) in seen:  # (ids only to find shared objects within one snapshot)
+            out[path] = ("ref", seen[id(obj)])
+            continue
+        seen[id(obj)] = path
+        if isinstance(obj, types.FunctionType):
+            cells = zip(obj.__code__.co_freevars, obj.__closure__ or (), strict=True)
+            items = [(n, c.cell_contents) for n, c in cells if c.cell_contents is not None]
+        elif isinstance(obj, types.MethodType):
+            items = [("self", obj.__self__)]
+        elif isinstance(obj, dict):
+            items = sorted(((repr(k), v) for k, v in obj.items()), key=lambda kv: kv[0])
+        elif isinstance(obj, list | tuple | collections.deque):
+            items = list(enumerate(obj))
+            if path.endswith("._queue"):  # a channel's (flow id, message)
+                items = [(i, v[1]) for i, v in items]
+        elif isinstance(obj, set | frozenset):
+            items, out[path] = [], sorted(map(repr, obj))
+        elif isinstance(obj, bytearray | array.array):
+            items, out[path] = [], bytes(obj)
+        else:
+            fields = dict(getattr(obj, "__dict__", {}))
+            for klass in type(obj).__mro__:
+                for slot in getattr(klass, "__slots__", ()):
+                    if slot not in ("__dict__", "__weakref__") and hasattr(obj, slot):
+                        fields[slot] = getattr(obj, slot)
+            items = list(fields.items())
+        queue.extend((f"{path}.{k}", v) for k, v in items if k not in _BOOKKEEPING)
+    return out
+
+
+class _Follow(RandomWalk):
+    """Takes the actors ``names`` in turn, snapshots before decision ``at`` (0: each one)."""
+
+    wants_accesses = True
+
+    def __init__(self, names, at):
+        super().__init__(0, timers=True)
+        self.names, self.at, self.snaps, self.enabled = names, at, {}, []
+
+    def choose(self, enabled, ctl):
+        n = len(self.enabled) + 1
+        self.enabled.append([a.name for a in enabled])
+        if self.at in (0, n):
+            self.snaps[n] = _snapshot(ctl)
+        want = self.names[n - 1] if n <= len(self.names) else None
+        return next((a for a in enabled if a.name == want), None) or \
+            super().choose(enabled, ctl)
+
+
+def _follow(name: str, names: list[str], at: int) -> tuple[_Follow, list]:
+    from emu.sim.runner import prepare
+
+    sc, values, quirks = prepare(name, None, ())
+    follow = _Follow(names, at)
+
+    async def main():
+        ctl = Controller(follow, max_steps=sc.step_budget(values))
+        sc.build(Machine(ctl, values, quirks, tuple(sc.quirks), 0), **values)
+        await ctl.run()
+        return ctl
+
+    ctl = trio.run(main)
+    return follow, ctl.step_accesses
+
+
+@pytest.mark.parametrize("name, seed", [("svm-off-vs-entry", 0), ("nested-boot", 0),
+                                         ("donate-vs-abort", 1)])
+def test_steps_the_relation_calls_independent_commute(name, seed):
+    base = emu.run(name, seed=seed)
+    names = [who for _, who, _ in base.decisions]
+    first, steps = _follow(name, names, 0)
+    assert steps == base.accesses  # the same schedule
+    swapped = 0
+    for s in range(1, len(names) - 1):  # steps s and s + 1 (1-based)
+        a, b = names[s - 1], names[s]
+        if a == b or dependent(steps[s - 1], steps[s]):
+            continue
+        # independent: b could already run at a's decision, and running b first leaves the
+        # same state once both have run
+        assert b in first.enabled[s - 1], (s, a, b)
+        other, _ = _follow(name, [*names[:s - 1], b, a, *names[s + 1:]], s + 2)
+        before, after = first.snaps[s + 2], other.snaps[s + 2]
+        differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        assert not differ, (s, base.decisions[s - 1], base.decisions[s], differ[:5])
+        swapped += 1
+    assert swapped >= 5
+
+
+def test_the_commutation_check_finds_a_missed_report(monkeypatch):
+    """Without vcpus_running and mmu_ready in the relation, B6's two sides look independent:
+    swapping them changes what SVM_OFF and the entry see."""
+    from emu.kvm.vm import KVM
+
+    monkeypatch.setattr(KVM, "touch_running", lambda self, write=False: None)
+    monkeypatch.setattr(KVM, "touch_mmu", lambda self, write=False: None)
+    with pytest.raises(AssertionError, match="smp_mb"):
+        test_steps_the_relation_calls_independent_commute("svm-off-vs-entry", 0)

@@ -33,7 +33,7 @@ PTCR = encode_ptcr(0x10000, 4096)  # 256 entries
 def l1_host(m, quirks=()):
     frames = FramePool("l1")
     l1mem = TableMemory(frames)
-    kvm = SimpleNamespace(m=m, srcu=m.srcu("kvm->srcu"), mmu_lock=m.spinlock("mmu_lock"))
+    kvm = SimpleNamespace(m=m, lpid=1, srcu=m.srcu("kvm->srcu"), mmu_lock=m.spinlock("mmu_lock"))
     l0_ptbl: dict[int, tuple[int, int]] = {}
     l1 = L1Host(kvm, LpidPool(4096, reserved=(0, 1)), TableMemory(FramePool("l0")),
                 read_guest=lambda a: l1mem.read(a) if 0 <= a < L1_MEM else None,

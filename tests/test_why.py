@@ -130,6 +130,26 @@ def test_objects_are_named_whole_or_by_their_hex_numbers():
     assert named("nothing here 0x22f0", names) == []
 
 
+def test_a_number_counts_only_for_the_kinds_its_word_names():
+    """The model says which message words number which objects (``explain.numbered``):
+    "GFN 0x1" is about the GFN's state word and the UV's books on it, never the host
+    frame 0x1 or page 0x1; "pfn 0x1" about frames, page references and hyp_vmemmap, never
+    a GFN; a number after a word no kind claims ("AT of") may number anything."""
+    import emu.kvm.uvmem
+    import emu.pkvm.memory  # noqa: F401
+
+    names = ["frame:normal:0x1", "gfn:1:0x1", "uv:1:0x1", "page:normal:0x1", "vmemmap:0x1",
+             "uv gfn 1:0x1", "hostpte:0x1", "s2:0x1:3"]
+    assert named("GFN 0x1 Normal --unshare--> Normal (succeeded): the table says Secure",
+                 names) == ["gfn:1:0x1", "uv gfn 1:0x1", "uv:1:0x1"]
+    assert named("pfn 0x1: host OWNED, hyp NOPAGE", names) == \
+        ["frame:normal:0x1", "page:normal:0x1", "vmemmap:0x1"]
+    assert named("BUG_ON(!__get_fault_info()): AT of 0x1 failed", names) == sorted(names)
+    # "GFNs 0x1, 0x2": the second number is a GFN too (the first one's digits are no word)
+    assert named("GFNs 0x2, 0x1 are shared", names) == ["gfn:1:0x1", "uv gfn 1:0x1",
+                                                        "uv:1:0x1"]
+
+
 def test_without_a_named_object_the_pair_involves_the_failing_actor(lost_update):
     _, result = lost_update
     actor = result.decisions[4][1]

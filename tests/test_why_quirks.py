@@ -13,9 +13,6 @@ The windows (what opens each, and the step from which the violation is certain):
 |                      | remapper unmaps X (host_stage1_...) | the remapper maps X back           |
 | page-in-hole-race    | kvmppc_svm_page_in collects the     | QEMU's host_fault fills that PTE:  |
 |                      | hole (migrate_vma_setup)            | migrate_vma_pages then aborts      |
-
-A test marked ``xfail(strict=True)`` states what is true of the window and does not hold
-yet: each reason names the model or tool gap (a finding), and the mark goes once it is fixed.
 """
 
 from __future__ import annotations
@@ -160,11 +157,10 @@ def test_why_page_in_hole_race_is_certain_once_qemu_fills_the_hole():
     assert answer.curve[fill - 1].p < 1.0 and answer.inevitable == fill
 
 
-@pytest.mark.xfail(strict=True, reason="finding: explain.named matches frame:normal:0x1 by "
-                   "the message's 'GFN 0x1' (a host frame number taken for a GFN), so the "
-                   "deciding pair is GFN 0x0's page-out, outside the window; without that "
-                   "match the last pair on the PTE is QEMU's read-back, not its fill")
 def test_the_page_in_hole_race_pair_is_the_fill_and_the_insert():
+    """"GFN 0x1" numbers GFNs, not the host frame 0x1 (``explain.numbered``); no other actor
+    touches GFN 0x1's word, so the pair is the failing actor's last one whose first step
+    wrote what the insert reads: QEMU's fill of the PTE, not its later read-back."""
     r = _detailed("qemu-vs-page-in", "page-in-hole-race")
     _, fill, insert, pte = _hole_window(r)
     pair = deciding_pair(r)

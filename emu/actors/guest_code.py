@@ -17,11 +17,15 @@ holding its vcpu_token) fetches the next one at ``nip`` and advances ``nip`` by 
 
 An address that holds no instruction is a program check (the L2 exits to L1 with
 BOOK3S_INTERRUPT_PROGRAM). The last instruction of every program is ``Hcall(H_CEDE)``.
+Loading a program allocates its address: a write of the access relation's ``code`` (a
+loaded program never changes, so running it reads nothing shared).
 """
 
 from __future__ import annotations
 
 import attrs
+
+from ..sim import accesses
 
 H_CEDE = 0xE0
 CODE_BASE = 0x0000_1000_0000_0000
@@ -72,6 +76,8 @@ class GuestCode:
 
     def load(self, program: list[Instruction] | tuple[Instruction, ...]) -> int:
         """Load a program (an ``Hcall(H_CEDE)`` is appended); its entry point."""
+        if accesses.current.on:
+            accesses.current.touch("code", True)
         self.programs.append((*program, Hcall(H_CEDE)))
         return CODE_BASE | (len(self.programs) - 1) << 24
 

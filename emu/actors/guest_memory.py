@@ -1,9 +1,19 @@
 """What a guest believes of its own memory (the values it last wrote, what it shared), and
-the calls in flight on GFN ranges that make a return code *contended*."""
+the calls in flight on GFN ranges that make a return code *contended*.
+
+The calls and shares in flight are shared by the guest's vCPUs and QEMU, and the verdict on
+a return code depends on which overlapped which: starting or ending one (and looking at
+those in flight) writes the object ``guestcalls:<lpid>`` of the access relation. What the
+guest believes of one GFN (the value it last wrote, written before ESM, shared) is
+``guest:<lpid>:<gfn>``; reading or writing it also reads ``guest:<lpid>``, which a walk or
+a reset of all of them writes.
+"""
 
 from __future__ import annotations
 
 import attrs
+
+from ..sim import accesses
 
 ALL_GFNS = range(0, 1 << 64)
 """What a VM-wide call (UV_ESM, UV_UNSHARE_ALL_PAGES, an H_SVM_INIT_*, a reset) covers."""
@@ -19,8 +29,11 @@ class _Call:
     gfns: range
     who: str
     raced: bool = False
+    name: str = "guestcalls"
+    """The access relation's name of the calls in flight (``guestcalls:<lpid>``)."""
 
     def __enter__(self) -> _Call:
+        _touch(self.name)
         for other in self.calls:
             if other.who != self.who and _overlap(other.gfns, self.gfns):
                 other.raced = self.raced = True
@@ -28,6 +41,7 @@ class _Call:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _touch(self.name)
         self.calls.remove(self)
 
 
@@ -39,6 +53,7 @@ class _Sharing:
 
     def __enter__(self) -> None:
         memory, gfns = self.memory, self.gfns
+        memory.touch_calls()
         for gfn in [g for g in memory.expected if g in gfns] if gfns else ():
             memory.forget(gfn)
         for raced in memory.watchers:
@@ -46,7 +61,13 @@ class _Sharing:
         memory.sharing.append(gfns)
 
     def __exit__(self, *exc: object) -> None:
+        self.memory.touch_calls()
         self.memory.sharing.remove(self.gfns)
+
+
+def _touch(name: str) -> None:
+    if accesses.current.on:
+        accesses.current.touch(name, True)
 
 
 def _overlap(a: range, b: range) -> bool:
@@ -77,17 +98,37 @@ class GuestMemory:
     """The calls of the VM's vCPUs and of QEMU in flight, with the GFNs each covers: a
     call is *contended* if a call of someone else on an overlapping range was in flight
     at some moment of it (``Accept.contended``)."""
+    lpid: int = 0
+    """The VM's LPID (for the access relation's names)."""
+
+    def touch_calls(self) -> None:
+        """This step starts or ends a call or share in flight, or looks at those in flight
+        (``guestcalls:<lpid>``, written: the verdicts depend on their order)."""
+        _touch(f"guestcalls:{self.lpid}")
 
     def call(self, gfns: range, who: str, raced: bool = False) -> _Call:
         """A call on ``gfns`` by ``who`` is in flight while the context lasts; it yields its
         record (``.raced``, set from the start if ``raced``)."""
-        return _Call(self.calls, gfns, who, raced)
+        return _Call(self.calls, gfns, who, raced, f"guestcalls:{self.lpid}")
+
+    def touch_gfn(self, gfn: int, write: bool = False) -> None:
+        """This step reads (writes) what the guest believes of ``gfn``."""
+        if accesses.current.on:
+            accesses.current.touch(f"guest:{self.lpid}")
+            accesses.current.touch(f"guest:{self.lpid}:{gfn:#x}", write)
+
+    def touch_all(self) -> None:
+        """This step walks or resets what the guest believes of every GFN."""
+        if accesses.current.on:
+            accesses.current.touch(f"guest:{self.lpid}", True)
 
     def forget(self, gfn: int) -> None:
+        self.touch_gfn(gfn, True)
         self.expected.pop(gfn, None)
         self.insecure.pop(gfn, None)
 
     def in_flight(self, gfn: int) -> bool:
+        self.touch_calls()
         return any(gfn in r for r in self.sharing)
 
     def sharing_range(self, gfns: range) -> _Sharing:

@@ -114,6 +114,7 @@ class Host:
                      ) -> int:
         """device_del: KVM_SET_USER_MEMORY_REGION removes the slot, then QEMU unmaps it."""
         kvm = self._kvm(lpid)
+        kvm.touch_memslots()
         slot = next(s for s in kvm.memslots if s.id == slot_id)
         with self._call(lpid, range(slot.base_gfn, slot.base_gfn + slot.npages)) as record:
             rc = await self._machine.hv.set_memory_region(kvm, slot, delete=True)
@@ -127,6 +128,7 @@ class Host:
         """KVM_SET_USER_MEMORY_REGION with the same GPA, size and address but other flags
         (KVM_MR_FLAGS_ONLY: dirty logging on or off, as QEMU does for migration)."""
         kvm = self._kvm(lpid)
+        kvm.touch_memslots()
         slot = next(s for s in kvm.memslots if s.id == slot_id)
         with self._call(lpid, range(slot.base_gfn, slot.base_gfn + slot.npages)) as record:
             rc = await self._machine.hv.set_memory_region(kvm, slot, change="FLAGS_ONLY",
@@ -140,6 +142,7 @@ class Host:
         """KVM_SET_USER_MEMORY_REGION with the same address and size at another GPA
         (KVM_MR_MOVE)."""
         kvm = self._kvm(lpid)
+        kvm.touch_memslots()
         slot = next(s for s in kvm.memslots if s.id == slot_id)
         gfns = range(min(slot.base_gfn, new_base), max(slot.base_gfn, new_base) + slot.npages)
         with self._call(lpid, gfns) as record:
@@ -156,6 +159,7 @@ class Host:
         with self._call(lpid, ALL_GFNS):
             await self._machine.hv.kvm_destroy_vm(kvm)
         memory = self._machine.guest_memory(lpid)
+        memory.touch_all()
         memory.expected.clear()
         memory.insecure.clear()
         memory.shared.clear()
@@ -167,6 +171,7 @@ class Host:
             rc = await self._machine.hv.kvmhv_svm_off(kvm)
         if rc == 0:
             memory = self._machine.guest_memory(lpid)
+            memory.touch_all()
             memory.expected.clear()  # contents now undefined
             memory.insecure.clear()
             memory.shared.clear()

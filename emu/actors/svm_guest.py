@@ -52,6 +52,7 @@ class SvmGuest(Guest):
     def _after_hcall(self, nr: int, rc: int) -> None:
         """H_SVM_INIT_ABORT took the VM back to Normal: nothing is shared any more."""
         if nr == hvcall.H_SVM_INIT_ABORT and rc == H_PARAMETER and not self._kvm.secure_guest:
+            self.memory.touch_all()
             self.memory.shared.clear()
 
     async def uv_hcall(self, call: int | str, *args: int, accept: AcceptSpec | None = None
@@ -78,6 +79,7 @@ class SvmGuest(Guest):
         async def page_in() -> int:
             rc = await uv.issue(self.lpid, nr, *regs)
             if rc == H_SUCCESS:
+                self.memory.touch_gfn(gfn, True)
                 self.memory.shared.pop(gfn, None)
             return rc
 
@@ -107,6 +109,7 @@ class SvmGuest(Guest):
         a = [*args, 0, 0, 0, 0][:4]
         if nr == hvcall.UV_ESM:
             if self._machine.esm_pagein == "all":
+                self._kvm.touch_memslots()
                 gfns = [g for s in self._kvm.memslots
                         for g in range(s.base_gfn, s.base_gfn + s.npages)]
             else:
@@ -115,22 +118,28 @@ class SvmGuest(Guest):
             with self.memory.sharing_range(shares):
                 rc = await uv.esm(lpid, gfns, shares)
             for gfn in shares if rc == U_SUCCESS else ():  # checked: inside the VM
-                self.memory.shared[gfn] = True
                 self.memory.forget(gfn)
+                self.memory.shared[gfn] = True
             if rc == U_SUCCESS and self._machine.esm_pagein != "all":
                 # H_SVM_INIT_DONE moved every page the blob does not name without a copy:
                 # what the guest wrote there as a normal VM is undefined now
+                self.memory.touch_all()
                 for gfn in [g for g in self.memory.insecure if g not in gfns]:
                     self.memory.forget(gfn)
             return rc
         if nr == hvcall.UV_UNSHARE_ALL_PAGES:
+            self.memory.touch_all()
             before, raced = list(self.memory.shared), []
+            self.memory.touch_calls()
             self.memory.watchers.append(raced)
             try:
                 rc = await uv.unshare_all_pages(lpid)
             finally:
+                self.memory.touch_calls()
                 watchers = self.memory.watchers
                 del watchers[next(i for i, w in enumerate(watchers) if w is raced)]
+            if rc == U_SUCCESS:
+                self.memory.touch_all()
             for gfn in before if rc == U_SUCCESS else ():
                 if not any(gfn in r for r in raced):  # (a racing share may stay shared)
                     self.memory.shared.pop(gfn, None)
@@ -145,6 +154,7 @@ class SvmGuest(Guest):
                 if rc != U_SUCCESS:
                     return rc
                 if nr == hvcall.UV_UNSHARE_PAGE:
+                    self.memory.touch_gfn(gfn, True)
                     self.memory.shared.pop(gfn, None)
             return U_SUCCESS
         return U_PERMISSION if nr in HV_UCALLS else H_FUNCTION
@@ -187,16 +197,17 @@ class SvmGuest(Guest):
 
     def _undefined(self, gfn: int, frame: Frame, secure: bool) -> bool:
         # written before ESM, never paged in: a zero page now
+        self.memory.touch_gfn(gfn, True)
         if frame.zero and self.memory.insecure.pop(gfn, False):
             return True
         # read through the HV while ESM ran on another vCPU
-        return frame.encrypted and not secure and self.lpid in self._machine.uv.svms
+        return frame.encrypted and not secure and self._machine.uv.svm(self.lpid) is not None
 
     def _integrity_checked(self) -> bool:
         return self._machine.uv.faithful  # a hostile UV may lose the SVM's data itself
 
     def _secure(self) -> bool:
-        svm = self._machine.uv.svms.get(self.lpid)
+        svm = self._machine.uv.svm(self.lpid)
         return svm is not None and svm.secure
 
     async def _route(self, gfn: int) -> tuple[Frame | None, bool, bool]:

@@ -13,6 +13,14 @@ Per SVM the UV knows, for each GFN: a secure frame (paged in), paged out (the HV
 encrypted copy), shared (it maps the HV's normal page), or nothing yet (a zero page on first
 touch once the VM is secure). That knowledge is the ground truth the life-cycle tables are
 checked against.
+
+The UV's books are objects of the access relation (``sim.accesses``): ``uvsvm:<lpid>``, an
+SVM's own record (known or not, its slots, secure, transition, aborting; written when any
+of them changes, read by every operation that looks the SVM up), and ``uv:<lpid>:<gfn>``,
+what the UV knows of one GFN (its frame, paged out, copying out, shared, invalidated,
+unshared behind). A walk of every GFN the UV knows for an SVM reads every GFN's name
+(``SvmState.touch_all``). The count of hcalls in flight is changed as a read of the record
+(increments commute); the abort that waits for it to drain writes the record.
 """
 
 from __future__ import annotations
@@ -42,7 +50,8 @@ from ..kvm.hvcall import (
     U_SUCCESS,
     describe_ucall,
 )
-from ..sim import Machine
+from ..sim import Machine, accesses
+from ..sim.explain import numbered
 from .memctl import MemoryController
 
 if TYPE_CHECKING:
@@ -66,6 +75,11 @@ HOSTILE_DEFAULT = ("no-serialise", "evict", "register-page-in", "page-in-fail")
 """What ``-p uv=hostile`` turns on: the misbehaviour the modelled kernel survives. The rest
 lead to the known findings pinned by ``tests/test_hostile_uv.py`` (README, Findings)."""
 PAGE_IN_FAIL_CODES = (U_BUSY, U_PARAMETER, H_HARDWARE)
+_NO_NAMES = ("", "")
+"""A copy's frames when accesses are not recorded (``MemoryController.copy``)."""
+
+
+numbered("uv", "gfn", "gfns")  # "GFN 0x5" in a message numbers the UV's books uv:<lpid>:0x5
 
 
 @attrs.define(eq=False)
@@ -101,6 +115,26 @@ class SvmState:
     unshared_behind: set[int] = attrs.Factory(set)
     """Shared GFNs a hostile UV's own stale page-in copied into secure memory (silently
     unsharing them): its UV_UNSHARE_PAGE of one then has nothing left to do."""
+
+    def touch(self, write: bool = False) -> None:
+        """This step reads (writes) the SVM's record, ``uvsvm:<lpid>``."""
+        if accesses.current.on:
+            accesses.current.touch(f"uvsvm:{self.lpid}", write)
+
+    def touch_gfn(self, gfn: int, write: bool = False) -> None:
+        """This step reads (writes) what the UV knows of ``gfn``, ``uv:<lpid>:<gfn>``."""
+        if accesses.current.on:
+            accesses.current.touch(f"uv:{self.lpid}:{gfn:#x}", write)
+
+    def touch_all(self) -> None:
+        """This step reads what the UV knows of every GFN of the SVM (a walk of its books):
+        the registered GFNs and any other it holds something for."""
+        if accesses.current.on:
+            gfns = {*self.frames, *self.paged_out, *self.copying_out, *self.shared}
+            for base, n in self.slots.values():
+                gfns.update(range(base, base + n))
+            for gfn in sorted(gfns):
+                accesses.current.touch(f"uv:{self.lpid}:{gfn:#x}")
 
     def registered(self, gfn: int) -> bool:
         return any(base <= gfn < base + n for base, n in self.slots.values())
@@ -173,6 +207,12 @@ class Ultravisor:
         self.mailbox = m.channel("ucall", capacity=4)
         m.spawn("ultravisor", self.serve, group="ultravisor", daemon=True)
 
+    def svm(self, lpid: int) -> SvmState | None:
+        """The SVM the UV knows as ``lpid`` (None: none), a read of its record."""
+        if accesses.current.on:
+            accesses.current.touch(f"uvsvm:{lpid}")
+        return self.svms.get(lpid)
+
     # ------------------------------------------------------------------ ucall server
     async def serve(self) -> None:
         while True:
@@ -204,7 +244,7 @@ class Ultravisor:
         the HV from there, with whatever the HV holds), after the ucall server has answered:
         the server itself never calls the HV (it would wait on its own mailbox for the
         UV_PAGE_IN this page-in makes, a deadlock of the model, not of the kernel)."""
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
         if svm is None or svm.aborting or not svm.registered(gfn):
             return
         self.m.note(f"hostile UV: H_SVM_PAGE_IN of GFN {gfn:#x} inside UV_REGISTER_MEM_SLOT")
@@ -237,12 +277,13 @@ class Ultravisor:
     # the handlers, run by the server
     async def _uv_register_mem_slot(self, lpid: int, start_gpa: int, size: int, flags: int,
                                     slot_id: int) -> int:
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
         if svm is None or flags or (slot_id in svm.slots and
                                     "duplicate-register" not in self.misbehave):
             return U_PARAMETER
         if self.fail_register(lpid, slot_id):
             return H_NO_MEM
+        svm.touch(True)
         svm.slots[slot_id] = (start_gpa >> PAGE_SHIFT, size >> PAGE_SHIFT)
         svm.registered_by[slot_id] = self._caller
         if svm.secure and size >> PAGE_SHIFT and self._hostile("register-page-in"):
@@ -251,15 +292,16 @@ class Ultravisor:
         return U_SUCCESS
 
     async def _uv_unregister_mem_slot(self, lpid: int, slot_id: int) -> int:
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
         if svm is None or slot_id not in svm.slots:
             return U_PARAMETER
+        svm.touch(True)
         del svm.slots[slot_id]
         del svm.registered_by[slot_id]
         return U_SUCCESS
 
     def _page_args(self, lpid: int, gpa: int, flags: int, page_shift: int) -> SvmState | None:
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
         if svm is None or flags or page_shift != PAGE_SHIFT or \
                 not svm.registered(gpa >> PAGE_SHIFT):
             return None
@@ -271,6 +313,7 @@ class Ultravisor:
         if svm is None:
             return U_PARAMETER
         gfn, src = dst_gpa >> PAGE_SHIFT, src_ra >> PAGE_SHIFT
+        svm.touch_gfn(gfn, True)
         request = self.request.get(self._caller)
         path = request[0] if request and request[0] in ("share", "fault") else "page-in"
         if path in self.page_in_fail_paths and self._hostile("page-in-fail"):
@@ -300,7 +343,10 @@ class Ultravisor:
             svm.unshared_behind.add(gfn)
         spfn = svm.frames.get(gfn) or self.memory.secure.alloc()
         await self.memctl.copy(self.memory.normal[src], self.memory.secure[spfn],
-                               into_secure=True)
+                               into_secure=True, names=(self.memory.normal.name(src),
+                                                        self.memory.secure.name(spfn))
+                               if accesses.current.on else _NO_NAMES)
+        svm.touch_gfn(gfn, True)
         svm.frames[gfn] = spfn
         svm.shared.pop(gfn, None)
         svm.invalidated.pop(gfn, None)
@@ -311,13 +357,21 @@ class Ultravisor:
                            page_shift: int) -> int:
         svm = self._page_args(lpid, src_gpa, flags, page_shift)
         gfn = src_gpa >> PAGE_SHIFT
-        if svm is None or gfn in svm.shared:
+        if svm is None:
+            return U_PARAMETER
+        svm.touch_gfn(gfn, True)
+        if gfn in svm.shared:
             return U_PARAMETER
         spfn = svm.frames.pop(gfn, None)  # unmapped from the SVM first: an access by the SVM
         svm.paged_out[gfn] = True  # now faults and pages it back in (after this copy)
         src = self.memory.secure[spfn] if spfn else Frame(secret=True, zero=True)
         svm.copying_out[gfn] = True
-        await self.memctl.copy(src, self.memory.normal[dst_ra >> PAGE_SHIFT], into_secure=False)
+        dst = dst_ra >> PAGE_SHIFT
+        await self.memctl.copy(src, self.memory.normal[dst], into_secure=False,
+                               names=(self.memory.secure.name(spfn) if spfn else "",
+                                      self.memory.normal.name(dst))
+                               if accesses.current.on else _NO_NAMES)
+        svm.touch_gfn(gfn, True)
         del svm.copying_out[gfn]
         if spfn:
             self.memory.secure.free(spfn)
@@ -327,11 +381,14 @@ class Ultravisor:
         svm = self._page_args(lpid, gpa, 0, page_shift)
         if svm is None:
             return U_PARAMETER
+        svm.touch_gfn(gpa >> PAGE_SHIFT, True)
         if gpa >> PAGE_SHIFT in svm.shared:
             svm.invalidated[gpa >> PAGE_SHIFT] = True
         return U_SUCCESS
 
     async def _uv_svm_terminate(self, lpid: int) -> int:
+        if accesses.current.on:
+            accesses.current.touch(f"uvsvm:{lpid}", True)
         svm = self.svms.pop(lpid, None)
         if svm is None:
             return U_PARAMETER
@@ -367,11 +424,12 @@ class Ultravisor:
         shares a page through its own share path (H_PAGE_IN_SHARED with the right page
         size), and issues H_SVM_INIT_ABORT from the not-yet-secure VM's context (MSR_S
         clear, B4). Arguments are 64-bit registers."""
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
         if req == H_SVM_INIT_START:
             if svm is not None:
                 return U_STATE
             svm = self.svms[lpid] = SvmState(lpid)
+            svm.touch(True)
         elif svm is None or svm.aborting or (req == H_SVM_INIT_DONE and svm.secure):
             return U_STATE  # the UV acts only for SVMs it knows
         elif req in LIFE_CYCLE and svm.transition:
@@ -386,31 +444,37 @@ class Ultravisor:
                 return await self._issue(svm, req, *args)  # its own page-in (or unshare)
         if req not in LIFE_CYCLE:
             return await self._issue(svm, req, *args)
+        svm.touch(True)
         svm.transition = NAMES[req]
         try:
             return await self._issue(svm, req, *args)
         finally:
+            svm.touch(True)
             svm.transition = ""
 
     async def _issue(self, svm: SvmState, req: int, *args: int) -> int:
         """Issue one hcall for ``svm`` (which must still be the SVM the UV knows)."""
         lpid, hv = svm.lpid, self.hv
-        if self.svms.get(lpid) is not svm or svm.aborting:
+        if self.svm(lpid) is not svm or svm.aborting:
             return U_STATE  # terminated (or being aborted) meanwhile
         if self.hcall_ns:  # the cost model: the round trip through the UV and the HV
             await self.m.sleep(self.hcall_ns)
         if req == H_SVM_INIT_ABORT:
+            svm.touch(True)
             svm.aborting = True
             try:
                 while svm.in_flight:  # its other hcalls for the SVM return first
                     svm.drained = svm.drained or self.m.completion(f"SVM {lpid} hcalls done")
                     await svm.drained.wait_for_completion()
+                    svm.touch(True)
                 return await hv.hcall(lpid, req, *args, msr_s=False, via_uv=True)
             finally:
+                svm.touch(True)
                 svm.aborting = False  # if the HV refused; else the SVM is gone
         with self._in_flight(svm):
             rc = await hv.hcall(lpid, req, *args, msr_s=True)
         if req == H_SVM_INIT_DONE and rc == H_SUCCESS:
+            svm.touch(True)
             svm.secure = True
         return rc
 
@@ -418,10 +482,12 @@ class Ultravisor:
     @contextlib.contextmanager
     def _in_flight(svm: SvmState):
         """An hcall the UV issues for ``svm`` (an abort waits for these to return)."""
+        svm.touch()
         svm.in_flight += 1
         try:
             yield
         finally:
+            svm.touch()
             svm.in_flight -= 1
             if not svm.in_flight and svm.drained is not None:
                 svm.drained.complete_all()
@@ -432,11 +498,13 @@ class Ultravisor:
         in the GFNs the SVM needs, share the ones it asks for, INIT_DONE; abort on failure
         (a blob naming pages outside the VM's memory aborts, and the guest gets the abort's
         H_PARAMETER, i.e. U_PARAMETER). Returns what the guest's UV_ESM returns."""
-        if lpid in self.svms:
+        if self.svm(lpid) is not None:
             return U_STATE
         svm = self.svms[lpid] = SvmState(lpid, transition="UV_ESM")
+        svm.touch(True)
         try:
             rc = await self._issue(svm, H_SVM_INIT_START)
+            svm.touch()
             if rc == H_SUCCESS and not (svm.covers(necessary) and svm.covers(shares)):
                 rc = U_PARAMETER
             for gfn in necessary if rc == H_SUCCESS else ():
@@ -457,6 +525,7 @@ class Ultravisor:
                 return rc
             return await self._issue(svm, H_SVM_INIT_ABORT)
         finally:
+            svm.touch(True)
             svm.transition = ""
 
     async def _out_of_state(self, svm: SvmState) -> None:
@@ -474,7 +543,9 @@ class Ultravisor:
         """Hostile: before a firmware operation for SVM ``lpid``, the UV pages one of its
         secure GFNs out itself (H_SVM_PAGE_OUT with MSR_S; the HV runs
         kvmppc_h_svm_page_out, which calls UV_PAGE_OUT back)."""
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
+        if svm is not None:
+            svm.touch_all()
         if svm is None or not svm.secure or svm.aborting or not svm.frames or \
                 not self._hostile("evict"):
             return
@@ -490,7 +561,7 @@ class Ultravisor:
         """The checks of UV_SHARE_PAGE and UV_UNSHARE_PAGE(gfn, npages) before any page is
         touched: U_PARAMETER if the UV does not know the VM or ``gfn`` is not its memory,
         U_P2 if ``npages`` is 0 or the range runs past the VM's registered memory."""
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
         if svm is None or not svm.registered(gfn):
             return U_PARAMETER
         if not npages or not svm.covers(range(gfn, gfn + npages)):
@@ -499,7 +570,7 @@ class Ultravisor:
 
     async def share(self, lpid: int, gfn: int) -> int:
         """UV_SHARE_PAGE for one page: the HV provides a normal page the UV maps shared."""
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
         if svm is None or not svm.registered(gfn):
             return U_PARAMETER
         if svm.aborting:
@@ -511,7 +582,7 @@ class Ultravisor:
                     rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT,
                                              H_PAGE_IN_SHARED, PAGE_SHIFT, msr_s=True)
                 if not self._injected.pop(self.m.ctl.current.name, False) or \
-                        self.svms.get(lpid) is not svm or svm.aborting:
+                        self.svm(lpid) is not svm or svm.aborting:
                     break
             return rc
 
@@ -545,13 +616,16 @@ class Ultravisor:
 
     async def unshare(self, lpid: int, gfn: int) -> int:
         """UV_UNSHARE_PAGE for one page: page the shared page back into secure memory."""
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
+        if svm is not None:
+            svm.touch_gfn(gfn)
         if svm is None or gfn not in svm.shared:
             return self._unshared_behind(svm, gfn)
         if svm.aborting:
             return U_STATE
         await self._evict(lpid)
         async with self._serialised(lpid, gfn), self._requesting("unshare", gfn):
+            svm.touch_gfn(gfn)
             if gfn not in svm.shared:  # unshared meanwhile by a vCPU that held the GFN
                 return self._unshared_behind(svm, gfn)
             for _ in range(20):  # a hostile UV retries when its own UV_PAGE_IN failed
@@ -559,8 +633,9 @@ class Ultravisor:
                     rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0,
                                              PAGE_SHIFT, msr_s=True)
                 if not self._injected.pop(self.m.ctl.current.name, False) or \
-                        self.svms.get(lpid) is not svm or svm.aborting:
+                        self.svm(lpid) is not svm or svm.aborting:
                     break
+            svm.touch_gfn(gfn)
             if rc != H_SUCCESS and gfn not in svm.shared:  # its stale page-in won the race
                 return self._unshared_behind(svm, gfn)
             return rc
@@ -570,17 +645,20 @@ class Ultravisor:
         """UV_UNSHARE_PAGE of a GFN that is not shared: U_PARAMETER, unless the hostile
         UV's own stale page-in unshared it behind the SVM's back (then it is done)."""
         if svm is not None and gfn in svm.unshared_behind:
+            svm.touch_gfn(gfn, True)
             svm.unshared_behind.discard(gfn)
             return U_SUCCESS
         return U_PARAMETER
 
     async def unshare_all_pages(self, lpid: int) -> int:
         """UV_UNSHARE_ALL_PAGES (the guest's kexec path): unshare every shared page."""
-        svm = self.svms.get(lpid)
+        svm = self.svm(lpid)
         if svm is None:
             return U_PARAMETER
+        svm.touch_all()
         for gfn in sorted(svm.shared):
             rc = await self.unshare(lpid, gfn)
+            svm.touch_gfn(gfn)
             if rc != H_SUCCESS and gfn in svm.shared:
                 return rc
         return U_SUCCESS
@@ -592,6 +670,7 @@ class Ultravisor:
         H_SVM_INIT_DONE moved without a copy) is a zero page. (None, False): not the
         SVM's."""
         svm = self.svms[lpid]
+        svm.touch()
         if not svm.registered(gfn):
             return None, False
         await self._evict(lpid)
@@ -600,11 +679,13 @@ class Ultravisor:
 
     async def _touch(self, svm: SvmState, gfn: int) -> tuple[Frame | None, bool]:
         lpid, tries = svm.lpid, 20
+        svm.touch_gfn(gfn)  # (and again after every call below, which ends the step)
         if gfn in svm.copying_out:  # (the window store-vs-pageout targets)
             self.m.note(f"the SVM touches GFN {gfn:#x} while the UV copies it out")
         while gfn not in svm.shared and gfn in svm.paged_out:
             rc = await self.hv.hcall(lpid, H_SVM_PAGE_IN, gfn << PAGE_SHIFT, 0, PAGE_SHIFT,
                                      msr_s=True)
+            svm.touch_gfn(gfn)
             # a hostile UV may have shared the GFN meanwhile, the HV paged it in: look again;
             # or failed its own UV_PAGE_IN: try again (at most 20 times)
             if self._injected.pop(self.m.ctl.current.name, False) and tries:
@@ -616,6 +697,7 @@ class Ultravisor:
                 # busy-page-fails) or ran out of retries; try again
                 tries -= 1
                 await self.m.yield_point("retry H_SVM_PAGE_IN (page not collected)")
+                svm.touch_gfn(gfn)
                 continue
             if rc != H_SUCCESS and gfn in svm.paged_out and gfn not in svm.shared:
                 self.m.fail("svm-access", f"the UV cannot page GFN {gfn:#x} back in for the "
@@ -625,6 +707,7 @@ class Ultravisor:
             tries -= 1
             async with self._requesting("fault", gfn):
                 rc = await self.hv.radix_page_fault(self.hv.kvms[lpid], gfn)
+            svm.touch_gfn(gfn)
             if not self._injected.pop(self.m.ctl.current.name, False):
                 break
         if gfn in svm.shared and gfn in svm.invalidated:
@@ -633,6 +716,7 @@ class Ultravisor:
         if gfn in svm.shared:
             return self.memory.normal.get(svm.shared[gfn]), True
         if gfn not in svm.frames:
+            svm.touch_gfn(gfn, True)
             svm.frames[gfn] = self.memory.secure.alloc()
             self.memory.secure[svm.frames[gfn]].zero = True
         return self.memory.secure[svm.frames[gfn]], False

@@ -82,6 +82,7 @@ class VCpu:
         finally:
             self.in_guest = False
             self.exited = True
+            self.kvm.touch_running(True)
             self.kvm.vcpus_running -= 1
 
     async def on_cpu(self, op: Callable[[], Awaitable]):
@@ -94,10 +95,13 @@ class VCpu:
         mmu_ready = 1). The guest must then find its LPID's partition-table entry: entering
         without one (KVM_PPC_SVM_OFF left it to the terminated UV, say) is a violation."""
         kvm, m = self.kvm, self.machine.m
+        kvm.touch_running(True)
         kvm.vcpus_running += 1  # atomic_inc
         await m.point("smp_mb (vcpus_running vs mmu_ready)")
+        kvm.touch_mmu()
         if not kvm.mmu_ready:
             await kvm.mmu_setup_lock.lock()
+            kvm.touch_mmu(True)
             if not kvm.mmu_ready:  # kvmhv_setup_mmu
                 kvm.pate = True  # kvmppc_setup_partition_table
                 kvm.mmu_ready = 1
@@ -141,6 +145,9 @@ class Guest:
         code against what the scenario accepts (``accept`` overrides it for this call).
         ``unsharing``: an unshare, contended from the start if the guest's books do not say
         every page of it is shared (another vCPU unshared one meanwhile)."""
+        if unsharing and gfns.stop - gfns.start <= 64:
+            for g in gfns:
+                self.memory.touch_gfn(g)
         raced = unsharing and (gfns.stop - gfns.start > 64 or
                                any(g not in self.memory.shared for g in gfns))
         with self.memory.call(gfns, self._vcpu.name, raced) as record:
@@ -208,6 +215,7 @@ class Guest:
         frame, normal, secure = await self._frame(gfn, "store")
         if frame is None:
             return hvcall.H_PARAMETER
+        self.memory.touch_gfn(gfn, True)
         sharing = self.memory.in_flight(gfn)  # the guest races its own share of the page:
         secret = secure and gfn not in self.memory.shared and not sharing  # no secret there
         frame.value, frame.secret, frame.encrypted, frame.zero = value, secret, False, False
@@ -229,6 +237,7 @@ class Guest:
         frame, _, secure = await self._frame(gfn, "load")
         if frame is None:
             return None
+        self.memory.touch_gfn(gfn)
         if self._undefined(gfn, frame, secure):
             self.memory.forget(gfn)
         want = self.memory.expected.get(gfn)

@@ -6,6 +6,8 @@ secure). Only touched frames have an object, so a 100 GB guest costs memory only
 pages it touches. A frame is an object of the access relation (``sim.accesses``),
 ``frame:<kind>:<pfn>``: taking it (``FramePool.get``, ``[pfn]``) counts as a write, since
 the caller may change its contents; allocating and freeing write the pool, ``frames:<kind>``.
+A page's references (``PageRefs``) are ``page:<kind>:<pfn>``: taking or dropping one, or the
+mapping going, writes it; counting them (``count``, ``unmapped``) reads it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 import attrs
 
 from ..sim import accesses
+from ..sim.explain import numbered
 
 PAGE_SHIFT = 16
 """The base page size of a 64-bit POWER server kernel (CONFIG_PPC_64K_PAGES): 64 KiB."""
@@ -41,16 +44,29 @@ class PageRefs:
     pin, a fault's reference on a device page), and the pages whose mapping went while one
     was held: the last ``put_page`` frees those, through ``free``."""
 
-    def __init__(self, free: Callable[[int], None]) -> None:
+    def __init__(self, free: Callable[[int], None], kind: str) -> None:
         self.counts: dict[int, int] = {}
-        """pfn -> references held beyond its mapping."""
+        """pfn -> references held beyond its mapping (read it through ``count``)."""
         self._unmapped: dict[int, bool] = {}
         self._free = free
+        self._name = f"page:{kind}:"
+
+    def touch(self, pfn: int, write: bool = False) -> None:
+        """This step reads (writes) the page's references, ``page:<kind>:<pfn>``."""
+        if accesses.current.on:
+            accesses.current.touch(f"{self._name}{pfn:#x}", write)
+
+    def count(self, pfn: int) -> int:
+        """The references held beyond the page's mapping (page_count less the mapping's)."""
+        self.touch(pfn)
+        return self.counts.get(pfn, 0)
 
     def get_page(self, pfn: int) -> None:
+        self.touch(pfn, True)
         self.counts[pfn] = self.counts.get(pfn, 0) + 1
 
     def put_page(self, pfn: int) -> None:
+        self.touch(pfn, True)
         left = self.counts[pfn] - 1
         if left:
             self.counts[pfn] = left
@@ -61,6 +77,7 @@ class PageRefs:
 
     def release(self, pfn: int) -> None:
         """The page's mapping went: free it now, or at its last ``put_page``."""
+        self.touch(pfn, True)
         if pfn in self.counts:
             self._unmapped[pfn] = True
         else:
@@ -68,6 +85,7 @@ class PageRefs:
 
     def unmapped(self, pfn: int) -> bool:
         """Its mapping went: the next ``put_page`` may be the last reference."""
+        self.touch(pfn)
         return self._unmapped.get(pfn, False)
 
 
@@ -87,7 +105,11 @@ class FramePool:
         self.frames: dict[int, Frame] = {}
         self._live = bytearray(1)  # pfn 0 is never handed out: 0 means "no page"
         self._free: list[int] = []
-        self.refs = PageRefs(self.free)
+        self.refs = PageRefs(self.free, kind)
+
+    def name(self, pfn: int) -> str:
+        """The access relation's name of the frame ``pfn``, ``frame:<kind>:<pfn>``."""
+        return f"frame:{self.kind}:{pfn:#x}"
 
     def alloc(self) -> int:
         if accesses.current.on:
@@ -133,6 +155,10 @@ class FramePool:
                 raise KeyError(f"{self.kind} pfn {pfn} is not allocated")
             frame = self.frames[pfn] = Frame()
         return frame
+
+
+numbered("frame", "pfn", "frame")  # "pfn 0x5" in a message numbers frames and pages
+numbered("page", "pfn")
 
 
 class PhysicalMemory:

@@ -100,6 +100,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 
+from ..sim import accesses
 from ..sim.releases import version
 from . import hv_guest_state as hgs
 from . import nested_regs as nr
@@ -527,6 +528,8 @@ async def kvmhv_enter_nested_guest(l1: L1Host, vcpu: KvmVcpu, run_l2: RunL2) -> 
     rel = _release(l1)
     pcr_mask = _pcr_mask(rel)
     tm_checks = NO_TM_SANITISE not in l1.quirks
+    if accesses.current.on:
+        accesses.current.touch(f"ptcr:{l1.kvm.lpid}")
     if l1.l1_ptcr == 0:
         return H_NOT_AVAILABLE
     if tm_checks and nr.check_l1_not_transactional(vcpu.msr):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ..sim import accesses
 from ..sim.explain import entry
 from . import lifecycle, uvmem
 from .hvcall import (
@@ -73,6 +74,13 @@ VM_OPS = {H_SVM_INIT_START: "INIT_START", H_SVM_INIT_DONE: "INIT_DONE",
           H_SVM_INIT_ABORT: "INIT_ABORT"}
 
 
+def touch_hcalls(lpid: int) -> None:
+    """This step opens or closes the window of an hcall or VM operation on VM ``lpid``: the
+    checks' verdicts depend on which windows overlapped, so ``hcalls:<lpid>`` is written."""
+    if accesses.current.on:
+        accesses.current.touch(f"hcalls:{lpid}", True)
+
+
 @attrs.define(eq=False)
 class VmOpWindow:
     """The window of one operation on a VM, against the VM-wide operations on it."""
@@ -82,9 +90,11 @@ class VmOpWindow:
     vm_wide: bool
     started: int
     overlapped: bool
+    lpid: int
 
     def close(self) -> bool:
         """The operation returns: did a VM-wide operation (other than itself) overlap it?"""
+        touch_hcalls(self.lpid)
         self.ops[0] -= self.vm_wide
         return self.overlapped or self.ops[1] != self.started
 
@@ -93,6 +103,7 @@ def uvmem_slot_counts(kvm: KVM) -> str | None:
     """The uvmem slots, counted: no memslot has more than one (a second is created by every
     H_SVM_INIT_START or memory-region commit that does not free the first), and none is
     left for a memslot that is gone. A set comparison of slot ids cannot see either."""
+    kvm.touch_memslots()
     live = {(s.id, s.base_gfn, s.npages) for s in kvm.memslots}
     count: dict[tuple[int, int, int], int] = {}
     for p in kvm.uvmem_pfns:
@@ -208,22 +219,24 @@ class Hypervisor:
 
     def _window(self, lpid: int, vm_wide: bool) -> VmOpWindow:
         """Open the window of an operation on VM ``lpid`` (a VM-wide one if ``vm_wide``)."""
+        touch_hcalls(lpid)
         ops = self.vm_ops.setdefault(lpid, [0, 0])
         overlapped = ops[0] > 0
         ops[0] += vm_wide
         ops[1] += vm_wide
-        return VmOpWindow(ops, vm_wide, ops[1], overlapped)
+        return VmOpWindow(ops, vm_wide, ops[1], overlapped, lpid)
 
     @staticmethod
     def _registered_by(kvm: KVM, who: str) -> set[int]:
-        svm = kvm.uv.svms.get(kvm.lpid)
+        svm = kvm.uv.svm(kvm.lpid)
         return {i for i, by in svm.registered_by.items() if by == who} if svm else set()
 
     def _check_slots(self, kvm: KVM, leaked: set[int] = frozenset()) -> None:
         """The UV's registered slots equal the HV's uvmem slots; a failed INIT_START has
         unregistered every slot it registered (``leaked``: those it did not)."""
-        svm = kvm.uv.svms.get(kvm.lpid)
+        svm = kvm.uv.svm(kvm.lpid)
         uv_ids = sorted(svm.slots) if svm else []
+        kvm.touch_memslots()
         live = {(s.id, s.base_gfn) for s in kvm.memslots}
         hv_ids = sorted({p.id for p in kvm.uvmem_pfns if (p.id, p.base_pfn) in live})
         if leaked:
@@ -296,7 +309,9 @@ class Hypervisor:
             op = "share" if regs[1] & H_PAGE_IN_SHARED else "unshare"
             return op, gfn, lifecycle.true_gfn_state(kvm, gfn), []
         if req == H_SVM_INIT_DONE:
-            svm = kvm.uv.svms.get(kvm.lpid)
+            svm = kvm.uv.svm(kvm.lpid)
+            if svm is not None:
+                svm.touch_all()
             return "init_done", 0, "", list(svm.shared) if svm else []
         return None, 0, "", []
 
@@ -341,6 +356,7 @@ class Hypervisor:
                 # abort returns (here, where the pfns[] words they hold can be checked)
                 srcu_idx = await kvm.srcu.read_lock()
                 words = None
+                kvm.touch_memslots()
                 for memslot in kvm.memslots:
                     words = words or await self._free_uvmem_slot(kvm, memslot, "abort")
                 kvm.srcu.read_unlock(srcu_idx)
@@ -412,10 +428,13 @@ class Hypervisor:
             return ret
         window = self._window(kvm.lpid, True)
         await kvm.mmu_setup_lock.lock()
+        kvm.touch_mmu(True)
         mmu_was_ready = kvm.mmu_ready
         if kvm.mmu_ready and not kvm.quirk("svm-off-no-guard"):
             kvm.mmu_ready = 0
             await self.m.point("smp_mb (mmu_ready vs vcpus_running)")
+            kvm.touch_running()
+            kvm.touch_mmu(True)
             if kvm.vcpus_running:
                 kvm.mmu_ready = 1
                 kvm.mmu_setup_lock.unlock()
@@ -425,6 +444,7 @@ class Hypervisor:
         self.slot_ops[kvm.lpid] = self.slot_ops.get(kvm.lpid, 0) + 1
         words = None
         srcu_idx = await kvm.srcu.read_lock()
+        kvm.touch_memslots()
         for memslot in kvm.memslots:
             await uvmem.kvmppc_uvmem_drop_pages(memslot, kvm, True)
             await kvm.uv.uv_unregister_mem_slot(kvm.lpid, memslot.id)
@@ -437,6 +457,7 @@ class Hypervisor:
         if await kvm.uv.uv_svm_terminate(kvm.lpid) != U_SUCCESS:
             ret = -EINVAL
         else:
+            kvm.touch_mmu(True)
             kvm.pate = False  # the UV dropped the SVM's partition-table entry
             await self.unpin_vpa_reset(kvm)
             kvmppc_setup_partition_table(kvm)
@@ -531,14 +552,17 @@ class Hypervisor:
         kvmppc_uvmem_slot_free anywhere on that path: the uvmem slots leak (quirk
         uvmem-slot-leak; the model frees them, the evident fix). Then: no device page, no
         uvmem slot and no UV state may remain for the VM."""
+        kvm.touch_memslots()
         for slot in list(kvm.memslots):
             await kvm.munmap_memslot(slot, exiting=True)  # exit_mmap
         await self.m.point("exit_files: the last VM reference, kvm_destroy_vm")
         await self.unpin_vpa_reset(kvm)  # kvmppc_core_vcpu_free_hv: unpin_vpa of each area
         if kvm.secure_guest:
             await kvm.uv.uv_svm_terminate(kvm.lpid)
+        kvm.touch_mmu(True)
         kvm.pate = False  # kvmhv_set_ptbl_entry(lpid, 0, 0)
         if not kvm.quirk(UVMEM_SLOT_LEAK):
+            kvm.touch_memslots()
             for memslot in list(kvm.memslots):
                 await uvmem.kvmppc_uvmem_slot_free(kvm, memslot)
         kvm.free_memslots()
@@ -551,6 +575,7 @@ class Hypervisor:
 def kvmppc_setup_partition_table(kvm: KVM) -> None:
     """Write the LPID's partition-table entry (kvmhv_set_ptbl_entry; through UV_WRITE_PATE
     on an Ultravisor machine)."""
+    kvm.touch_mmu(True)
     kvm.pate = True
 
 

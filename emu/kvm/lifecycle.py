@@ -54,7 +54,9 @@ VM_TABLE: dict[str, dict[str, str | None]] = {
 
 
 def true_gfn_state(kvm: KVM, gfn: int) -> str:
-    svm = kvm.uv.svms.get(kvm.lpid)
+    svm = kvm.uv.svm(kvm.lpid)
+    if svm is not None:
+        svm.touch_gfn(gfn)
     if svm is not None and gfn in svm.shared:
         return "Shared"
     hva = kvm.gfn_to_hva(gfn)
@@ -107,7 +109,7 @@ def check_init_done(kvm: KVM, shared_before: list[int], moved: set[int] = frozen
     between its page-out and its UV_PAGE_IN). (A slot being hot-plugged and not registered
     yet is not the SVM's memory.) Scans the page tables in bulk: a 100 GB guest has 1.6 M
     GFNs."""
-    svm = kvm.uv.svms.get(kvm.lpid)
+    svm = kvm.uv.svm(kvm.lpid)
     for gfn in shared_before:
         if gfn in in_flight:
             continue
@@ -140,8 +142,9 @@ def check_terminated(kvm: KVM, op: str) -> str | None:
     """After an abort or a terminate every GFN of the VM is Normal: no device page left in
     QEMU's page tables, nothing the UV still holds, and no state flag left in the pfns[]
     word of any uvmem slot (those that survive: the kernel does not free them)."""
-    if kvm.uv.svms.get(kvm.lpid) is not None:
+    if kvm.uv.svm(kvm.lpid) is not None:
         return f"the UV still knows VM {kvm.lpid} after {op}"
+    kvm.touch_memslots()
     for slot in kvm.memslots:
         vma = kvm.mm.vma_lookup(slot.userspace_addr)
         if vma is not None and len(vma.pte) and min(vma.pte) < 0:

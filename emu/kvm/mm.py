@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..hw.hostmm import touch_pte
+from ..sim import accesses
 from .hvcall import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -87,9 +88,9 @@ class MigrateVma:
 def extra_references(kvm: KVM, page: int, fault_page: int = 0) -> int:
     """References beyond the mapping and the migrator's (migrate_vma_check_page's count)."""
     if page > 0:
-        return kvm.memory.normal.refs.counts.get(page, 0)
+        return kvm.memory.normal.refs.count(page)
     dpfn = -page
-    return kvm.uvmem_dev.refs.counts.get(dpfn, 0) - (dpfn == fault_page)
+    return kvm.uvmem_dev.refs.count(dpfn) - (dpfn == fault_page)
 
 
 def page_busy(kvm: KVM, hva: int) -> bool:
@@ -270,16 +271,18 @@ async def migrate_pages(kvm: KVM, hva: int, copy_ns: int, *, ksm: bool = False
     i = vma.index(hva)
     src = vma.pte[i]
     touch_pte(hva, True)  # (it may install a migration entry)
-    if src <= 0 or hva in mm.migrating or kvm.memory.normal.refs.counts.get(src):
+    if src <= 0 or hva in mm.migrating or kvm.memory.normal.refs.count(src):
         return False, 0
     entry = mm.migrating[hva] = kvm.m.completion(f"migration entry {hva:#x}")
     rc = await mmu_notifier_invalidate(mm, hva, hva + PAGE_SIZE)  # try_to_migrate
     normal = kvm.memory.normal
-    moved = not normal.refs.counts.get(src)
+    moved = not normal.refs.count(src)
     if moved:
         dst = normal.alloc()
         if copy_ns:
             await kvm.m.sleep(copy_ns)  # the copy, with the migration entry installed
+        if accesses.current.on:  # (the new frame, filled in place)
+            accesses.current.touch(normal.name(dst), True)
         normal.frames[dst] = attrs.evolve(normal[src])  # ciphertext stays ciphertext
         vma.pte[i] = dst
         kvm.mm.pte_version += 1

@@ -52,6 +52,7 @@ from ..hw.radix import (
     read_span,
     write_span,
 )
+from ..sim import accesses
 from .hvcall import H_PARAMETER, H_SUCCESS
 
 KVM_MAX_NESTED_GUESTS_SHIFT = 12
@@ -88,6 +89,16 @@ NESTED_QUIRKS = {
 }
 
 
+def _touch(name: str, write: bool = False) -> None:
+    """This step reads (writes) the object ``name`` of the access relation: ``lpids`` (the
+    host's LPID allocator), ``idr:<L1 lpid>`` (L1's nested-guest IDR), ``ptcr:<L1 lpid>``
+    (its partition-table register), ``nested:<L1 lpid>:<nested lpid>:<shadow lpid>`` (one
+    ``kvm_nested_guest``: its references, cached PATE, freed or not; two guests created
+    for the same nested lpid at once have different shadow LPIDs)."""
+    if accesses.current.on:
+        accesses.current.touch(name, write)
+
+
 class LpidPool:
     """kvmppc_alloc_lpid / kvmppc_free_lpid (book3s.c): host-global LPIDs, shared by
     ordinary VMs and shadow LPIDs, lowest free first (ida_alloc_range)."""
@@ -98,6 +109,7 @@ class LpidPool:
 
     def alloc(self) -> int:
         """The lowest free LPID, or -1 (-ENOMEM) when none is left."""
+        _touch("lpids", True)
         for lpid in range(self.nr_lpids):  # (small: LPIDs are 12 bits)
             if lpid not in self.used:
                 self.used.add(lpid)
@@ -105,6 +117,7 @@ class LpidPool:
         return -1
 
     def free(self, lpid: int) -> None:
+        _touch("lpids", True)
         self.used.remove(lpid)
 
 
@@ -193,11 +206,13 @@ async def _idr_write(l1: L1Host, what: str, change: Callable[[], Any]) -> Any:
     writer meanwhile corrupts it. Callers must serialise (mmu_lock here)."""
     m = l1.m
     me = m.ctl.current.name
+    _touch(f"idr:{l1.kvm.lpid}", True)
     if l1.idr_writer is not None:
         m.fail("idr", f"{what} by {me} while {l1.idr_writer} writes the nested-guest IDR: "
                "the IDR's writers are not serialised")
     l1.idr_writer = me
     await m.point(f"{what} (IDR nodes)")
+    _touch(f"idr:{l1.kvm.lpid}", True)
     l1.idr_writer = None
     done = change()
     l1.lifetime_version += 1
@@ -206,12 +221,14 @@ async def _idr_write(l1: L1Host, what: str, change: Callable[[], Any]) -> Any:
 
 def _find_nested(l1: L1Host, lpid: int) -> KvmNestedGuest | None:
     """__find_nested: idr_find (mmu_lock held, or RCU)."""
+    _touch(f"idr:{l1.kvm.lpid}")
     return l1.idr.get(lpid)
 
 
 def _idr_get_next(l1: L1Host, lpid: int) -> int:
     """idr_get_next from ``lpid + 1`` (mmu_lock held): the next lpid with a guest (entries
     still NULL after __prealloc_nested are skipped), or -1."""
+    _touch(f"idr:{l1.kvm.lpid}")
     return min((i for i, g in l1.idr.items() if i > lpid and g is not None), default=-1)
 
 
@@ -225,7 +242,14 @@ async def _prealloc_nested(l1: L1Host, lpid: int) -> bool:
     return await _idr_write(l1, f"idr_alloc lpid {lpid}", alloc)
 
 
+def _touch_gp(gp: KvmNestedGuest, write: bool = False) -> None:
+    if accesses.current.on:
+        accesses.current.touch(f"nested:{gp.l1_host.kvm.lpid}:{gp.l1_lpid}:{gp.shadow_lpid}",
+                               write)
+
+
 def _use(gp: KvmNestedGuest, what: str) -> None:
+    _touch_gp(gp)
     if gp.freed:
         gp.l1_host.m.fail("use-after-free", f"{what} of nested guest {gp.l1_lpid} (shadow "
                           f"LPID {gp.shadow_lpid}), freed by kvmhv_release_nested")
@@ -233,6 +257,7 @@ def _use(gp: KvmNestedGuest, what: str) -> None:
 
 def _get(gp: KvmNestedGuest) -> None:
     """Take a reference (mmu_lock held)."""
+    _touch_gp(gp, True)
     gp.refcnt += 1
     gp.held += 1
     gp.l1_host.lifetime_version += 1
@@ -247,6 +272,7 @@ async def kvmhv_alloc_nested(l1: L1Host, lpid: int) -> KvmNestedGuest | None:
         return None
     gp = KvmNestedGuest(l1, lpid, shadow_lpid, RadixTree(l1.tables),
                         m.mutex(f"tlb_lock[{lpid}]", lock_class="tlb_lock"))
+    _touch_gp(gp, True)
     l1.live[shadow_lpid] = gp
     l1.guests_version += 1
     l1.lifetime_version += 1
@@ -257,6 +283,7 @@ def kvmhv_release_nested(gp: KvmNestedGuest) -> None:
     """No vCPU uses it and no get_nested can find it: no mmu_lock needed."""
     l1 = gp.l1_host
     _use(gp, "kvmhv_release_nested")
+    _touch_gp(gp, True)
     gp.shadow_pgtable.destroy()  # kvmppc_free_pgtable_radix + pgd_free
     l1.set_ptbl_entry(gp.shadow_lpid, 0, 0)  # (which flushes the LPID)
     l1.lpids.free(gp.shadow_lpid)
@@ -267,6 +294,7 @@ def kvmhv_release_nested(gp: KvmNestedGuest) -> None:
 
 
 async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedGuest | None:
+    _touch(f"ptcr:{l1.kvm.lpid}")
     if l1_lpid >= 1 << ((l1.l1_ptcr & PRTS_MASK) + 12 - 4):
         return None
     mmu_lock = l1.kvm.mmu_lock
@@ -300,6 +328,7 @@ async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedG
     if gp is None:
         await _idr_write(l1, f"idr_replace lpid {l1_lpid}",
                          lambda: l1.idr.__setitem__(l1_lpid, newgp))
+        _touch_gp(newgp, True)
         newgp.refcnt += 1  # the table's reference
         l1.lifetime_version += 1
         gp, newgp = newgp, None
@@ -314,6 +343,7 @@ async def kvmhv_put_nested(gp: KvmNestedGuest) -> None:
     mmu_lock = gp.l1_host.kvm.mmu_lock
     await mmu_lock.lock()
     _use(gp, "kvmhv_put_nested")
+    _touch_gp(gp, True)
     gp.refcnt -= 1
     gp.held -= 1
     gp.l1_host.lifetime_version += 1
@@ -330,6 +360,7 @@ async def kvmhv_remove_nested(gp: KvmNestedGuest) -> None:
     if gp is _find_nested(l1, gp.l1_lpid):
         await _idr_write(l1, f"idr_remove lpid {gp.l1_lpid}",
                          lambda: l1.idr.pop(gp.l1_lpid))
+        _touch_gp(gp, True)
         gp.refcnt -= 1
         l1.lifetime_version += 1
     ref = gp.refcnt
@@ -351,6 +382,7 @@ async def kvmhv_set_partition_table(l1: L1Host, ptcr: int) -> int:
         ret = H_PARAMETER
     kvm.srcu.read_unlock(idx)
     if ret == H_SUCCESS:
+        _touch(f"ptcr:{kvm.lpid}", True)
         l1.l1_ptcr = ptcr
     return ret
 
@@ -363,11 +395,13 @@ async def kvmhv_update_ptbl_cache(gp: KvmNestedGuest) -> None:
     """Reload the guest's partition-table entry from L1 memory (tlb_lock held)."""
     l1 = gp.l1_host
     _use(gp, "kvmhv_update_ptbl_cache")
+    _touch(f"ptcr:{l1.kvm.lpid}")
     pate = None
     if gp.l1_lpid < 1 << ((l1.l1_ptcr & PRTS_MASK) + 12 - 4):
         idx = await l1.kvm.srcu.read_lock()
         pate = read_pate(l1.read_guest, l1.l1_ptcr, gp.l1_lpid)
         l1.kvm.srcu.read_unlock(idx)
+    _touch_gp(gp, True)
     gp.l1_gr_to_hr, gp.process_table = (pate.dw0, pate.dw1) if pate else (0, 0)
     l1.guests_version += 1
     kvmhv_set_nested_ptbl(gp)

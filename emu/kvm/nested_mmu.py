@@ -216,6 +216,7 @@ async def __kvmhv_nested_page_fault(vcpu: VcpuFault, gp: KvmNestedGuest) -> int:
             return RESUME_GUEST
         kvm_ro = True
 
+    mmu.touch_seq()
     mmu_seq = mmu.mmu_notifier_seq
     await kvm.mmu_lock.lock()
     leaf = mmu.pgtable.find(gpa)  # find_kvm_secondary_pte

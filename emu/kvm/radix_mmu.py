@@ -72,6 +72,7 @@ from ..hw.radix import (
     TableMemory,
     make_pte,
 )
+from ..sim import accesses
 from .hvcall import MASK64
 from .nested import _find_nested
 from .nested_rmap import RmapWord, n_rmap_gpa, n_rmap_lpid
@@ -174,6 +175,11 @@ class RadixMmu:
         if self.l1 is not None:
             self.l1.mmu = self
 
+    def touch_seq(self, write: bool = False) -> None:
+        """This step reads (bumps) ``mmu_notifier_seq``, ``mmu_seq:<lpid>``."""
+        if accesses.current.on:
+            accesses.current.touch(f"mmu_seq:{self.kvm.lpid}", write)
+
     def rmapp(self, memslot: Memslot, gfn: int) -> RmapWord:
         """``&memslot->arch.rmap[gfn - memslot->base_gfn]``."""
         return self.rmap.setdefault(memslot, {}).setdefault(
@@ -247,6 +253,7 @@ def kvmhv_remove_nest_rmap_range(mmu: RadixMmu, memslot: Memslot | None, gpa: in
 # ---------------------------------------------------------------------- table updates
 def mmu_notifier_retry(mmu: RadixMmu, mmu_seq: int) -> bool:
     """mmu_invalidate_retry (mmu_lock held): an invalidation ran since ``mmu_seq`` was read."""
+    mmu.touch_seq()
     return mmu.mmu_notifier_seq != mmu_seq
 
 
@@ -332,6 +339,7 @@ async def kvmppc_book3s_instantiate_page(mmu: RadixMmu, gpa: int, memslot: Memsl
     RESUME_GUEST (0 too!) when the host PTE is gone by the time it is read under mmu_lock,
     in which case the kernel leaves the PTE and level unset (the model gives 0, 0)."""
     kvm = mmu.kvm
+    mmu.touch_seq()
     mmu_seq = mmu.mmu_notifier_seq
     gfn = gpa >> PAGE_SHIFT
     hva = memslot.userspace_addr + ((gfn - memslot.base_gfn) << PAGE_SHIFT)
@@ -429,6 +437,7 @@ def kvm_unmap_gfn_range(mmu: RadixMmu, gfns: list[int]) -> None:
     """kvm_unmap_gfn_range_hv for a radix guest (mmu_lock held): kvm_unmap_radix for each
     GFN, with the memslot that holds it."""
     for gfn in gfns:
+        mmu.kvm.touch_memslots()
         kvm_unmap_radix(mmu, next(s for s in mmu.kvm.memslots if s.contains(gfn)), gfn)
 
 
@@ -443,6 +452,7 @@ async def kvm_mmu_notifier_invalidate_range_start(mmu: RadixMmu, start: int, end
         return 0
     await kvm.mmu_lock.lock()
     kvm_unmap_gfn_range(mmu, gfns)
+    mmu.touch_seq(True)
     mmu.mmu_notifier_seq += 1
     kvm.mmu_lock.unlock()
     return 0

@@ -17,6 +17,12 @@ class UltravisorCalls(Protocol):
     (``shared``), its secure frames (``frames``), the GFNs paged out (``paged_out``).
     Only the checks read it; the model's HV code never does."""
 
+    def svm(self, lpid: int) -> Any:
+        """``svms.get(lpid)``, reported as a read of that SVM's record (``uvsvm:<lpid>``):
+        a check made inside an hcall reads the firmware's books in that step. Its
+        ``touch_gfn(gfn)`` and ``touch_all()`` report the reads of one GFN's books and of
+        all of them."""
+
     async def uv_register_mem_slot(self, lpid: int, start_gpa: int, size: int, flags: int,
                                    slot_id: int) -> int: ...
 

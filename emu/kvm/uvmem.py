@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING
 from ..hw.hostmm import touch_ptes
 from ..hw.memory import PageRefs
 from ..sim import accesses
+from ..sim.explain import numbered
 from .hvcall import (
     H_AUTHORITY,
     H_P2,
@@ -209,7 +210,7 @@ class UvmemDevice:
         self.pvt_flags = bytearray(npages)
         self.pvt_lpid = array("L", [0]) * npages  # ("L" is 8 bytes on LP64, not 4)
         self.kvms: dict[int, KVM] = {}
-        self.refs = PageRefs(self.page_free)
+        self.refs = PageRefs(self.page_free, "device")
         """The references a host fault holds across migrate_to_ram (v6.1+): page_free runs
         at the last reference, migrate_vma_finalize's or the fault's put_page."""
         self.locked: dict[int, bool] = {}
@@ -223,7 +224,7 @@ class UvmemDevice:
         """kvmppc_uvmem_migrate_to_ram: a host fault on a device page pages it out."""
         bit = dpfn - 1
         kvm = self.kvms[self.pvt_lpid[bit]]
-        fault_page = dpfn if dpfn in self.refs.counts else 0  # v6.1+
+        fault_page = dpfn if self.refs.count(dpfn) else 0  # v6.1+
         ret = await kvmppc_svm_page_out(vma, addr, addr + PAGE_SIZE, PAGE_SHIFT, kvm,
                                         self.pvt_gpa[bit], fault_page)
         return 1 if ret else 0  # VM_FAULT_SIGBUS
@@ -253,6 +254,9 @@ class UvmemDevice:
 
 
 # ---------------------------------------------------------------------- GFN state words
+numbered("gfn", "gfn", "gfns")  # "GFN 0x5" in a message numbers gfn:<lpid>:0x5
+
+
 def touch_gfns(kvm: KVM, first: int, end: int, write: bool) -> None:
     """The step reads (or writes) the state words of GFNs [first, end) (only called when
     accesses are recorded: ``accesses.current.on``)."""
@@ -447,6 +451,7 @@ async def _init_start_walk(kvm: KVM) -> int:
     """Register every memslot with the UV; on failure, roll back the earlier ones."""
     srcu_idx = await kvm.srcu.read_lock()
     ret = H_SUCCESS
+    kvm.touch_memslots()
     slots = kvm.memslots
     failed = None
     for memslot in slots:
@@ -544,6 +549,7 @@ async def kvmppc_h_svm_init_abort(kvm: KVM) -> int:
     if kvm.secure_guest & KVMPPC_SECURE_INIT_DONE:
         return H_STATE
     srcu_idx = await kvm.srcu.read_lock()
+    kvm.touch_memslots()
     for memslot in kvm.memslots:
         await kvmppc_uvmem_drop_pages(memslot, kvm, False)
     kvm.srcu.read_unlock(srcu_idx)
@@ -651,6 +657,9 @@ def kvmppc_svm_page_in_run(vma: VMA, start: int, gfn: int, kvm: KVM,
     if accesses.current.on:  # the words and PTEs read: the run and the one that ended it
         touch_gfns(kvm, gfn, gfn + min(run + 1, n), False)
         touch_ptes(vma, v0, v0 + min(run + 1, n), False)
+        for pte in ptes[:min(run + 1, n)]:  # (their references: page_busy, skipped or not)
+            if pte > 0:
+                kvm.memory.normal.refs.touch(pte)
         accesses.current.touch("devpage:bitmap", True)
     done, b, bitmap = 0, dev._hint, dev.bitmap
     while done < run and (b := bitmap.find(0, b)) >= 0:  # kvmppc_uvmem_get_page, in runs
@@ -742,6 +751,7 @@ async def kvmppc_h_svm_init_done(kvm: KVM) -> int:
     srcu_idx = await kvm.srcu.read_lock()
     ret = H_SUCCESS
     if not kvm.quirk("no-init-done-migration"):
+        kvm.touch_memslots()
         for memslot in kvm.memslots:
             if await kvmppc_uv_migrate_mem_slot(kvm, memslot):
                 # The pages stay transitioned; the caller must terminate the VM. INIT_DONE

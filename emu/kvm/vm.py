@@ -17,7 +17,7 @@ import attrs
 
 from ..hw.hostmm import VMA, HostMM
 from ..hw.memory import PhysicalMemory
-from ..sim import Machine
+from ..sim import Machine, accesses
 from . import mm
 from .hvcall import PAGE_SHIFT
 from .releases import ID_HASH_BITS, Behaviour, behaviour, hash_32
@@ -160,7 +160,25 @@ class KVM:
         else:
             self._install(sorted([*self.memslots, slot], key=lambda s: -s.base_gfn))
 
+    def touch_mmu(self, write: bool = False) -> None:
+        """This step reads (writes) ``mmu_ready`` and the LPID's partition-table entry
+        (``pate``), ``mmu:<lpid>``."""
+        if accesses.current.on:
+            accesses.current.touch(f"mmu:{self.lpid}", write)
+
+    def touch_running(self, write: bool = False) -> None:
+        """This step reads (writes) ``vcpus_running``, ``vcpus_running:<lpid>``."""
+        if accesses.current.on:
+            accesses.current.touch(f"vcpus_running:{self.lpid}", write)
+
+    def touch_memslots(self, write: bool = False) -> None:
+        """This step reads (writes) the VM's memslots, ``memslots:<lpid>``: a lookup or a
+        walk reads them, installing a new set or changing a slot's flags writes them."""
+        if accesses.current.on:
+            accesses.current.touch(f"memslots:{self.lpid}", write)
+
     def _install(self, memslots: list[Memslot]) -> None:
+        self.touch_memslots(True)
         self.memslots = memslots
         self.memslots_generation += 1
 
@@ -182,6 +200,7 @@ class KVM:
     def set_memslot_flags(self, slot: Memslot, flags: int) -> None:
         """Change a slot's flags (KVM_MEMSLOT_INVALID, dirty logging) in place, where the
         kernel installs a copy with them: a new generation all the same."""
+        self.touch_memslots(True)
         slot.flags = flags
         self.memslots_generation += 1
 
@@ -200,6 +219,7 @@ class KVM:
         """The GFNs whose host pages lie in [start, end), in memslot order
         (kvm_handle_hva_range)."""
         gfns = []
+        self.touch_memslots()
         for slot in self.memslots:
             lo = max(start, slot.userspace_addr)
             hi = min(end, slot.userspace_addr + (slot.npages << PAGE_SHIFT))
@@ -209,6 +229,8 @@ class KVM:
         return gfns
 
     def gfn_to_memslot(self, gfn: int) -> Memslot | None:
+        if accesses.current.on:
+            accesses.current.touch(f"memslots:{self.lpid}")
         for slot in self.memslots:  # (Memslot.contains, inlined: every access comes here)
             if slot.base_gfn <= gfn < slot.base_gfn + slot.npages and \
                     not slot.flags & KVM_MEMSLOT_INVALID:
@@ -259,6 +281,7 @@ class KVM:
     def kvmppc_unpin_guest_page(self, gpa: int) -> None:
         """put_page of the pinned page (the memslot is looked up again; a gone slot's page
         is simply released)."""
+        self.touch_memslots()
         slot = next((s for s in self.memslots if s.contains(gpa >> PAGE_SHIFT)), None)
         hva = slot.userspace_addr + (((gpa >> PAGE_SHIFT) - slot.base_gfn) << PAGE_SHIFT) \
             if slot else None
@@ -272,7 +295,7 @@ class KVM:
     def kvm_release_pfn_clean(self, pfn: int) -> None:
         actor = self.m.ctl.current.name
         left = self.pfn_refs.get(actor, 0) - 1
-        if left < 0 or not self.memory.normal.refs.counts.get(pfn):
+        if left < 0 or not self.memory.normal.refs.count(pfn):
             self.m.fail("pfn-refcount", f"{actor} releases pfn {pfn} it holds no reference to")
             return
         self.pfn_refs[actor] = left

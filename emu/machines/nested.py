@@ -65,7 +65,7 @@ from ..kvm.radix_mmu import (
     kvm_mmu_notifier_invalidate_range_start,
 )
 from ..kvm.vm import KVM
-from ..sim import Machine
+from ..sim import Machine, accesses
 from .power import PowerMachine
 
 L1_LPID = 1
@@ -185,6 +185,8 @@ class NestedMachine(PowerMachine):
 
     def _set_ptbl_entry(self, lpid: int, dw0: int, dw1: int) -> None:
         """mmu_partition_table_set_entry(flush=true): the entry, then a tlbie of the LPID."""
+        if accesses.current.on:
+            accesses.current.touch(f"ptbl:{lpid}", True)
         if dw0 or dw1:
             self.l0_ptbl[lpid] = (dw0, dw1)
         else:

@@ -64,4 +64,7 @@ class PowerMachine:
         self.m.spawn(name, run, group="host")
 
     def guest_memory(self, lpid: int) -> GuestMemory:
-        return self._guest_memory.setdefault(lpid, GuestMemory())
+        memory = self._guest_memory.get(lpid)
+        if memory is None:
+            memory = self._guest_memory[lpid] = GuestMemory(lpid=lpid)
+        return memory

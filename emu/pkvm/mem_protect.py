@@ -916,7 +916,7 @@ async def __pkvm_host_unshare_hyp(hyp: Hyp, pfn: int) -> int:
     await host_lock_component(hyp)
     await hyp_lock_component(hyp)
     ret = __host_check_page_state_range(hyp, phys, size, PKVM_PAGE_SHARED_OWNED)
-    pinned = bool(hyp.hyp_vmemmap.refcount[pfn]) and not hyp.quirk_unshare_ignores_pin
+    pinned = bool(hyp.hyp_vmemmap.hyp_page_count(pfn)) and not hyp.quirk_unshare_ignores_pin
     if ret:
         pass
     elif beh.host_state_in_vmemmap:
@@ -1013,7 +1013,8 @@ async def hyp_pin_shared_mem(hyp: Hyp, start: int, end: int) -> int:
         vmemmap = hyp.hyp_vmemmap
         for cur in pages:
             vmemmap.hyp_page_ref_inc(cur >> PAGE_SHIFT)
-            if vmemmap.refcount[cur >> PAGE_SHIFT] == 1 and not hyp.behaviour.share_hyp_maps_el2:
+            if vmemmap.hyp_page_count(cur >> PAGE_SHIFT) == 1 and \
+                    not hyp.behaviour.share_hyp_maps_el2:
                 _apply(hyp, await pkvm_create_mappings_locked(hyp, cur, PAGE_SIZE, PAGE_HYP),
                        "pkvm_create_mappings_locked")
     hyp_unlock_component(hyp)
@@ -1028,7 +1029,8 @@ async def hyp_unpin_shared_mem(hyp: Hyp, start: int, end: int) -> None:
     await hyp_lock_component(hyp)
     vmemmap = hyp.hyp_vmemmap
     for cur in _page_range(start, end):
-        if vmemmap.refcount[cur >> PAGE_SHIFT] == 1 and not hyp.behaviour.share_hyp_maps_el2:
+        if vmemmap.hyp_page_count(cur >> PAGE_SHIFT) == 1 and \
+                not hyp.behaviour.share_hyp_maps_el2:
             _apply(hyp, await kvm_pgtable_hyp_unmap(hyp.pkvm_pgtable, cur, PAGE_SIZE)
                    != PAGE_SIZE, "kvm_pgtable_hyp_unmap() != PAGE_SIZE")
         vmemmap.hyp_page_ref_dec(cur >> PAGE_SHIFT)

@@ -42,6 +42,7 @@ from collections.abc import Callable
 
 from ..hw.arm64_stage2 import PAGE_SHIFT, SW0, SW1, SW_SHIFT, TableMemory
 from ..sim import accesses
+from ..sim.explain import numbered
 from ..sim.sequential import Finding
 
 PKVM_PAGE_OWNED = 0
@@ -74,6 +75,9 @@ USHRT_MAX = 0xFFFF
 
 def _default_fail(kind: str, message: str) -> None:
     raise Finding(kind, message)
+
+
+numbered("vmemmap", "pfn")  # "pfn 0x200" in a message numbers vmemmap:0x200
 
 
 class HypVmemmap:

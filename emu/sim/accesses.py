@@ -18,7 +18,8 @@ Who reports what:
 |                          |                        | up_write, downgrade_write           |
 | SRCU                     | read_lock, read_unlock | synchronize (both of its waits)     |
 | Channel                  |                        | send, receive                       |
-| Completion               |                        | complete, complete_all, reinit, wait|
+| Completion               | wait (complete_all     | complete, complete_all, reinit,     |
+|                          | done: takes nothing)   | wait (otherwise)                    |
 | SharedVar                | read                   | write                               |
 | KObject                  | use                    | free                                |
 | virtual time (``clock``) | the step after a sleep | a sleep's timer, a timer step       |

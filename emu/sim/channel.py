@@ -128,5 +128,5 @@ class Completion(Sleepers):
         self.done -= 1
         if self.sleepers:
             self.changed()
-        if ctl.recorder.on:
-            ctl.recorder.touch(self.name, True)
+        if ctl.recorder.on:  # after complete_all, waiting takes nothing: waiters commute
+            ctl.recorder.touch(self.name, self.done != self._ALL)

@@ -5,10 +5,18 @@ column per actor.
 The **deciding pair** comes from the access relation (``accesses``): the last two steps of
 different actors, at or before the violation, that conflict on an object the violation is
 about (an object named in its message: by its whole name, or by every hex number in the
-name, so ``vmemmap:0x200`` is what "pfn 0x200" is about). When the message names none of
-the objects touched, it is the last conflicting pair involving the failing actor (or, for
-a check at the end of the run, any actor). Only the last ``WINDOW`` steps are searched.
-A lock-order warning also carries lockdep's two-CPU table (``lockdep``), printed with it.
+name, so ``vmemmap:0x200`` is what "pfn 0x200" is about). A number counts by its kind: the
+model says which words of a message number which objects (``numbered``: "GFN 0x1" is about
+``gfn:1:0x1``, not about the host frame ``frame:normal:0x1``); a number after a word no
+kind claims ("AT of 0x1000") may number any object. When the message names none of the
+objects touched, it is the last conflicting pair involving the failing actor (or, for a
+check at the end of the run, any actor). Either way a pair whose first step *writes* what
+the second touches (the second observes it) comes before one where the first only reads
+what the second writes (that order decides what the first saw, not the outcome of the
+second). Only the last ``WINDOW`` steps are searched, not counting the failing actor's own
+steps at the end (a livelock's spin: the pair that set it up comes before), and a step is
+searched once for each actor and accesses it has (a spin repeats the same few). A
+lock-order warning also carries lockdep's two-CPU table (``lockdep``), printed with it.
 
 The model marks its entry points (an hcall, a ucall, a fault) with ``entry``: a detailed
 re-run then names, for each step, the requests the entry points on the actor's stack serve,
@@ -94,6 +102,37 @@ WINDOW = 2000
 """How many steps back from the violation the deciding pair is looked for."""
 
 _HEX = re.compile(r"0x[0-9a-fA-F]+")
+_WORD = re.compile(r"[A-Za-z][A-Za-z_-]*")
+
+_NUMBERED: dict[str, set[str]] = {}
+"""A word of a message (lower case) -> the words of the object names it numbers."""
+
+
+def numbered(kind: str, *words: str) -> None:
+    """The model says that in a violation message a number after one of ``words`` ("GFN",
+    "pfn": any case) numbers objects whose name has the word ``kind`` ("gfn" in
+    ``gfn:1:0x5``), and no others unless another call says so. Called once per kind, at
+    import (a table, the same in every run)."""
+    for word in words:
+        _NUMBERED.setdefault(word.lower(), set()).add(kind.lower())
+
+
+def _numbers(message: str) -> list[tuple[int, str]]:
+    """Every hex number of ``message`` with the word just before it (lower case; "" if
+    none), the words of other numbers skipped: "GFNs 0x1, 0x2" numbers both as GFNs."""
+    found = []
+    for hit in _HEX.finditer(message):
+        before = _HEX.sub(" ", message[max(0, hit.start() - 16):hit.start()])
+        words = _WORD.findall(before)
+        found.append((int(hit.group(), 16), words[-1].lower() if words else ""))
+    return found
+
+
+def _counts(value: int, word: str, kinds: set[str]) -> bool:
+    """Does the message's number ``value`` after ``word`` number an object whose name has
+    the words ``kinds``?"""
+    claimed = _NUMBERED.get(word)
+    return claimed is None or not claimed.isdisjoint(kinds)
 
 
 @attrs.frozen
@@ -110,15 +149,38 @@ class Pair:
 
 def named(message: str, names: Iterable[str]) -> list[str]:
     """The objects among ``names`` that ``message`` is about, sorted: named whole, or by
-    every hex number in the object's name (``vmemmap:0x200`` by "pfn 0x200")."""
-    numbers = {int(h, 16) for h in _HEX.findall(message)}
+    every hex number in the object's name, each number of a kind the object is
+    (``vmemmap:0x200`` by "pfn 0x200", ``gfn:1:0x1`` by "GFN 0x1" but not
+    ``frame:normal:0x1``: see ``numbered``)."""
+    numbers = _numbers(message)
     found = []
     for name in sorted(set(names)):
         hexes = {int(h, 16) for h in _HEX.findall(name)}
-        if (hexes and hexes <= numbers) or re.search(
+        kinds = {w.lower() for w in _WORD.findall(_HEX.sub(" ", name))}
+        if (hexes and all(any(v == h and _counts(v, w, kinds) for v, w in numbers)
+                          for h in hexes)) or re.search(
                 rf"(?<![\w.]){re.escape(name)}(?![\w])", message):
             found.append(name)
     return found
+
+
+def searched(result: RunResult) -> tuple[int, int, list[int]]:
+    """Where pairs are looked for, as step indices: (start, end, the second steps to try,
+    latest first, one per actor and accesses): the last ``WINDOW`` steps before the
+    violation, not counting the failing actor's own steps at the end."""
+    v, steps = result.violation, result.accesses or []
+    actors = [name for _, name, _ in result.decisions]
+    end = min(v.step if v else len(steps), len(steps), len(actors))
+    own = end
+    while own > 0 and v is not None and actors[own - 1] == v.actor:
+        own -= 1
+    start = max(own - WINDOW, 0)
+    seconds, seen = [], set()
+    for j in range(end - 1, start, -1):
+        if (actors[j], steps[j]) not in seen:
+            seen.add((actors[j], steps[j]))
+            seconds.append(j)
+    return start, end, seconds
 
 
 def deciding_pair(result: RunResult) -> Pair | None:
@@ -128,23 +190,27 @@ def deciding_pair(result: RunResult) -> Pair | None:
     if v is None or not steps:
         return None
     actors = [name for _, name, _ in result.decisions]
-    end = min(v.step, len(steps), len(actors))
-    start = max(end - WINDOW, 0)
+    start, end, seconds = searched(result)
     touched = {n for s in steps[start:end] for n in s.reads | s.writes}
     about = set(named(v.message, touched))
     failing = v.actor if v.actor in actors[start:end] else None
     for wanted in ([about] if about else []) + [None]:
-        for j in range(end - 1, start, -1):
-            for i in range(j - 1, start - 1, -1):
-                if actors[i] == actors[j] or (wanted is None and failing is not None
-                                              and failing not in (actors[i], actors[j])):
-                    continue
-                on = conflicts(steps[i], steps[j])
-                if wanted is not None:
-                    on = [o for o in on if o in wanted]
-                if on:
-                    ordered = sorted(on, key=lambda o: (o not in about, o))
-                    return Pair(i + 1, j + 1, tuple(ordered), ordered[0] in about)
+        for observed in (True, False):
+            for j in seconds:
+                for i in range(j - 1, start - 1, -1):
+                    if actors[i] == actors[j] or (wanted is None and failing is not None
+                                                  and failing not in (actors[i], actors[j])):
+                        continue
+                    if observed:  # the second step sees what the first wrote
+                        a, b = steps[i], steps[j]
+                        on = sorted(a.writes & (b.reads | b.writes))
+                    else:
+                        on = conflicts(steps[i], steps[j])
+                    if wanted is not None:
+                        on = [o for o in on if o in wanted]
+                    if on:
+                        ordered = sorted(on, key=lambda o: (o not in about, o))
+                        return Pair(i + 1, j + 1, tuple(ordered), ordered[0] in about)
     return None
 
 

@@ -197,6 +197,11 @@ class _ReadWait:
     def __init__(self, sem: RWSem) -> None:
         self.sem = sem
 
+    @property
+    def name(self) -> str:
+        """The semaphore's name (what the wait reads, for the access relation)."""
+        return self.sem.name
+
     def holders(self) -> list[Actor]:
         sem = self.sem
         return [sem.writer] if sem.writer is not None else list(sem.waiting_writers)

@@ -34,7 +34,7 @@ import trio
 from ..errors import EmuError
 from .accesses import StepAccesses, conflicts, dependent
 from .controller import Actor, Controller
-from .explain import WINDOW, Pair, deciding_pair, named, pair_lines, step_text
+from .explain import Pair, deciding_pair, named, pair_lines, searched, step_text
 from .replay import violation_key
 from .runner import RunResult, prepare, run_schedule
 from .strategies import RandomWalk, Replay, Tolerant, labelled
@@ -191,19 +191,18 @@ def _reversal(actors: list[str], steps: list[StepAccesses], i: int, j: int
 
 
 def _candidates(result: RunResult, first: Pair | None) -> list[Pair]:
-    """Conflicting pairs of different actors, at or before the violation and within its
-    last ``WINDOW`` steps: ``first``, those on the objects the violation names, then the
-    others, each group latest first (enough of them for ``TRIES``)."""
+    """Conflicting pairs of different actors, at or before the violation, within the steps
+    ``explain.searched`` gives: ``first``, those on the objects the violation names, then
+    the others, each group latest first (enough of them for ``TRIES``)."""
     steps = result.accesses or []
     actors = [name for _, name, _ in result.decisions]
     v = result.violation
-    end = min(v.step if v else len(steps), len(steps))
+    start, end, seconds = searched(result)
     about = set(named(v.message, {n for s in steps[:end] for n in s.reads | s.writes})
                 ) if v else set()
-    start = max(end - WINDOW, 0)
     on_object: list[Pair] = []
     others: list[Pair] = []
-    for j in range(end - 1, start, -1):
+    for j in seconds:
         for i in range(j - 1, start - 1, -1):
             if actors[i] == actors[j]:
                 continue
