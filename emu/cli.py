@@ -89,7 +89,8 @@ scenario_options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option("--strategy", default="random", show_default=True,
                  help="random, pct, guided (conflict-guided: reverses one observed conflicting "
                       "pair per schedule, the rest by PCT at --depth) or portfolio (random, "
-                      "PCT d2, PCT d3 and guided round robin; says which found what)."),
+                      "PCT d2, PCT d3, guided and bounded search at 0, 1, 2... preemptions "
+                      "round robin; says which found what)."),
     click.option("--timer-choices/--no-timer-choices", "timers", default=True,
                  show_default=True,
                  help="Firing a pending timer (a copy finishing) is one of the strategy's "
@@ -357,7 +358,8 @@ def _hunt_report(h: HuntResult, log: FindingLog, timeline: int, checked: bool) -
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Step budget per schedule (default: the scenario's).")
 @click.option("--prune/--no-prune", default=True, show_default=True,
-              help="Sleep sets: skip schedules that only reorder independent steps.")
+              help="Partial-order reduction (source-DPOR and sleep sets): skip schedules "
+                   "that only reorder independent steps.")
 @click.option("--max-schedules", type=click.IntRange(min=1), default=None,
               help="Stop after N runs (those cut short as redundant included); no verdict.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
@@ -406,8 +408,8 @@ def _explore_report(e: ExploreResult, log: FindingLog, timeline: int,
     if e.resumed:
         click.echo(_space_line(e.first_decisions, e.candidates, e.preemptions, e.estimate))
         resumed = f", {e.resumed:,} of those runs before resuming"
-    click.echo(f"explore {e.scenario} (at most {e.preemptions} preemption(s), sleep sets "
-               f"{'on' if e.prune else 'off'}): {e.schedules:,} schedules explored, "
+    click.echo(f"explore {e.scenario} (at most {e.preemptions} preemption(s), "
+               f"{'DPOR' if e.prune else 'no reduction'}): {e.schedules:,} schedules explored, "
                f"{e.pruned:,} cut short as redundant{resumed}; {e.elapsed:.2f} s")
     for text in e.earlier:
         click.echo(f"found before resuming: {text}")

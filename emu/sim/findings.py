@@ -33,6 +33,8 @@ def stem(result: RunResult) -> str:
     name = f"{Path(path).stem}-{func}" if sep and path.endswith(".py") else result.scenario
     if result.strategy.get("name") == "explore":  # (not to overwrite a hunt's finding)
         name += f"-explore-k{result.strategy['preemptions']}"
+        if "schedule" in result.strategy:  # (a portfolio's bounded search: its n-th at k)
+            name += f"-{result.strategy['schedule']}"
     return f"{_slug(name)}-seed{result.seed}"
 
 
@@ -46,7 +48,8 @@ class FindingLog:
     def __init__(self, out: str | Path) -> None:
         self.out = check_dir(out, "--out")
         self.index = self.out / INDEX
-        self.saved: dict[tuple[str, int], Saved] = {}
+        self.saved: dict[str, Saved] = {}
+        """By file stem (a portfolio's bounded search runs every schedule with one seed)."""
 
     def save(self, result: RunResult) -> Saved:
         base = self.out / stem(result)
@@ -60,8 +63,8 @@ class FindingLog:
             "message": v.message if v else None, "step": v.step if v else None,
             "trace_hash": result.trace_hash, "replay": str(saved.replay),
             "trace": str(saved.trace)}))
-        self.saved[(result.scenario, result.seed)] = saved
+        self.saved[stem(result)] = saved
         return saved
 
     def get(self, result: RunResult) -> Saved | None:
-        return self.saved.get((result.scenario, result.seed))
+        return self.saved.get(stem(result))

@@ -30,23 +30,45 @@ Everything is a function of the seeds: schedule ``s`` draws its choices from ``R
 and from a corpus built from the schedules before it, so a hunt replays itself; and a
 schedule's spec carries its constraints, so ``make_strategy(spec, s)`` rebuilds it alone.
 
-The **portfolio** runs random, PCT at depths 2 and 3 and the guided strategy round robin
-over the schedules of one hunt (seed s: member s mod 4; guided learns from its own
-schedules only), and says which member found what first, at which schedule. Each schedule
-records its member's spec, so its replay file is the member's.
+The **portfolio** runs random, PCT at depths 2 and 3, the guided strategy and bounded
+search round robin over the schedules of one hunt (seed s: member s mod 5; guided learns
+from its own schedules only), and says which member found what first, at which schedule.
+Each schedule records its member's spec, so its replay file is the member's.
+
+Its **bounded search** member is ``explore``'s depth-first search (``Explorer``, with the
+partial-order reduction) by iterative deepening: every schedule with at most 0 preemptions,
+then at most 1, 2, ...; it keeps its stack across the hunt's schedules, runs every schedule
+with the hunt's first seed (the scenario's own data choices stay fixed, as in ``explore``;
+its spec numbers the schedule within the bound, so findings keep distinct names), and a
+turn of it runs until one schedule completes (runs cut short as repeats of explored ones
+are only counted). A bound whose space is exhausted gives a verdict line, "clean within K
+preemptions" only when no schedule within it found anything; the next turn starts K+1.
+
+| the hunt asks a search for ...   | guided, a fixed strategy | the portfolio            |
+|----------------------------------|--------------------------|--------------------------|
+| ``run(one, s)``: schedule s      | its strategy for s, run  | member s mod 5's run     |
+| ``summary()``                    | the corpus (guided)      | a line per member, then  |
+|                                  |                          | bounded search's verdicts|
 """
 
 from __future__ import annotations
 
+import abc
 import random
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from .controller import TIMER
-from .strategies import PCT, Label, Labels, RandomWalk, labelled, make_strategy
+from .strategies import PCT, Label, Labels, RandomWalk, Replay, labelled, make_strategy
 
 if TYPE_CHECKING:
     from .controller import Actor, Controller
     from .runner import RunResult
+
+Run = Callable[[Any, int], Awaitable["RunResult"]]
+"""The hunt's ``one(strategy, seed)``: run one schedule of its scenario."""
 
 Constraint = tuple[Label, Label]
 """(before, after): the step labelled ``before`` is taken before the one labelled ``after``."""
@@ -160,7 +182,28 @@ class _Entry:
         self.pairs = pairs
 
 
-class Guided:
+class _Search(abc.ABC):
+    """A search that runs one schedule per turn: its strategy for the seed."""
+
+    @abc.abstractmethod
+    def strategy(self, seed: int) -> Any:
+        """Schedule ``seed``'s strategy."""
+
+    @abc.abstractmethod
+    def observe(self, result: RunResult, strategy: Any) -> None:
+        """Learn from a run of ``strategy``."""
+
+    async def run(self, one: Run, seed: int) -> RunResult:
+        strategy = self.strategy(seed)
+        result = await one(strategy, seed)
+        self.observe(result, strategy)
+        return result
+
+    def summary(self) -> list[str]:
+        return []
+
+
+class Guided(_Search):
     """The guided search of one hunt: a strategy per schedule, and what each run taught."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
@@ -201,7 +244,7 @@ class Guided:
                 f"pairs (object, first actor and op, second) seen"]
 
 
-class Fixed:
+class Fixed(_Search):
     """The search of a strategy that learns nothing: ``make_strategy`` for every seed."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
@@ -213,60 +256,114 @@ class Fixed:
     def observe(self, result: RunResult, strategy: Any) -> None:
         """Nothing to learn."""
 
+
+class Bounded:
+    """The portfolio's bounded search (the module docstring): explore's search at bound 0,
+    1, 2, ..., its stack kept across the hunt's schedules."""
+
+    def __init__(self, seed: int) -> None:
+        from .explore import Search  # (explore runs schedules: it imports the runner)
+        self.seed = seed
+        """Every run's seed: the hunt's first (the scenario's data, fixed)."""
+        self.search = Search(0, True)
+        self.schedules = self.pruned = 0
+        """Complete runs and runs cut short at the current bound."""
+        self.found_here: str | None = None
+        """The first violation kind found within the current bound."""
+        self.preemptions = 0
+        """The preemptions of the last schedule run."""
+        self.verdicts: list[str] = []
+        """A line per exhausted bound."""
+
+    async def run(self, one: Run, seed: int) -> RunResult:
+        """Run until one schedule completes (``seed`` is the hunt's: unused); a bound
+        exhausted on the way gives its verdict, and the search goes on at the next."""
+        while True:
+            result = await self.search.run(lambda strategy: one(strategy, self.seed))
+            self.preemptions = self.search.preemptions
+            if result is None:
+                self.pruned += 1
+            else:
+                self.schedules += 1
+                # which schedule at this bound: every one has the same seed (and file name)
+                result = attrs.evolve(result, strategy={**result.strategy,
+                                                        "schedule": self.schedules})
+                if result.violations and self.found_here is None:
+                    self.found_here = result.violation.kind
+            if self.search.exhausted:
+                self._exhausted()
+            if result is not None:
+                return result
+
+    def _exhausted(self) -> None:
+        from .explore import Search
+        k = self.search.bound
+        within = f"within {k} preemption{'s' if k != 1 else ''}"
+        self.verdicts.append(
+            f"  bounded search: {f'found {self.found_here} ' if self.found_here else 'clean '}"
+            f"{within} (exhausted after {self.schedules} schedules, {self.pruned} cut short)")
+        self.search = Search(k + 1, True)
+        self.schedules = self.pruned = 0
+        self.found_here = None
+
     def summary(self) -> list[str]:
-        return []
+        return self.verdicts
 
 
-MEMBERS = ("random", "pct d2", "pct d3", "guided")
+MEMBERS = ("random", "pct d2", "pct d3", "guided", "bounded")
 """The portfolio's members, in round-robin order."""
 
 
 def member_spec(spec: dict[str, Any], name: str) -> dict[str, Any]:
-    """The spec of the portfolio member ``name`` (``spec``: the portfolio's, with k)."""
+    """The spec of the portfolio member ``name`` (``spec``: the portfolio's, with k);
+    bounded search's is explore's at bound 0 (its first schedule)."""
     timers = {"timers": True} if spec.get("timers") is True else {}
     if name == "random":
         return {"name": "random", **timers}
     if name == "guided":
         return {"name": "guided", "depth": 3, "k": spec["k"], **timers}
+    if name == "bounded":
+        return {"name": "explore", "preemptions": 0, "timers": True}
     return {"name": "pct", "depth": int(name[-1]), "k": spec["k"], **timers}
 
 
 class Portfolio:
-    """Random, PCT d2, PCT d3 and guided round robin over the schedules of one hunt."""
+    """Random, PCT d2, PCT d3, guided and bounded search round robin over the schedules of
+    one hunt."""
 
     def __init__(self, spec: dict[str, Any], seed: int) -> None:
         self.first_seed = seed
-        self.searches = [Guided(member_spec(spec, n)) if n == "guided"
-                         else Fixed(member_spec(spec, n)) for n in MEMBERS]
+        self.bounded = Bounded(seed)
+        self.searches: list[_Search | Bounded] = [
+            Guided(member_spec(spec, n)) if n == "guided" else
+            self.bounded if n == "bounded" else Fixed(member_spec(spec, n)) for n in MEMBERS]
         self.found: dict[str, tuple[int, str] | None] = dict.fromkeys(MEMBERS)
         """Member -> (its first finding's schedule number in the hunt, the violation), or
         None while it has found nothing."""
         self.ran = dict.fromkeys(MEMBERS, 0)
 
-    @staticmethod
-    def _member(seed: int) -> int:
-        return seed % len(MEMBERS)
-
-    def strategy(self, seed: int) -> Any:
-        return self.searches[self._member(seed)].strategy(seed)
-
-    def observe(self, result: RunResult, strategy: Any) -> None:
-        i = self._member(result.seed)
+    async def run(self, one: Run, seed: int) -> RunResult:
+        i = seed % len(MEMBERS)
         name = MEMBERS[i]
+        result = await self.searches[i].run(one, seed)
         self.ran[name] += 1
-        self.searches[i].observe(result, strategy)
         fatal = [v for v in result.violations if v.fatal]
         if fatal and self.found[name] is None:
-            self.found[name] = (result.seed - self.first_seed + 1, fatal[0].kind)
+            what = fatal[0].kind
+            if name == "bounded":
+                what += f" (a schedule with {self.bounded.preemptions} preemption(s))"
+            self.found[name] = (seed - self.first_seed + 1, what)
+        return result
 
     def summary(self) -> list[str]:
-        """One line per member: what it found first, at which schedule of the hunt."""
+        """One line per member: what it found first, at which schedule of the hunt; then
+        bounded search's verdicts."""
         lines = []
         for name in MEMBERS:
             got = self.found[name]
             lines.append(f"  {name:<7} {self.ran[name]:>6} schedules: " + (
                 f"first found {got[1]} at schedule {got[0]}" if got else "found nothing"))
-        return lines
+        return lines + self.bounded.summary()
 
 
 def search(spec: dict[str, Any], seed: int) -> Guided | Portfolio | Fixed:
@@ -280,13 +377,25 @@ def search(spec: dict[str, Any], seed: int) -> Guided | Portfolio | Fixed:
 
 def make(spec: dict[str, Any], seed: int) -> Any:
     """One schedule's strategy from its spec alone: guided with the spec's constraints; a
-    portfolio's member ``seed mod 4`` (the guided one with no corpus)."""
+    portfolio's member ``seed mod 5`` (the guided one with no corpus, bounded search's
+    first schedule)."""
     if spec["name"] == "portfolio":
         spec = member_spec(spec, MEMBERS[seed % len(MEMBERS)])
+        if spec["name"] == "explore":
+            from .explore import Explorer  # (explore imports the runner, and so this)
+            return Explorer([], 0, True)
         if spec["name"] != "guided":
             return Fixed(spec).strategy(seed)
     constraints = [(_label(b), _label(a)) for b, a in spec.get("constraints", [])]
     return GuidedSchedule(_with_base(spec, random.Random(seed)), seed, constraints)
+
+
+def rebuilt(result: RunResult) -> Any:
+    """A strategy that runs ``result``'s schedule again (with ``result.seed``): from its
+    spec, or for bounded search, whose strategy was a search stack, from its decisions."""
+    if result.strategy["name"] == "explore":
+        return Replay(list(result.decisions))
+    return make_strategy(result.strategy, result.seed)
 
 
 def _label(raw: Any) -> Label:

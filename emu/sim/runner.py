@@ -20,6 +20,7 @@ import trio
 from ..errors import EmuError, ReplayDivergence, ScenarioError
 from .accesses import StepAccesses
 from .controller import Controller
+from .guided import rebuilt
 from .guided import search as make_search
 from .interrupt import INTERRUPT, Interrupted
 from .machine import Machine
@@ -315,6 +316,9 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     spec = _strategy_spec(strategy, depth, timers)
     keep_going = keep_going or check_determinism
 
+    async def one(strategy: Any, s: int) -> RunResult:
+        return await run_schedule(sc, values, chosen, strategy, s, steps, release)
+
     async def main() -> HuntResult:
         full = spec
         fatal: RunResult | None = None
@@ -329,13 +333,9 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
             searching = make_search(full, seed)
             for i in range(schedules):
                 s = seed + i
-                strategy = searching.strategy(s)
-                result = await run_schedule(sc, values, chosen, strategy, s, steps, release)
-                searching.observe(result, strategy)
+                result = await searching.run(one, s)
                 if check_determinism:
-                    again = await run_schedule(sc, values, chosen,
-                                               make_strategy(result.strategy, s), s, steps,
-                                               release)
+                    again = await one(rebuilt(result), result.seed)
                     if again.trace_hash != result.trace_hash:
                         mismatches.append((s, result.trace_hash, again.trace_hash))
                 ran += 1
