@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
+import trio
 
 from emu.errors import EmuError
 from emu.sim import replay as replay_file
-from emu.sim.runner import hunt, run
-from emu.sim.shrink import shrink
+from emu.sim.runner import hunt, prepare, run, run_schedule
+from emu.sim.shrink import Constrained, shrink
 
 QUIRKS = [("share-vs-pageout", "page-out-lock-leak"), ("tlbiel-migrate", "no-prev-cpu-flush"),
           ("share-unshare-pin", "unshare-ignores-pin"), ("nested-boot", "create-race-fails")]
@@ -41,6 +42,19 @@ def test_a_lost_update_shrinks_to_one_preemption():
     assert s.line() == (f"shrunk: {s.before[0]} preemptions, {s.before[1]} steps, "
                         f"{s.before[2]} actors -> 1, {s.after[1]}, {s.after[2]} "
                         f"({s.replays} replays)")
+
+
+def test_a_constraint_alone_rebuilds_the_race_with_one_preemption():
+    """worker0 writes only after worker1 read: run-to-block does the rest, preempting
+    worker0 once; a constraint that never holds anyone back is not among those that bit."""
+    read1, write0 = ("worker1", "read counter", 1), ("worker0", "write counter", 1)
+    idle = (("worker0", "start", 1), ("worker2", "read counter", 1))
+    strategy = Constrained({}, [(read1, write0), idle])
+    sc, values, quirks = prepare("lost-update", None, ())
+    result = trio.run(run_schedule, sc, values, quirks, strategy, 0, 1000)
+    assert result.violation is not None and result.violation.kind == "invariant"
+    assert [(lab, to) for _, lab, to in strategy.preemptions] == [(write0, "worker1")]
+    assert list(strategy.bit) == [(read1, write0)]
 
 
 def test_the_budget_bounds_the_replays():
