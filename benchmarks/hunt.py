@@ -66,10 +66,8 @@ STRATEGIES = (("random", "random", 3), ("PCT d2", "pct", 2), ("PCT d3", "pct", 3
               ("guided", "guided", 3), ("portf.", "portfolio", 3))
 """(column, strategy, depth) of the detect part."""
 
-SMALLEST = (("svm", "svm-boot", "no-init-done-migration"),
-            ("nested", "nested-boot", "create-race-fails"),
-            ("pkvm", "donate-vs-abort", "set-owner-no-tlbi"))
-"""(platform, its smallest scenario, the quirk it claims) of the explore part."""
+SMALLEST = [suite.SMALLEST for suite in (svm, nested, pkvm)]
+"""(scenario, parameters, the quirk it claims): each platform's smallest schedule."""
 
 BAR = 3
 """Shrink: at most this many preemptions; detect: guided at least this many times faster
@@ -211,10 +209,10 @@ def explore_part(bound: int, cap: int) -> None:
     print(f"{'scenario':<16} {'quirk':<23} {'reduced':>15} {'unreduced':>15} {'ratio':>7}  "
           f"verdicts (reduced; unreduced)")
     ok = True
-    for _, scenario, quirk in SMALLEST:
+    for scenario, params, quirk in SMALLEST:
         for quirks in ((quirk,), ()):
-            searches = [explore(scenario, preemptions=bound, quirks=quirks, prune=prune,
-                                max_schedules=cap) for prune in (True, False)]
+            searches = [explore(scenario, preemptions=bound, params=params, quirks=quirks,
+                                prune=prune, max_schedules=cap) for prune in (True, False)]
             red, full = searches
             times = full.schedules / max(red.schedules, 1)
             ratio = f"{'' if _finished(full) else '>='}{times:.1f}x"
@@ -231,7 +229,8 @@ def explore_part(bound: int, cap: int) -> None:
                     "found" if quirks else f"clean within {bound}") and (
                     bool(quirks) or times >= POR_BAR)
             ok = ok and met
-            print(f"{scenario:<16} {quirks[0] if quirks else '(fixed)':<23} "
+            shown = scenario + "".join(f" -p {k}={v}" for k, v in params.items())
+            print(f"{shown:<16} {quirks[0] if quirks else '(fixed)':<23} "
                   f"{red.schedules:>7,}/{red.pruned:<7,} {full.schedules:>7,}/{full.pruned:<7,}"
                   f" {ratio:>7}  {verdicts[0]}; {verdicts[1]} (verdicts {agree}); "
                   f"bar {'met' if met else 'NOT met'}", flush=True)

@@ -425,13 +425,14 @@ def test_pkvm_pin_check_reads_the_pinned_page():
 
 def test_guest_calls_and_hcall_windows_are_objects():
     """Which calls overlapped decides what a return code may be: starting and ending a
-    guest's call, and an hcall's window, write guestcalls:<lpid> and hcalls:<lpid>."""
+    guest's call, and an hcall's window, write check:guestcalls:<lpid> and
+    check:hcalls:<lpid> (the checks' own state)."""
     res = emu.run("share-storm", seed=1)
     kinds = _kinds(res)
-    assert {"guestcalls", "hcalls", "uv", "uvsvm", "page", "memslots", "mmu",
-            "vcpus_running"} <= kinds
+    assert {"check", "uv", "uvsvm", "page", "memslots", "mmu", "vcpus_running"} <= kinds
+    assert {"check:hcalls:1", "check:guestcalls:1"} <= _names(res)
     calls = {who for step, who, _ in res.decisions
-             if "guestcalls:1" in res.accesses[step - 1].writes}
+             if "check:guestcalls:1" in res.accesses[step - 1].writes}
     assert {"vm1.vcpu0", "vm1.vcpu1"} <= calls
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import emu
 from emu.errors import EmuError
+from emu.scenarios import nested, pkvm, svm
 from emu.sim.explore import estimate, explore
 from emu.sim.interrupt import INTERRUPT
 
@@ -217,10 +218,7 @@ def test_the_reduction_on_a_pkvm_scenario_keeps_the_verdict():
     assert full.schedules > pruned.schedules + pruned.pruned
 
 
-SMALLEST = {"svm": ("svm-boot", {"vcpus": 1, "mem_mb": 1}, "no-init-done-migration"),
-            "nested": ("nested-boot", {"touch": False}, "create-race-fails"),
-            "pkvm": ("donate-vs-abort", {}, "set-owner-no-tlbi")}
-"""The smallest scenario of each platform (as the README's explore table runs it)."""
+SMALLEST = {"svm": svm.SMALLEST, "nested": nested.SMALLEST, "pkvm": pkvm.SMALLEST}
 
 
 @pytest.mark.parametrize("platform", sorted(SMALLEST))

@@ -3,10 +3,10 @@ the calls in flight on GFN ranges that make a return code *contended*.
 
 The calls and shares in flight are shared by the guest's vCPUs and QEMU, and the verdict on
 a return code depends on which overlapped which: starting or ending one (and looking at
-those in flight) writes the object ``guestcalls:<lpid>`` of the access relation. What the
-guest believes of one GFN (the value it last wrote, written before ESM, shared) is
-``guest:<lpid>:<gfn>``; reading or writing it also reads ``guest:<lpid>``, which a walk or
-a reset of all of them writes.
+those in flight) writes the object ``check:guestcalls:<lpid>`` of the access relation (the
+checks' own state). What the guest believes of one GFN (the value it last wrote, written
+before ESM, shared) is ``check:guest:<lpid>:<gfn>``; reading or writing it also reads
+``check:guest:<lpid>``, which a walk or a reset of all of them writes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class _Call:
     who: str
     raced: bool = False
     name: str = "guestcalls"
-    """The access relation's name of the calls in flight (``guestcalls:<lpid>``)."""
+    """The access relation's name of the calls in flight (``check:guestcalls:<lpid>``)."""
 
     def __enter__(self) -> _Call:
         _touch(self.name)
@@ -103,24 +103,24 @@ class GuestMemory:
 
     def touch_calls(self) -> None:
         """This step starts or ends a call or share in flight, or looks at those in flight
-        (``guestcalls:<lpid>``, written: the verdicts depend on their order)."""
-        _touch(f"guestcalls:{self.lpid}")
+        (``check:guestcalls:<lpid>``, written: the verdicts depend on their order)."""
+        _touch(f"{accesses.CHECK}guestcalls:{self.lpid}")
 
     def call(self, gfns: range, who: str, raced: bool = False) -> _Call:
         """A call on ``gfns`` by ``who`` is in flight while the context lasts; it yields its
         record (``.raced``, set from the start if ``raced``)."""
-        return _Call(self.calls, gfns, who, raced, f"guestcalls:{self.lpid}")
+        return _Call(self.calls, gfns, who, raced, f"{accesses.CHECK}guestcalls:{self.lpid}")
 
     def touch_gfn(self, gfn: int, write: bool = False) -> None:
         """This step reads (writes) what the guest believes of ``gfn``."""
         if accesses.current.on:
-            accesses.current.touch(f"guest:{self.lpid}")
-            accesses.current.touch(f"guest:{self.lpid}:{gfn:#x}", write)
+            accesses.current.touch(f"{accesses.CHECK}guest:{self.lpid}")
+            accesses.current.touch(f"{accesses.CHECK}guest:{self.lpid}:{gfn:#x}", write)
 
     def touch_all(self) -> None:
         """This step walks or resets what the guest believes of every GFN."""
         if accesses.current.on:
-            accesses.current.touch(f"guest:{self.lpid}", True)
+            accesses.current.touch(f"{accesses.CHECK}guest:{self.lpid}", True)
 
     def forget(self, gfn: int) -> None:
         self.touch_gfn(gfn, True)

@@ -76,9 +76,9 @@ VM_OPS = {H_SVM_INIT_START: "INIT_START", H_SVM_INIT_DONE: "INIT_DONE",
 
 def touch_hcalls(lpid: int) -> None:
     """This step opens or closes the window of an hcall or VM operation on VM ``lpid``: the
-    checks' verdicts depend on which windows overlapped, so ``hcalls:<lpid>`` is written."""
+    checks' verdicts depend on which windows overlapped, so ``check:hcalls:<lpid>`` is written."""
     if accesses.current.on:
-        accesses.current.touch(f"hcalls:{lpid}", True)
+        accesses.current.touch(f"{accesses.CHECK}hcalls:{lpid}", True)
 
 
 @attrs.define(eq=False)

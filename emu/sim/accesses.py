@@ -40,6 +40,11 @@ from typing import NamedTuple
 Access = tuple[str, bool]
 """(stable object name, is_write)."""
 
+CHECK = "check:"
+"""The prefix of the checks' own bookkeeping (which calls overlapped, what a guest believes
+of its memory): dependent like any state, since a verdict can hang on the order, but no
+race of the model's; conflict-guided search does not aim at it."""
+
 
 class StepAccesses(NamedTuple):
     """The objects one step read and the objects it wrote (an object both read and

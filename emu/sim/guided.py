@@ -16,15 +16,16 @@ races the other misses, PCT's few preemptions at chosen points and random walk's
 | (every candidate delayed)                               | lets the base choose among all |
 
 The search keeps a **corpus**. After each run it takes the run's **conflict pairs** from the
-accesses the controller recorded (``accesses``), timer steps aside: on each object, each
-read against the last write, and each write against the last read since that write (else
-against that write), when another actor made it (the reads-from and write-order edges, as
-RFF's reads-from pairs). A pair's coverage key is ``(object, (actor, op) first, (actor, op)
-second)``; a run that reaches a key not seen before enters the corpus with its constraints
-and its pairs. A new schedule picks a corpus entry and one of its pairs, one whose reversed
-key is still unseen if there is any (that is the new coverage it aims at), and **reverses**
-it: the entry's constraints, minus any naming the pair's steps, plus ``(second, first)``.
-The first schedule, and one in ``FRESH``, run the base strategy alone.
+accesses the controller recorded (``accesses``), timer steps and the checks' own state
+(``accesses.CHECK``) aside: on each object, each read against the last write, and each write
+against the last read since that write (else against that write), when another actor made it
+(the reads-from and write-order edges, as RFF's reads-from pairs). A pair's coverage key is
+``(object, (actor, op) first, (actor, op) second)``; a run that reaches a key not seen
+before enters the corpus with its constraints and its pairs. A new schedule picks a corpus
+entry and one of its pairs, one whose reversed key is still unseen if there is any (that is
+the new coverage it aims at), and **reverses** it: the entry's constraints, minus any naming
+the pair's steps, plus ``(second, first)``. The first schedule, and one in ``FRESH``, run
+the base strategy alone.
 
 Everything is a function of the seeds: schedule ``s`` draws its choices from ``Random(s)``
 and from a corpus built from the schedules before it, so a hunt replays itself; and a
@@ -60,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .accesses import CHECK
 from .controller import TIMER
 from .strategies import PCT, Label, Labels, RandomWalk, Replay, labelled, make_strategy
 
@@ -150,6 +152,8 @@ def conflict_pairs(result: RunResult) -> list[Pair]:
         if me == TIMER:
             continue
         for obj, write in acc.accesses():
+            if obj.startswith(CHECK):
+                continue
             w = last_write.get(obj)
             if write:
                 since = reads.pop(obj, [])

@@ -21,5 +21,10 @@ SUITE = "POWER nested virtualisation: seed 002 (L1 hypervisor, H_ENTER_NESTED, T
 _MODULES = (boot, tlbiel_migrate, storm, teardown, memslot_delete, unmap_fault, malicious)
 QUIRK_SCENARIO, QUIRK_PARAMS = quirk_claims(_MODULES)
 
+SMALLEST = ("nested-boot", {"touch": False}, "create-race-fails")
+"""The suite's smallest schedule (scenario, parameters, the quirk it claims): what
+``emu explore`` exhausts within 2 preemptions in the README's table."""
+
 __all__ = ["EA", "ENTER", "H_YIELD", "PARAMS", "QUIRKS", "QUIRK_PARAMS", "QUIRK_SCENARIO",
+           "SMALLEST",
            "SUITE"]

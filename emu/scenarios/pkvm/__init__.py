@@ -19,4 +19,8 @@ SUITE = "arm64 pKVM: seed 003 (host stage-2 ownership, share/donate/pin, guests)
 _MODULES = (boot, donate_abort, share_pin, aborts, guest_storm)
 QUIRK_SCENARIO, QUIRK_PARAMS = quirk_claims(_MODULES)
 
-__all__ = ["QUIRKS", "QUIRK_PARAMS", "QUIRK_SCENARIO", "SUITE"]
+SMALLEST = ("donate-vs-abort", {}, "set-owner-no-tlbi")
+"""The suite's smallest schedule (scenario, parameters, the quirk it claims): what
+``emu explore`` exhausts within 2 preemptions in the README's table."""
+
+__all__ = ["QUIRKS", "QUIRK_PARAMS", "QUIRK_SCENARIO", "SMALLEST", "SUITE"]
