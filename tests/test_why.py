@@ -15,7 +15,7 @@ from emu.sim.accesses import conflicts
 from emu.sim.explain import deciding_pair, explain, named
 from emu.sim.runner import run_decisions
 from emu.sim.strategies import labelled
-from emu.sim.violations import Violation
+from emu.sim.violations import About, Violation, objects_of, prefixed
 from emu.sim.why import COUNTER, why
 
 
@@ -148,6 +148,30 @@ def test_a_number_counts_only_for_the_kinds_its_word_names():
     # "GFNs 0x1, 0x2": the second number is a GFN too (the first one's digits are no word)
     assert named("GFNs 0x2, 0x1 are shared", names) == ["gfn:1:0x1", "uv gfn 1:0x1",
                                                         "uv:1:0x1"]
+
+
+def test_a_call_s_positional_arguments_number_nothing():
+    """"UV_ESM(0x0, 0x8, 0x8, 0x1)" does not say which objects its arguments are; an
+    argument given by name ("gfn=0x8") numbers what its name says."""
+    import emu.actors.ultravisor  # noqa: F401  (numbers "gfn" for the GFN word and the UV)
+
+    names = ["uv:1:0x8", "gfn:1:0x8", "frame:normal:0x8", "frame:normal:0x1"]
+    assert named("vm1.vcpu0: UV_ESM(0x0, 0x8, 0x8, 0x1) returned H_STATE", names) == []
+    assert named("H_SVM_PAGE_IN(gfn=0x8) failed", names) == ["gfn:1:0x8", "uv:1:0x8"]
+
+
+def test_a_check_names_the_objects_its_violation_is_about(lost_update):
+    """``About`` carries the objects through ``fail`` and a wrapping check (``prefixed``);
+    explain takes them over what the message seems to name, and a replay file keeps them
+    (and only then has the key)."""
+    _, result = lost_update
+    message = prefixed("outer: ", About("counter_lock is free", "counter"))
+    assert message == "outer: counter_lock is free" and objects_of(message) == ("counter",)
+    v = result.violation
+    told = attrs.evolve(v, message=str(message), objects=objects_of(message))
+    pair = deciding_pair(attrs.evolve(result, violations=[told]))
+    assert pair is not None and pair.about and pair.objects[0] == "counter"
+    assert told.to_json()["objects"] == ["counter"] and "objects" not in v.to_json()
 
 
 def test_without_a_named_object_the_pair_involves_the_failing_actor(lost_update):

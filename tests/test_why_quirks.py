@@ -1,5 +1,6 @@
 """--why on the shrunk findings of quirks of three platforms, judged against the race window
-each scenario really has (read from the kernel functions in the timeline), and tolerant
+each scenario really has (read from the kernel functions in the timeline), the deciding
+pair of eight more quirks (seven named by their checks' ``violations.About``), and tolerant
 replay of every pKVM quirk's shrunk finding (and two POWER secure-VM ones) across a model
 change: an extra scheduling point inside the window and a renamed operation.
 
@@ -25,20 +26,26 @@ from typing import Any
 import pytest
 
 from emu.errors import ReplayDivergence
+from emu.hw.memory import PAGE_SHIFT
+from emu.scenarios.nested import QUIRK_PARAMS as NESTED_PARAMS
+from emu.scenarios.pkvm import QUIRK_PARAMS as PKVM_PARAMS
 from emu.scenarios.pkvm import QUIRK_SCENARIO as PKVM_QUIRKS
+from emu.scenarios.svm import QUIRK_PARAMS as SVM_PARAMS
 from emu.sim import replay as replay_file
-from emu.sim.explain import deciding_pair
+from emu.sim.explain import deciding_pair, explain
 from emu.sim.runner import RunResult, hunt
 from emu.sim.why import why
 
 RUNS = 10
 """Continuations per prefix: every prefix is sampled (stride 1) within the default budget."""
+PARAMS = {**SVM_PARAMS, **NESTED_PARAMS, **PKVM_PARAMS}
+"""The parameters a quirk's scenario needs."""
 
 
 @functools.cache
 def _data(scenario: str, quirk: str) -> dict[str, Any]:
     """The replay data of the quirk's shrunk finding (hunted once for the whole module)."""
-    h = hunt(scenario, quirks=[quirk], schedules=300)
+    h = hunt(scenario, quirks=[quirk], schedules=300, params=PARAMS.get(quirk))
     assert h.shrunk is not None, f"{scenario} --quirk {quirk}: nothing found"
     return replay_file.replay_data(h.shrunk.result, Path("shrunk.replay.json"),
                                    h.shrunk.record())
@@ -166,6 +173,112 @@ def test_the_page_in_hole_race_pair_is_the_fill_and_the_insert():
     pair = deciding_pair(r)
     assert pair is not None and (pair.first, pair.second) == (fill, insert)
     assert pte in pair.objects
+
+
+# --- the deciding pair of the quirks whose check names its objects (violations.About) ----
+
+def _pair(scenario: str, quirk: str) -> tuple[RunResult, int, int, str]:
+    """The shrunk finding, its deciding pair (first, second) and the pair's object, after
+    the checks every pair must pass: between two actors, on an object the violation is
+    about (never a check's bookkeeping), conflicting there."""
+    r = _detailed(scenario, quirk)
+    pair = deciding_pair(r)
+    assert pair is not None, r.violation.describe()
+    obj = pair.objects[0]
+    a, b = r.accesses[pair.first - 1], r.accesses[pair.second - 1]
+    assert _actor(r, pair.first) != _actor(r, pair.second)
+    assert not obj.startswith("check:") and pair.first < pair.second <= r.violation.step
+    if pair.via:  # a stale copy: the copy's fill read what the second step then changed
+        assert pair.via in r.violation.objects and pair.via in a.writes
+        assert obj in a.reads and obj in b.writes
+    else:
+        assert pair.about and obj in r.violation.objects
+        assert obj in (a.writes & (b.reads | b.writes)) | (a.reads & b.writes)
+    return r, pair.first, pair.second, obj
+
+
+def test_the_fault_livelock_pair_is_the_other_fault_s_reference():
+    """fault-ref-no-page-lock: "device page 6" (decimal) is ``page:device:0x6``; the pair
+    is the two faults' references on it, the failing fault's one of them."""
+    r, first, second, obj = _pair("share-storm", "fault-ref-no-page-lock")
+    dpfn = int(re.search(r"device page (\d+)", r.violation.message).group(1))
+    assert obj == f"page:device:{dpfn:#x}" and r.violation.objects == (obj,)
+    assert r.violation.actor in (_actor(r, first), _actor(r, second))
+    assert obj in r.accesses[first - 1].writes and obj in r.accesses[second - 1].writes
+
+
+def _pair_any(scenario: str, quirk: str) -> tuple[RunResult, int, int, str]:
+    """The deciding pair of a violation that names no object: on the model's state, the
+    failing actor in it."""
+    r = _detailed(scenario, quirk)
+    pair = deciding_pair(r)
+    assert pair is not None and not pair.about and not r.violation.objects
+    actors = {_actor(r, pair.first), _actor(r, pair.second)}
+    assert len(actors) == 2 and r.violation.actor in actors
+    obj = pair.objects[0]
+    assert not obj.startswith("check:") and not any(
+        op in (f"send {obj}", f"recv {obj}", f"wait_for_completion {obj}")
+        for _, _, op in r.decisions)
+    return r, pair.first, pair.second, obj
+
+
+def test_the_page_in_fail_livelock_pair_is_the_failed_page_in_and_the_share():
+    """page-in-fail-leaves-uvmem (a liveness violation: no object named): the model's state,
+    not the vCPU's channel to its CPU: the page-in whose UV_PAGE_IN failed leaves the GFN
+    behind; the share of that GFN spinning on it."""
+    r, first, second, _ = _pair_any("page-in-fail-vs-share", "page-in-fail-leaves-uvmem")
+    requests = r.trace.requests()
+    gfn = _hex(r"UV_SHARE_PAGE\(gfn=(0x[0-9a-f]+)", " ".join(requests[second]))
+    assert _actor(r, second) == r.violation.actor
+    assert r.decisions[first - 1][2] == "wait_for_completion UV_PAGE_IN"
+    assert _where(r, first).endswith("< kvmppc_svm_page_in")
+    assert f"H_SVM_PAGE_IN(gfn={gfn:#x}, flags=0)" in requests[first]
+
+
+def test_the_svm_off_pair_is_the_entry_s_mmu_ready_and_the_teardown():
+    r, first, second, obj = _pair("svm-off-vs-entry", "svm-off-no-guard")
+    assert obj == "mmu:1" and r.violation.objects == ("mmu:1", "vcpus_running:1")
+    assert _where(r, first).startswith("_enter()") and _actor(r, first).startswith("pcpu")
+    assert _actor(r, second) == "qemu" and "kvmhv_svm_off" in _where(r, second)
+
+
+def test_the_radix_dump_pair_is_the_table_s_free_and_the_lockless_read():
+    r, first, second, obj = _pair("nested-teardown-vs-enter", "radix-dump-lockless")
+    table = _hex(r"table page (0x[0-9a-f]+)", r.violation.message)
+    assert obj == f"frame:normal:{table >> PAGE_SHIFT:#x}"
+    assert "kvmhv_flush_nested" in _where(r, first) and obj in r.accesses[first - 1].writes
+    assert second == r.violation.step and _actor(r, second) == "debugfs"
+
+
+def test_the_enter_nested_pair_is_the_copy_and_the_memslot_delete():
+    r, first, second, obj = _pair("memslot-delete-vs-enter", "enter-nested-no-srcu")
+    assert obj == "memslots:1"
+    copy, delete = sorted((first, second), key=lambda s: _actor(r, s) == "qemu")
+    assert _actor(r, copy) == r.violation.actor and "kvm_vcpu_read_guest" in _where(r, copy)
+    assert "kvm_delete_memslot" in _where(r, delete)
+
+
+@pytest.mark.parametrize("quirk", ["no-prev-cpu-flush", "one-tlb-per-core"])
+def test_the_stale_tlb_pair_is_the_fill_and_the_load_through_it(quirk):
+    """The L2 load on another CPU of the same TLB group reads the entry the first CPU
+    filled (and nothing flushed), not the channel that moved the vCPU."""
+    r, first, second, obj = _pair("tlbiel-migrate", quirk)
+    ea = _hex(r"EA (0x[0-9a-f]+)", r.violation.message)
+    assert re.fullmatch(r"tlb:g\d+:lpid\d+", obj) and second == r.violation.step
+    assert obj in r.accesses[first - 1].writes and obj in r.accesses[second - 1].reads
+    assert f"(ea={ea}," in r.decisions[first - 1][2]
+
+
+def test_the_set_owner_pair_is_the_tlb_fill_and_the_unflushed_pte_store():
+    """The stale entry (``tlb:cpu0:vmid0``) only its CPU touches: the pair is that CPU's
+    fill from a stage-2 entry against the donor's store to the same entry (no TLBI)."""
+    r, first, second, obj = _pair("donate-vs-abort", "set-owner-no-tlbi")
+    stale = r.violation.objects[0]
+    cpu = re.fullmatch(r"tlb:(cpu\d+):vmid0", stale)
+    assert cpu and deciding_pair(r).via == stale and _actor(r, first) == cpu.group(1)
+    assert obj.startswith("s2:") and r.decisions[second - 1][2] == "stage-2 pte store"
+    assert f"the copy {stale} the violation is about, taken from {obj}" in explain(r, 0)
+    assert why(r, runs=2).pair == deciding_pair(r)
 
 
 # --- tolerant replay across a model change ------------------------------------------------

@@ -38,6 +38,7 @@ from ..hw.memory import PAGE_SHIFT, PAGE_SIZE
 from ..hw.radix import PAGE_DIRTY, PAGE_WRITE
 from ..kvm.hv_guest_state import PT_NIP
 from ..kvm.radix_mmu import BOOK3S_INTERRUPT_H_DATA_STORAGE, hdsi_dsisr
+from ..sim.violations import About
 from .guest_code import GuestCode, Hcall, Ld, Map, St, Tlbie, Tlbiel
 
 if TYPE_CHECKING:
@@ -183,7 +184,10 @@ def _access(t: L2Turn, cpu: int, insn: St | Ld) -> Exit | None:
     else:
         t.regs[3] = frame.value
         if insn.expect is not None and frame.value != insn.expect:  # type: ignore[union-attr]
-            t.m.fail("integrity", f"{t.name} on pcpu{cpu} loads {frame.value} from EA {ea:#x}, "
-                     f"but last stored {insn.expect} there")  # type: ignore[union-attr]
+            # about the translation used: the TLB entries hw.tlb names for (group, lpid)
+            stale = f"tlb:g{t.tlbs.topology.group_of(cpu)}:lpid{t.lpid}"
+            t.m.fail("integrity", About(f"{t.name} on pcpu{cpu} loads {frame.value} from EA "
+                                        f"{ea:#x}, but last stored {insn.expect} there",  # type: ignore[union-attr]
+                                        stale))
     return None
 

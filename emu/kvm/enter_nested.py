@@ -102,6 +102,7 @@ import attrs
 
 from ..sim import accesses
 from ..sim.releases import version
+from ..sim.violations import About
 from . import hv_guest_state as hgs
 from . import nested_regs as nr
 from . import nested_releases
@@ -304,9 +305,10 @@ async def _copy_page(kvm: KVM, gfn: int, op: str) -> bool:
     if slot.flags & MEMSLOT_POISON:
         actor = m.ctl.current
         where = "inside" if kvm.srcu.held_by(actor) else "outside"
-        m.fail("use-after-free", f"{actor.name}: {op} of gfn {gfn:#x} through memslot "
-               f"{slot.id}, which kvm_delete_memslot freed while this copy ({where} "
-               "kvm->srcu) held it")
+        m.fail("use-after-free", About(
+            f"{actor.name}: {op} of gfn {gfn:#x} through memslot {slot.id}, which "
+            f"kvm_delete_memslot freed while this copy ({where} kvm->srcu) held it",
+            kvm.object("memslots")))
     return True
 
 

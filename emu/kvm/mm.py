@@ -41,6 +41,7 @@ import attrs
 
 from ..hw.hostmm import touch_pte
 from ..sim import accesses
+from ..sim.violations import About
 from .hvcall import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -186,6 +187,7 @@ async def handle_mm_fault(kvm: KVM, hva: int) -> int:
         return KVM_PFN_ERR_FAULT
     i = vma.index(hva)
     why, tries = "", 0
+    about: tuple[str, ...] = ()  # the objects the livelock is about, for explain
     while tries < MAX_FAULT_RETRIES:
         touch_pte(hva)
         entry = mm.migrating.get(hva)
@@ -195,6 +197,7 @@ async def handle_mm_fault(kvm: KVM, hva: int) -> int:
         elif vma.pte[i] < 0:
             dpfn = -vma.pte[i]
             why = f"device page {dpfn}, which migrate_to_ram did not migrate"
+            about = (f"page:device:{dpfn:#x}",)  # its references (hw.memory.PageRefs)
             failed = await do_swap_page_device(kvm, vma, hva, dpfn)
             if failed:
                 return KVM_PFN_ERR_FAULT  # VM_FAULT_SIGBUS
@@ -209,8 +212,9 @@ async def handle_mm_fault(kvm: KVM, hva: int) -> int:
             return vma.pte[i]
         tries += 1
         await kvm.m.yield_point("handle_mm_fault: retry the walk")
-    kvm.m.fail("fault-livelock", f"the host fault on {hva:#x} was retried "
-               f"{MAX_FAULT_RETRIES} times, each time meeting {why}: it would retry forever")
+    kvm.m.fail("fault-livelock", About(f"the host fault on {hva:#x} was retried "
+                                       f"{MAX_FAULT_RETRIES} times, each time meeting {why}: "
+                                       "it would retry forever", *about))
     return KVM_PFN_ERR_FAULT
 
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from sortedcontainers import SortedDict
 
-from ..hw.memory import PAGE_SHIFT
+from ..hw.memory import PAGE_SHIFT, FramePool
 from ..hw.radix import (
     PAGE_PRESENT,
     PAGE_PTE,
@@ -59,9 +59,11 @@ from ..hw.radix import (
     RADIX_PTE_INDEX_SIZE,
     RADIX_PUD_INDEX_SIZE,
     RPDB_MASK,
+    FrameAllocator,
     RadixTree,
 )
-from ..sim import Machine
+from ..sim import Machine, accesses
+from ..sim.violations import About
 from .nested import (
     _find_nested,
     _idr_get_next,
@@ -85,21 +87,31 @@ def _leaf_line(gpa: int, pte: int, shift: int) -> str:
     return f" {gpa:x}: {pte:x} {shift}\n"
 
 
+def _table_frame(frames: FrameAllocator, table: int) -> tuple[str, ...]:
+    """The access name of the frame holding the table page at ``table`` (L0's tables come
+    from a ``FramePool``, which names its frames; () for any other allocator)."""
+    return (frames.name(table >> PAGE_SHIFT),) if isinstance(frames, FramePool) else ()
+
+
 async def _next_line(mmu: RadixMmu, tree: RadixTree, root: SortedDict, gpa: int, what: str,
                      locked: bool) -> tuple[int, str]:
     """One turn of the kernel's loop: descend from the root for ``gpa``; (the next gpa, the
     leaf's line or "")."""
     m = mmu.kvm.m
-    pages = tree.mem.pages
+    pages, frames = tree.mem.pages, tree.mem.frames
     table, page = tree.root, root
     line = ""
     if locked:
         await mmu.kvm.mmu_lock.lock()
     for name, shift, bits in _LEVELS:
         await m.point(f"debugfs_radix_read: READ_ONCE the {name} entry of {gpa:#x} in {what}")
+        if accesses.current.on:  # the READ_ONCE reads the page a teardown frees under it
+            for held in _table_frame(frames, table):
+                accesses.current.touch(held)
         if pages.get(table) is not page:
-            m.fail("use-after-free", f"debugfs_radix_read reads the {name} table page "
-                   f"{table:#x} of {what}, freed under it (no mmu_lock)")
+            m.fail("use-after-free", About(f"debugfs_radix_read reads the {name} table page "
+                                           f"{table:#x} of {what}, freed under it (no "
+                                           "mmu_lock)", *_table_frame(frames, table)))
         index = (gpa >> shift) & ((1 << bits) - 1)
         entry = page.get(index, 0)
         if not entry & PAGE_PRESENT:

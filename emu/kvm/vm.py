@@ -160,22 +160,28 @@ class KVM:
         else:
             self._install(sorted([*self.memslots, slot], key=lambda s: -s.base_gfn))
 
+    def object(self, what: str) -> str:
+        """The access relation's name of the VM's ``what`` ("mmu", "vcpus_running",
+        "memslots"), ``<what>:<lpid>``: what the ``touch_*`` methods report, and what a
+        check names when its violation is about it (``violations.About``)."""
+        return f"{what}:{self.lpid}"
+
     def touch_mmu(self, write: bool = False) -> None:
         """This step reads (writes) ``mmu_ready`` and the LPID's partition-table entry
         (``pate``), ``mmu:<lpid>``."""
         if accesses.current.on:
-            accesses.current.touch(f"mmu:{self.lpid}", write)
+            accesses.current.touch(self.object("mmu"), write)
 
     def touch_running(self, write: bool = False) -> None:
         """This step reads (writes) ``vcpus_running``, ``vcpus_running:<lpid>``."""
         if accesses.current.on:
-            accesses.current.touch(f"vcpus_running:{self.lpid}", write)
+            accesses.current.touch(self.object("vcpus_running"), write)
 
     def touch_memslots(self, write: bool = False) -> None:
         """This step reads (writes) the VM's memslots, ``memslots:<lpid>``: a lookup or a
         walk reads them, installing a new set or changing a slot's flags writes them."""
         if accesses.current.on:
-            accesses.current.touch(f"memslots:{self.lpid}", write)
+            accesses.current.touch(self.object("memslots"), write)
 
     def _install(self, memslots: list[Memslot]) -> None:
         self.touch_memslots(True)
@@ -230,7 +236,7 @@ class KVM:
 
     def gfn_to_memslot(self, gfn: int) -> Memslot | None:
         if accesses.current.on:
-            accesses.current.touch(f"memslots:{self.lpid}")
+            accesses.current.touch(self.object("memslots"))
         for slot in self.memslots:  # (Memslot.contains, inlined: every access comes here)
             if slot.base_gfn <= gfn < slot.base_gfn + slot.npages and \
                     not slot.flags & KVM_MEMSLOT_INVALID:

@@ -43,6 +43,7 @@ from ..kvm.lifecycle import true_gfn_state
 from ..kvm.uvmem import QUIRKS, hv_gfn_state, uvmem_slot
 from ..kvm.vm import KVM, NR_CPUS
 from ..sim import Machine, Param
+from ..sim.violations import About
 from .power import PowerMachine
 from .uvmem_device import CheckedUvmemDevice
 
@@ -327,5 +328,7 @@ class SvmMachine(PowerMachine):
             return None
         for vcpu in self.vcpus:
             if vcpu.in_guest and self.hv.teardown.get(vcpu.kvm.lpid):
-                return f"{vcpu.name} runs in the guest while SVM_OFF tears its VM down"
+                # the guard SVM_OFF lacks: mmu_ready against vcpus_running
+                return About(f"{vcpu.name} runs in the guest while SVM_OFF tears its VM "
+                             "down", vcpu.kvm.object("mmu"), vcpu.kvm.object("vcpus_running"))
         return None

@@ -44,6 +44,7 @@ from itertools import compress
 from typing import Any
 
 from ..hw.arm64_stage2 import LAST_LEVEL, PAGE_SHIFT, PTRS_PER_PTE, granule_shift
+from ..sim.violations import About, prefixed
 from .mem_protect import (
     MEM_BASE_PFN,
     PKVM_ID_HYP,
@@ -254,6 +255,12 @@ def _first_denied_to_host(hyp: Hyp, lo: int, hi: int) -> int | None:
     return next((pfn for pfn in range(lo, hi) if not may_access(hyp, HOST, pfn)), None)
 
 
+def _tlb(cpu: int, vmid: int) -> str:
+    """The access name of ``cpu``'s stage-2 TLB entries of ``vmid`` (``hw.arm64_tlb``): what
+    a stale entry's violation is about."""
+    return f"tlb:cpu{cpu}:vmid{vmid}"
+
+
 def tlb_problem(hyp: Hyp) -> str | None:
     """Does any CPU's TLB hold a stage-2 translation its owner may not use now? Host entries
     are judged on the memory pages they cover (MMIO is always the host's)."""
@@ -267,15 +274,15 @@ def tlb_problem(hyp: Hyp) -> str | None:
                 pfn = _first_denied_to_host(hyp, max(first, MEM_BASE_PFN),
                                             min(first + pages, mem_end))
                 if pfn is not None:
-                    return (f"cpu{cpu}'s TLB maps host IPA {pfn << PAGE_SHIFT:#x}, a page "
-                            "the host may not access")
+                    return About(f"cpu{cpu}'s TLB maps host IPA {pfn << PAGE_SHIFT:#x}, a "
+                                 "page the host may not access", _tlb(cpu, vmid))
                 continue
             vm = by_vmid[vmid]
             gfn = key << (granule_shift(level) - PAGE_SHIFT)
             for i in range(pages):
                 if not may_access(hyp, vm, gfn + i, first + i):
-                    return (f"cpu{cpu}'s TLB maps vm{vm} gfn {gfn + i:#x} to pfn "
-                            f"{first + i:#x}, which it may not access")
+                    return About(f"cpu{cpu}'s TLB maps vm{vm} gfn {gfn + i:#x} to pfn "
+                                 f"{first + i:#x}, which it may not access", _tlb(cpu, vmid))
     return None
 
 
@@ -333,7 +340,7 @@ def check_table_refcounts(hyp: Hyp) -> str | None:
     for name, pgt in zip(_pgt_names(hyp), hyp.page_tables(), strict=True):
         problem = table_refcounts_ok(pgt)
         if problem is not None:
-            return f"{name}: {problem}"
+            return prefixed(f"{name}: ", problem)
     return None
 
 
@@ -360,7 +367,7 @@ def check_all(hyp: Hyp) -> str | None:
     for name, check in INVARIANTS:
         problem = check(hyp)
         if problem is not None:
-            return f"{name}: {problem}"
+            return prefixed(f"{name}: ", problem)
     return None
 
 
@@ -569,7 +576,7 @@ class OwnershipMonitor:
                         "counted entries")
         self.tlb_version = hyp.tlbs.version
         problem = tlb_problem(hyp)
-        return None if problem is None else f"pkvm stale tlbs: {problem}"
+        return None if problem is None else prefixed("pkvm stale tlbs: ", problem)
 
 
 def register(m: Any, hyp: Hyp) -> OwnershipMonitor:

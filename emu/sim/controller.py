@@ -73,7 +73,7 @@ from ..errors import EmuError, ScenarioError
 from . import accesses
 from .lockdep import Lockdep
 from .trace import Trace
-from .violations import Stop, Violation
+from .violations import Stop, Violation, objects_of, prefixed
 
 Predicate = Callable[[], bool]
 Check = Callable[[], "str | None"]
@@ -320,9 +320,10 @@ class Controller:
         if self.stopped:
             raise Stop
         actor = self.current
-        self.violations.append(Violation(kind, message, self.step,
-                                         actor.name if actor else None, details, fatal))
-        self.trace.add(self.step, actor.index if actor else -1, "violation", message, kind)
+        text = str(message)  # a plain str in the trace: ``About``'s objects are not hashed
+        self.violations.append(Violation(kind, text, self.step, actor.name if actor else None,
+                                         details, fatal, objects_of(message)))
+        self.trace.add(self.step, actor.index if actor else -1, "violation", text, kind)
         if fatal:
             self._halt()
             raise Stop
@@ -346,7 +347,7 @@ class Controller:
             except Exception as exc:  # a broken invariant function is still a finding
                 message = f"raised {type(exc).__name__}: {exc}"
             if message:
-                self.fail("invariant", f"{name}: {message}")
+                self.fail("invariant", prefixed(f"{name}: ", message))
 
     def _halt(self) -> None:
         """End the schedule: nothing more is recorded, and every actor parked at a

@@ -4,19 +4,27 @@ column per actor.
 
 The **deciding pair** comes from the access relation (``accesses``): the last two steps of
 different actors, at or before the violation, that conflict on an object the violation is
-about (an object named in its message: by its whole name, or by every hex number in the
-name, so ``vmemmap:0x200`` is what "pfn 0x200" is about). A number counts by its kind: the
-model says which words of a message number which objects (``numbered``: "GFN 0x1" is about
-``gfn:1:0x1``, not about the host frame ``frame:normal:0x1``); a number after a word no
-kind claims ("AT of 0x1000") may number any object. When the message names none of the
-objects touched, it is the last conflicting pair involving the failing actor (or, for a
-check at the end of the run, any actor). Either way a pair whose first step *writes* what
-the second touches (the second observes it) comes before one where the first only reads
-what the second writes (that order decides what the first saw, not the outcome of the
-second). Only the last ``WINDOW`` steps are searched, not counting the failing actor's own
-steps at the end (a livelock's spin: the pair that set it up comes before), and a step is
-searched once for each actor and accesses it has (a spin repeats the same few). A
-lock-order warning also carries lockdep's two-CPU table (``lockdep``), printed with it.
+about. Those objects are the ones its check named (``violations.About``: the stable names
+the check knew, the most robust way), else those its message names: by its whole name, or
+by every hex number in the name, so ``vmemmap:0x200`` is what "pfn 0x200" is about. A
+number counts by its kind: the model says which words of a message number which objects
+(``numbered``: "GFN 0x1" is about ``gfn:1:0x1``, not about the host frame
+``frame:normal:0x1``); a number after a word no kind claims ("AT of 0x1000") may number
+any object; a call's positional arguments ("UV_ESM(0x0, 0x8)") number none. A pair with
+the failing actor comes first. When only one actor touches those objects (a CPU's TLB
+entry: the violation is about a stale copy), the pair is the step that last wrote the copy
+against the last later step of another actor that changed what it was copied from. When
+the violation is about no object touched, it is the last conflicting pair involving the
+failing actor (or, for a check at the end of the run, any actor) on the model's state:
+the channels and completions that hand control from one actor to another (``plumbing``)
+only when nothing else conflicts; the checks' own bookkeeping (``accesses.CHECK``) never.
+Either way a pair whose first step *writes* what the second touches (the second observes
+it) comes before one where the first only reads what the second writes (that order
+decides what the first saw, not the outcome of the second). Only the last ``WINDOW`` steps
+are searched, not counting the failing actor's own steps at the end (a livelock's spin:
+the pair that set it up comes before), and a step is searched once for each actor and
+accesses it has (a spin repeats the same few). A lock-order warning also carries lockdep's
+two-CPU table (``lockdep``), printed with it.
 
 The model marks its entry points (an hcall, a ucall, a fault) with ``entry``: a detailed
 re-run then names, for each step, the requests the entry points on the actor's stack serve,
@@ -32,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from .accesses import conflicts
+from .accesses import CHECK, conflicts
 
 if TYPE_CHECKING:
     from .runner import RunResult
@@ -102,6 +110,11 @@ WINDOW = 2000
 """How many steps back from the violation the deciding pair is looked for."""
 
 _HEX = re.compile(r"0x[0-9a-fA-F]+")
+_CALL = re.compile(r"\b[A-Za-z_]\w*\([^()]*\)")
+_POSITIONAL = re.compile(r"(?<![=\w])0x[0-9a-fA-F]+")
+"""A call's argument not introduced by ``name=``."""
+_HAND_OVER = ("send ", "recv ", "wait_for_completion ")
+"""The operation labels of a channel's and a completion's steps (``channel``)."""
 _WORD = re.compile(r"[A-Za-z][A-Za-z_-]*")
 
 _NUMBERED: dict[str, set[str]] = {}
@@ -144,15 +157,20 @@ class Pair:
     objects: tuple[str, ...]
     """The objects they conflict on, those the violation is about first, sorted."""
     about: bool
-    """Whether ``objects[0]`` is an object the violation's message names."""
+    """Whether ``objects[0]`` is an object the violation is about (``about``)."""
+    via: str = ""
+    """When the violation is about a copy (a TLB entry) that only ``first``'s actor
+    touches: the copy, which step ``first`` wrote from the ``objects`` step ``second``
+    then changed."""
 
 
 def named(message: str, names: Iterable[str]) -> list[str]:
     """The objects among ``names`` that ``message`` is about, sorted: named whole, or by
     every hex number in the object's name, each number of a kind the object is
     (``vmemmap:0x200`` by "pfn 0x200", ``gfn:1:0x1`` by "GFN 0x1" but not
-    ``frame:normal:0x1``: see ``numbered``)."""
-    numbers = _numbers(message)
+    ``frame:normal:0x1``: see ``numbered``). A call's positional arguments
+    ("UV_ESM(0x0, 0x8)") number nothing: which objects they stand for is the callee's."""
+    numbers = _numbers(_CALL.sub(lambda c: _POSITIONAL.sub(" ", c.group()), message))
     found = []
     for name in sorted(set(names)):
         hexes = {int(h, 16) for h in _HEX.findall(name)}
@@ -162,6 +180,29 @@ def named(message: str, names: Iterable[str]) -> list[str]:
                 rf"(?<![\w.]){re.escape(name)}(?![\w])", message):
             found.append(name)
     return found
+
+
+def plumbing(result: RunResult) -> set[str]:
+    """The channels and completions the schedule waited on, sent or received through:
+    they hand control from one actor to another (a request to its server, a CPU's "done"),
+    so they order the steps around any race without being what it is about. Named by the
+    operation labels of ``channel`` (the engine's own)."""
+    return {op.partition(" ")[2] for _, _, op in result.decisions
+            if op.startswith(_HAND_OVER)}
+
+
+def about(result: RunResult, touched: Iterable[str]) -> set[str]:
+    """The objects among ``touched`` that ``result``'s violation is about: those its check
+    named (``violations.About``), else those its message names (``named``) but for the
+    channels and completions (``plumbing``: "pcpu1" in a message is the CPU, not its
+    mailbox); never the checks' own bookkeeping (``accesses.CHECK``)."""
+    v = result.violation
+    if v is None:
+        return set()
+    touched = set(touched)
+    found = (set(v.objects) & touched if v.objects
+             else set(named(v.message, touched)) - plumbing(result))
+    return {o for o in found if not o.startswith(CHECK)}
 
 
 def searched(result: RunResult) -> tuple[int, int, list[int]]:
@@ -192,25 +233,46 @@ def deciding_pair(result: RunResult) -> Pair | None:
     actors = [name for _, name, _ in result.decisions]
     start, end, seconds = searched(result)
     touched = {n for s in steps[start:end] for n in s.reads | s.writes}
-    about = set(named(v.message, touched))
+    named_ = about(result, touched)
+    model = {o for o in touched if not o.startswith(CHECK)}
+    state = model - plumbing(result)
     failing = v.actor if v.actor in actors[start:end] else None
-    for wanted in ([about] if about else []) + [None]:
+
+    def last(objects: set[str], who: str | None, after: int = -1) -> Pair | None:
+        """The last pair on ``objects``, one of its steps ``who``'s (None: any actor's), the
+        first at index ``after`` (-1: any); observed pairs first."""
         for observed in (True, False):
             for j in seconds:
-                for i in range(j - 1, start - 1, -1):
-                    if actors[i] == actors[j] or (wanted is None and failing is not None
-                                                  and failing not in (actors[i], actors[j])):
+                for i in [after] if after >= 0 else range(j - 1, start - 1, -1):
+                    if actors[i] == actors[j] or j <= i or (
+                            who is not None and who not in (actors[i], actors[j])):
                         continue
                     if observed:  # the second step sees what the first wrote
                         a, b = steps[i], steps[j]
-                        on = sorted(a.writes & (b.reads | b.writes))
+                        on = sorted(a.writes & (b.reads | b.writes) & objects)
                     else:
-                        on = conflicts(steps[i], steps[j])
-                    if wanted is not None:
-                        on = [o for o in on if o in wanted]
+                        on = [o for o in conflicts(steps[i], steps[j]) if o in objects]
                     if on:
-                        ordered = sorted(on, key=lambda o: (o not in about, o))
-                        return Pair(i + 1, j + 1, tuple(ordered), ordered[0] in about)
+                        ordered = sorted(on, key=lambda o: (o not in named_, o))
+                        return Pair(i + 1, j + 1, tuple(ordered), ordered[0] in named_)
+        return None
+
+    whom = (failing, None) if failing is not None else (None,)
+    for who in whom:
+        if named_ and (pair := last(named_, who)):
+            return pair
+    if named_:  # one actor's copy, gone stale: the copy against the change of its source
+        copy = next((i for i in range(end - 1, start - 1, -1)
+                     if not steps[i].writes.isdisjoint(named_)), None)
+        if copy is not None:
+            via = sorted(steps[copy].writes & named_)[0]
+            for who in whom:
+                if pair := last(state, who, copy):
+                    return attrs.evolve(pair, via=via)
+    # the model's state before the channels and completions that order every step
+    for objects in (state, model):
+        if pair := last(objects, failing):
+            return pair
     return None
 
 
@@ -241,9 +303,12 @@ def pair_lines(result: RunResult, pair: Pair) -> list[str]:
 
 def pair_head(pair: Pair) -> str:
     """What the pair is, in one line."""
-    which = (f"the last conflicting pair on {pair.objects[0]}, which the violation names"
-             if pair.about else "the last conflicting pair of the failing actor (the "
-             "violation names none of the objects touched)")
+    which = (f"the last conflicting pair on {pair.objects[0]}, which the violation is about"
+             if pair.about else
+             f"the copy {pair.via} the violation is about, taken from {pair.objects[0]}, "
+             "against the last change of its source" if pair.via else
+             "the last conflicting pair of the failing actor (the violation names none of "
+             "the objects touched)")
     return f"conflicting pair that decides the outcome ({which}):"
 
 

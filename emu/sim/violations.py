@@ -4,6 +4,12 @@ A *fatal* violation stops the schedule at once (a broken invariant, a deadlock, 
 use-after-free). A *warning* is recorded and the schedule goes on, as the kernel goes on
 after a lockdep splat: lockdep reports a *possible* deadlock, which the same schedule may
 or may not go on to hit.
+
+A check that knows which shared objects its violation is about passes their stable access
+names (``accesses``) with the message, as an ``About`` (a ``str``, so every ``fail`` and
+every invariant's ``str | None`` carries it unchanged): ``explain`` then takes the deciding
+pair on those objects instead of reading them out of the message. They are not part of
+the trace, so a trace hash does not depend on them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ class Violation:
     details: str = ""
     """Further lines: the chain of a lockdep report, the wait-for cycle, a traceback."""
     fatal: bool = True
+    objects: tuple[str, ...] = ()
+    """The stable names of the objects the violation is about, when the check knows them
+    (``About``); empty otherwise."""
 
     def describe(self) -> str:
         head = f"{self.kind}: {self.message}"
@@ -30,7 +39,37 @@ class Violation:
         return head + where + (("\n" + self.details) if self.details else "")
 
     def to_json(self) -> dict:
-        return attrs.asdict(self)
+        """Every field; ``objects`` only when known (files written before it stay valid)."""
+        data = attrs.asdict(self)
+        if not self.objects:
+            del data["objects"]
+        else:
+            data["objects"] = list(self.objects)
+        return data
+
+
+class About(str):
+    """A violation message with the stable names of the objects it is about:
+    ``m.fail("use-after-free", About(text, "memslots:1"))``, or an invariant returning
+    ``About(text, name)``. It is its text everywhere a ``str`` is expected."""
+
+    objects: tuple[str, ...]
+
+    def __new__(cls, text: str, *objects: str) -> About:
+        self = super().__new__(cls, text)
+        self.objects = objects
+        return self
+
+
+def objects_of(message: str) -> tuple[str, ...]:
+    """The objects ``message`` is about (``About``), () for a plain ``str``."""
+    return message.objects if isinstance(message, About) else ()
+
+
+def prefixed(head: str, message: str) -> About:
+    """``head + message``, about what ``message`` is about: a check that wraps another's
+    message ("pkvm stale tlbs: ...") keeps its objects."""
+    return About(head + message, *objects_of(message))
 
 
 class Stop(BaseException):

@@ -32,9 +32,10 @@ import attrs
 import trio
 
 from ..errors import EmuError
+from . import explain
 from .accesses import StepAccesses, conflicts, dependent
 from .controller import Actor, Controller
-from .explain import Pair, deciding_pair, named, pair_lines, searched, step_text
+from .explain import Pair, deciding_pair, pair_lines, searched, step_text
 from .replay import violation_key
 from .runner import RunResult, prepare, run_schedule
 from .strategies import RandomWalk, Replay, Tolerant, labelled
@@ -196,10 +197,8 @@ def _candidates(result: RunResult, first: Pair | None) -> list[Pair]:
     the others, each group latest first (enough of them for ``TRIES``)."""
     steps = result.accesses or []
     actors = [name for _, name, _ in result.decisions]
-    v = result.violation
     start, end, seconds = searched(result)
-    about = set(named(v.message, {n for s in steps[:end] for n in s.reads | s.writes})
-                ) if v else set()
+    about = explain.about(result, {n for s in steps[:end] for n in s.reads | s.writes})
     on_object: list[Pair] = []
     others: list[Pair] = []
     for j in seconds:
