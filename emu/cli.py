@@ -23,11 +23,14 @@ from .kvm.nested_releases import matrix as nested_matrix
 from .kvm.releases import matrix
 from .pkvm.releases import matrix as pkvm_matrix
 from .sim import replay as replay_file
+from .sim.eventlog import HuntEvents, close_log, open_log
 from .sim.explain import explain
 from .sim.explore import ExploreResult, explore
 from .sim.files import check_dir, check_file
 from .sim.findings import FindingLog
 from .sim.interrupt import Interrupted, handle_signals
+from .sim.parallel import MAX_WORKERS
+from .sim.parallel import check as check_workers
 from .sim.perfetto import write_perfetto
 from .sim.replay import MAX_SEED
 from .sim.runner import MAX_DEPTH, HuntResult, RunResult, detailed, hunt, prepare, run
@@ -232,11 +235,19 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], ker
 @click.option("--shrink/--no-shrink", "shrink", default=True, show_default=True,
               help="Shrink the violation reported (fewest preemptions, then steps, then "
                    "actors) and save it as shrunk/*.shrunk.replay.json in --out.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, MAX_WORKERS),
+              help="Run the schedules in N processes (Linux): the same schedules and "
+                   "result as one worker; not with guided or portfolio, which learn across "
+                   "schedules.")
+@click.option("--log-json", "log_json", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE", help="Append a JSON event log: a line every 100 schedules "
+                                   "(done, findings, rate) and one per finding.")
 @timeline_option
 def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
              kernel: str | None, strategy: str, timers: bool, depth: int, seed: int,
              max_steps: int | None, schedules: int, out: str, check_determinism: bool,
-             keep_going: bool, shrink: bool, timeline: int) -> int:
+             keep_going: bool, shrink: bool, workers: int, log_json: str | None,
+             timeline: int) -> int:
     """Run up to N schedules of SCENARIO, stopping at the first violation. SCENARIO may be
     a suite (svm, engine: each of its scenarios in turn); the default is the svm suite.
     Every finding is written to --out the moment it is found. Ctrl-C or SIGTERM stops the
@@ -244,7 +255,9 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
     names = suites().get(scenario, ("", [scenario]))[1]
     for name in names:  # every scenario's options are checked before the first one runs
         prepare(name, _params(params), quirks, kernel)
+    check_workers(workers, strategy)
     log = FindingLog(out)
+    json_log = open_log(check_file(log_json, "--log-json")) if log_json is not None else None
     status = CLEAN
     done: list[HuntResult] = []
     try:
@@ -254,7 +267,7 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
                                   strategy=strategy, depth=depth, seed=seed,
                                   max_steps=max_steps, schedules=schedules,
                                   check_determinism=check_determinism, keep_going=keep_going,
-                                  release=kernel, timers=timers, shrink=shrink)
+                                  release=kernel, timers=timers, shrink=shrink, workers=workers)
             except Unsupported as why:
                 if len(names) == 1:
                     raise
@@ -268,24 +281,33 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
                 return _interrupted(found.interrupted, done, log)
     except KeyboardInterrupt:  # a second signal: stop at once
         return _interrupted(signal.SIGINT, done, log)
+    finally:
+        if json_log is not None:
+            close_log(json_log)
     return status
 
 
 def _hunt_one(name: str, log: FindingLog, *, schedules: int, **options: Any) -> HuntResult:
+    events = HuntEvents(name)
     with tqdm(total=schedules, unit="sched", file=sys.stderr, disable=None, leave=False,
               desc=name) as bar:
         def progress(done: int, result: RunResult) -> None:
             bar.update(1)
-            logger.debug("seed {}: {} steps, hash {}, {}", result.seed, result.steps,
-                         result.trace_hash, _verdict(result))
+            events.schedule(done)
+            logger.opt(lazy=True).debug(  # (lazy: hashing every trace costs the parent)
+                "seed {}: {} steps, hash {}, {}", lambda: result.seed, lambda: result.steps,
+                lambda: result.trace_hash, lambda: _verdict(result))
 
         def on_finding(result: RunResult) -> None:
             saved = log.save(result)  # on disk before it is announced
+            events.finding(result, saved)
             tqdm.write(f"finding: {result.scenario} seed {result.seed}: {_verdict(result)} "
                        f"(saved {saved.replay})", file=sys.stdout)
 
-        return hunt(name, schedules=schedules, progress=progress, on_finding=on_finding,
-                    **options)
+        found = hunt(name, schedules=schedules, progress=progress, on_finding=on_finding,
+                     **options)
+    events.batch(found.schedules, final=True)
+    return found
 
 
 def _interrupted(signum: int, done: list[HuntResult], log: FindingLog) -> int:

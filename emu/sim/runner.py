@@ -24,6 +24,8 @@ from .guided import rebuilt
 from .guided import search as make_search
 from .interrupt import INTERRUPT, Interrupted
 from .machine import Machine
+from .parallel import Pool
+from .parallel import check as check_workers
 from .scenario import Scenario, resolve, resolve_release
 from .strategies import RandomWalk, Replay, make_strategy
 from .trace import Trace
@@ -293,7 +295,8 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
          check_determinism: bool = False, keep_going: bool = False,
          progress: Callable[[int, RunResult], None] | None = None,
          on_finding: Callable[[RunResult], None] | None = None,
-         release: str | None = None, timers: bool = True, shrink: bool = True) -> HuntResult:
+         release: str | None = None, timers: bool = True, shrink: bool = True,
+         workers: int = 1) -> HuntResult:
     """Run schedules with seeds ``seed, seed+1, ...`` until one finds a fatal violation.
 
     A schedule with only a warning (lockdep's *possible* deadlock) is remembered and the
@@ -307,10 +310,13 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     requested through ``INTERRUPT`` (SIGINT, SIGTERM) ends the hunt after the schedule in
     flight, which is dropped; the result says ``interrupted``. ``release`` runs the model as
     that release (its quirks added to ``quirks``). ``shrink``: ``HuntResult.shrunk`` is
-    the schedule reported, shrunk (when first asked for).
+    the schedule reported, shrunk (when first asked for). ``workers`` > 1 runs the schedules
+    in that many processes, with the same result (``parallel``: ``on_finding`` is then called
+    the moment a finding reaches the parent).
     """
     if schedules < 1:
         raise EmuError(f"bad number of schedules {schedules} (at least 1)")
+    check_workers(workers, strategy)
     sc, values, chosen = prepare(scenario, params, quirks, release)
     steps = step_budget(sc, values, max_steps)
     spec = _strategy_spec(strategy, depth, timers)
@@ -318,6 +324,10 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
 
     async def one(strategy: Any, s: int) -> RunResult:
         return await run_schedule(sc, values, chosen, strategy, s, steps, release)
+
+    pool = Pool(workers, one, seed, schedules, keep_going, on_finding) if workers > 1 else None
+    if pool is not None:
+        on_finding = None  # the pool hands each finding over the moment it arrives
 
     async def main() -> HuntResult:
         full = spec
@@ -330,7 +340,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
         start = time.perf_counter()
         try:
             full = await _complete_spec(spec, sc, values, chosen, steps, release)
-            searching = make_search(full, seed)
+            searching = make_search(full, seed) if pool is None else pool.search(full, seed)
             for i in range(schedules):
                 s = seed + i
                 result = await searching.run(one, s)
@@ -363,4 +373,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
                           mismatches, total, longest, actors, elapsed, interrupted, release,
                           shrink, searching.summary() if searching is not None else [])
 
-    return trio.run(main)
+    if pool is None:
+        return trio.run(main)
+    with pool:
+        return trio.run(main)
