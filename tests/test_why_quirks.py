@@ -31,6 +31,7 @@ from emu.scenarios.nested import QUIRK_PARAMS as NESTED_PARAMS
 from emu.scenarios.pkvm import QUIRK_PARAMS as PKVM_PARAMS
 from emu.scenarios.pkvm import QUIRK_SCENARIO as PKVM_QUIRKS
 from emu.scenarios.svm import QUIRK_PARAMS as SVM_PARAMS
+from emu.scenarios.svm import QUIRK_STRATEGY
 from emu.sim import replay as replay_file
 from emu.sim.explain import deciding_pair, explain
 from emu.sim.runner import RunResult, hunt
@@ -44,8 +45,11 @@ PARAMS = {**SVM_PARAMS, **NESTED_PARAMS, **PKVM_PARAMS}
 
 @functools.cache
 def _data(scenario: str, quirk: str) -> dict[str, Any]:
-    """The replay data of the quirk's shrunk finding (hunted once for the whole module)."""
-    h = hunt(scenario, quirks=[quirk], schedules=300, params=PARAMS.get(quirk))
+    """The replay data of the quirk's shrunk finding (hunted once for the whole module, with
+    the strategy and first seed its scenario declares, if any)."""
+    strategy, depth, seed = QUIRK_STRATEGY.get(quirk, ("random", 3, 0))
+    h = hunt(scenario, quirks=[quirk], schedules=300, params=PARAMS.get(quirk),
+             strategy=strategy, depth=depth, seed=seed)
     assert h.shrunk is not None, f"{scenario} --quirk {quirk}: nothing found"
     return replay_file.replay_data(h.shrunk.result, Path("shrunk.replay.json"),
                                    h.shrunk.record())
@@ -205,6 +209,20 @@ def test_the_fault_livelock_pair_is_the_other_fault_s_reference():
     assert obj == f"page:device:{dpfn:#x}" and r.violation.objects == (obj,)
     assert r.violation.actor in (_actor(r, first), _actor(r, second))
     assert obj in r.accesses[first - 1].writes and obj in r.accesses[second - 1].writes
+
+
+def test_the_busy_page_pair_is_the_share_s_reference_and_init_done_s_migration():
+    """busy-page-fails: a return code names no object, but INIT_DONE's migration names the
+    page whose extra reference made it fail (``uvmem.failed_on``): the pair is the other
+    vCPU's share taking that reference (gfn_to_pfn) and the migration finding it busy."""
+    r, first, second, obj = _pair("init-done-vs-share", "busy-page-fails")
+    assert r.violation.kind == "return-code" and "returned H_STATE" in r.violation.message
+    assert re.fullmatch(r"page:normal:0x[0-9a-f]+", obj) and r.violation.objects == (obj,)
+    share, done = r.trace.requests()[first], r.trace.requests()[second]
+    assert any(q.startswith("H_SVM_PAGE_IN(") and "H_PAGE_IN_SHARED" in q for q in share)
+    assert "H_SVM_INIT_DONE()" in done and "kvmppc_uv_migrate_mem_slot" in _where(r, second)
+    assert obj in r.accesses[first - 1].writes and obj in r.accesses[second - 1].reads
+    assert _actor(r, first) != _actor(r, second)
 
 
 def _pair_any(scenario: str, quirk: str) -> tuple[RunResult, int, int, str]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..kvm.hvcall import EBUSY, EFAULT, EINVAL, rc_name
+from ..sim.violations import About
 
 if TYPE_CHECKING:
     from ..sim import Machine
@@ -81,7 +82,9 @@ class ReturnCodes:
         self.table = None if table is None else {k: Accept.of(v) for k, v in table.items()}
 
     def check(self, who: str, call: str, args: Iterable[int], rc: int, contended: bool,
-              override: AcceptSpec | None = None) -> None:
+              override: AcceptSpec | None = None, cause: str | None = None) -> None:
+        """``cause``: the object whose state decided the code, when the kernel function that
+        returned it named one (``KVM.rc_causes``): the violation is about it."""
         if override is not None:
             allowed = Accept.of(override)
         elif self.table is None:
@@ -94,5 +97,6 @@ class ReturnCodes:
             return
         shown = ", ".join(hex(a) if isinstance(a, int) else str(a) for a in args)
         race = "contended" if contended else "uncontended"
-        self.m.fail("return-code", f"{who}: {call}({shown}) returned {self.name(call, rc)} "
-                    f"({race}); the scenario accepts {allowed.describe(call, self.name)}")
+        self.m.fail("return-code", About(
+            f"{who}: {call}({shown}) returned {self.name(call, rc)} ({race}); the scenario "
+            f"accepts {allowed.describe(call, self.name)}", *(() if cause is None else (cause,))))

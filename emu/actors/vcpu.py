@@ -150,9 +150,18 @@ class Guest:
                 self.memory.touch_gfn(g)
         raced = unsharing and (gfns.stop - gfns.start > 64 or
                                any(g not in self.memory.shared for g in gfns))
+        causes, ctl = self._kvm.rc_causes, self._machine.m.ctl
+
+        async def caused() -> tuple[int, str | None]:
+            """``op``'s code and its cause, if the kernel named one on this CPU's thread."""
+            me = ctl.current.name
+            causes.pop(me, None)  # one a call before this one left (its code was accepted)
+            rc = await op()
+            return rc, causes.pop(me, None)
+
         with self.memory.call(gfns, self._vcpu.name, raced) as record:
-            rc = await self._vcpu.on_cpu(op)
-        self._machine.codes.check(self._vcpu.name, name, args, rc, record.raced, accept)
+            rc, cause = await self._vcpu.on_cpu(caused)
+        self._machine.codes.check(self._vcpu.name, name, args, rc, record.raced, accept, cause)
         return rc
 
     @staticmethod

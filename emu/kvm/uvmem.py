@@ -354,6 +354,24 @@ def vm_state(kvm: KVM) -> str:
     return "Transient" if kvm.secure_guest & KVMPPC_SECURE_INIT_START else "Normal"
 
 
+def failed_on(kvm: KVM, obj: str) -> None:
+    """The failing code this thread's hcall returns is decided by the state of ``obj`` (an
+    access name): the code's cause, which the return-code check names for the deciding pair
+    (``KVM.rc_causes``). A code carries no cause itself: codes stay plain ints."""
+    kvm.rc_causes[kvm.m.ctl.current.name] = obj
+
+
+def _busy_page(kvm: KVM, vma: VMA, hva: int) -> str | None:
+    """The normal page at ``hva`` when references beyond its mapping keep it from being
+    collected (``page_busy``): its references' name, ``page:normal:<pfn>``. Read outside
+    the steps' accesses: this names a cause, the kernel reads nothing more."""
+    if not vma.start <= hva < vma.end:
+        return None
+    pte = vma.pte[vma.index(hva)]
+    return f"page:normal:{pte:#x}" if pte > 0 and kvm.memory.normal.refs.counts.get(pte) \
+        else None
+
+
 def _vma_covering(kvm: KVM, start: int, end: int) -> VMA | None:
     """find_vma_intersection, and the checks every caller makes: one VMA covers it all."""
     vma = kvm.mm.find_vma_intersection(start, end)
@@ -723,6 +741,8 @@ async def kvmppc_uv_migrate_mem_slot(kvm: KVM, memslot: Memslot) -> int:
             stuck = start + (moved << PAGE_SHIFT) if not two_state else start
             if not retries or not page_busy(kvm, stuck):
                 ret = H_STATE
+                if (busy := _busy_page(kvm, vma, stuck)) is not None:
+                    failed_on(kvm, busy)  # the holder of that reference made INIT_DONE fail
                 break
             # the evident fix of busy-page-fails: a page another reference holds (a
             # share's gfn_to_pfn) is busy, not broken: let the holder finish, then go on
