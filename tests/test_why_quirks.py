@@ -225,6 +225,18 @@ def test_the_busy_page_pair_is_the_share_s_reference_and_init_done_s_migration()
     assert _actor(r, first) != _actor(r, second)
 
 
+def test_the_double_registration_pair_is_the_hotplug_and_init_start_s_walk():
+    """init-start-unserialised: INIT_START's walk names the memslots it read when a slot's
+    registration fails, with the step (``About.at``: the code is checked after INIT_ABORT,
+    which reads them again): the pair is QEMU publishing the hot-plugged slot and the
+    walk's read of it."""
+    r, first, second, obj = _pair("hotplug-during-esm", "init-start-unserialised")
+    assert r.violation.kind == "return-code" and r.violation.objects == (obj,) == ("memslots:1",)
+    assert r.violation.at is not None and second <= r.violation.at < r.violation.step
+    assert _actor(r, first) == "qemu" and "H_SVM_INIT_START()" in r.trace.requests()[second]
+    assert obj in r.accesses[first - 1].writes and obj in r.accesses[second - 1].reads
+
+
 def _pair_any(scenario: str, quirk: str) -> tuple[RunResult, int, int, str]:
     """The deciding pair of a violation that names no object: on the model's state, the
     failing actor in it."""

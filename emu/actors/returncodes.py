@@ -82,9 +82,11 @@ class ReturnCodes:
         self.table = None if table is None else {k: Accept.of(v) for k, v in table.items()}
 
     def check(self, who: str, call: str, args: Iterable[int], rc: int, contended: bool,
-              override: AcceptSpec | None = None, cause: str | None = None) -> None:
-        """``cause``: the object whose state decided the code, when the kernel function that
-        returned it named one (``KVM.rc_causes``): the violation is about it."""
+              override: AcceptSpec | None = None,
+              cause: tuple[str, int] | None = None) -> None:
+        """``cause``: the object whose state decided the code and the step that decided it,
+        when the kernel function that returned it named one (``KVM.rc_causes``): the
+        violation is about it."""
         if override is not None:
             allowed = Accept.of(override)
         elif self.table is None:
@@ -99,4 +101,5 @@ class ReturnCodes:
         race = "contended" if contended else "uncontended"
         self.m.fail("return-code", About(
             f"{who}: {call}({shown}) returned {self.name(call, rc)} ({race}); the scenario "
-            f"accepts {allowed.describe(call, self.name)}", *(() if cause is None else (cause,))))
+            f"accepts {allowed.describe(call, self.name)}",
+            *(() if cause is None else (cause[0],)), at=None if cause is None else cause[1]))

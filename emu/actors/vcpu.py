@@ -152,7 +152,7 @@ class Guest:
                                any(g not in self.memory.shared for g in gfns))
         causes, ctl = self._kvm.rc_causes, self._machine.m.ctl
 
-        async def caused() -> tuple[int, str | None]:
+        async def caused() -> tuple[int, tuple[str, int] | None]:
             """``op``'s code and its cause, if the kernel named one on this CPU's thread."""
             me = ctl.current.name
             causes.pop(me, None)  # one a call before this one left (its code was accepted)

@@ -358,7 +358,8 @@ def failed_on(kvm: KVM, obj: str) -> None:
     """The failing code this thread's hcall returns is decided by the state of ``obj`` (an
     access name): the code's cause, which the return-code check names for the deciding pair
     (``KVM.rc_causes``). A code carries no cause itself: codes stay plain ints."""
-    kvm.rc_causes[kvm.m.ctl.current.name] = obj
+    ctl = kvm.m.ctl
+    kvm.rc_causes[ctl.current.name] = (obj, ctl.step)
 
 
 def _busy_page(kvm: KVM, vma: VMA, hva: int) -> str | None:
@@ -476,6 +477,7 @@ async def _init_start_walk(kvm: KVM) -> int:
         ret = await __kvmppc_uvmem_memslot_create(kvm, memslot)
         if ret:
             failed = memslot
+            failed_on(kvm, kvm.object("memslots"))  # the slots this walk read
             break
     if ret:
         for m in slots:

@@ -96,10 +96,10 @@ class KVM:
     """kvm->arch.uvmem_pfns; list_add puts new slots at the head."""
     pfn_refs: dict[str, int] = attrs.Factory(dict)
     """Outstanding gfn_to_pfn references per actor."""
-    rc_causes: dict[str, str] = attrs.Factory(dict)
+    rc_causes: dict[str, tuple[str, int]] = attrs.Factory(dict)
     """Thread -> the object (its access name) whose state decided the failing code the kernel
-    function on that thread returns (``uvmem.failed_on``): the return-code check names it
-    (``violations.About``). Not part of the trace."""
+    function on that thread returns, and the step that decided it (``uvmem.failed_on``): the
+    return-code check names them (``violations.About``). Not part of the trace."""
     fail_migrate_setup: Callable[[Any], bool] = no_faults
     """Fault injection: migrate_vma_setup fails for this struct migrate_vma."""
     srcu: Any = None

@@ -322,7 +322,8 @@ class Controller:
         actor = self.current
         text = str(message)  # a plain str in the trace: ``About``'s objects are not hashed
         self.violations.append(Violation(kind, text, self.step, actor.name if actor else None,
-                                         details, fatal, objects_of(message)))
+                                         details, fatal, objects_of(message),
+                                         getattr(message, "at", None)))
         self.trace.add(self.step, actor.index if actor else -1, "violation", text, kind)
         if fatal:
             self._halt()

@@ -212,6 +212,8 @@ def searched(result: RunResult) -> tuple[int, int, list[int]]:
     v, steps = result.violation, result.accesses or []
     actors = [name for _, name, _ in result.decisions]
     end = min(v.step if v else len(steps), len(steps), len(actors))
+    if v is not None and v.at is not None:  # the cause was decided there (``About.at``)
+        end = min(end, v.at)
     own = end
     while own > 0 and v is not None and actors[own - 1] == v.actor:
         own -= 1

@@ -32,6 +32,9 @@ class Violation:
     objects: tuple[str, ...] = ()
     """The stable names of the objects the violation is about, when the check knows them
     (``About``); empty otherwise."""
+    at: int | None = None
+    """The step at which the cause was decided, when the check reports later (a return
+    code checked by its caller): the deciding pair lies before it."""
 
     def describe(self) -> str:
         head = f"{self.kind}: {self.message}"
@@ -45,19 +48,24 @@ class Violation:
             del data["objects"]
         else:
             data["objects"] = list(self.objects)
+        if self.at is None:
+            del data["at"]
         return data
 
 
 class About(str):
     """A violation message with the stable names of the objects it is about:
     ``m.fail("use-after-free", About(text, "memslots:1"))``, or an invariant returning
-    ``About(text, name)``. It is its text everywhere a ``str`` is expected."""
+    ``About(text, name)``. It is its text everywhere a ``str`` is expected. ``at``: the step
+    at which the cause was decided, when the violation is reported later."""
 
     objects: tuple[str, ...]
+    at: int | None
 
-    def __new__(cls, text: str, *objects: str) -> About:
+    def __new__(cls, text: str, *objects: str, at: int | None = None) -> About:
         self = super().__new__(cls, text)
         self.objects = objects
+        self.at = at
         return self
 
 
@@ -69,7 +77,7 @@ def objects_of(message: str) -> tuple[str, ...]:
 def prefixed(head: str, message: str) -> About:
     """``head + message``, about what ``message`` is about: a check that wraps another's
     message ("pkvm stale tlbs: ...") keeps its objects."""
-    return About(head + message, *objects_of(message))
+    return About(head + message, *objects_of(message), at=getattr(message, "at", None))
 
 
 class Stop(BaseException):
