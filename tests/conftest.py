@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,36 @@ def changed_model(monkeypatch):
 
     monkeypatch.setattr(Controller, "point", changed)
     return change
+
+
+def start_hunt(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """``emu hunt lost-update --keep-going`` for a million schedules (``args`` appended), in
+    the background: a hunt to interrupt or kill once it has found something."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "emu.cli", "hunt", "lost-update", "--keep-going",
+         "--schedules", "1000000", "--out", str(tmp_path / "out"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+
+def first_finding(proc: subprocess.Popen) -> str:
+    """The first ``finding:`` line the background hunt prints."""
+    for line in proc.stdout:
+        if line.startswith("finding:"):
+            return line
+    raise AssertionError(f"the hunt ended without a finding: {proc.stderr.read()}")
+
+
+def interrupt(proc: subprocess.Popen, sig: int, status: int,
+              tmp_path: Path) -> tuple[str, str, list[str]]:
+    """Send the background hunt ``sig``; it must end with ``status``, no traceback, and a
+    last line saying it was interrupted. Returns its output, that line, and the lines of
+    its findings.jsonl."""
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert "Traceback" not in out + err
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith(f"interrupted by {signal.Signals(sig).name}: ")
+    index = (tmp_path / "out" / "findings.jsonl").read_text().splitlines()
+    assert f"{len(index)} finding(s)" in summary
+    return out, summary, index

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import first_finding, interrupt, start_hunt
 
 import emu
 from emu.errors import EmuError, ScenarioError
@@ -177,20 +178,6 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _start(tmp_path: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "emu.cli", "hunt", "lost-update", "--keep-going", "--workers",
-         "2", "--schedules", "1000000", "--out", str(tmp_path / "out")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-
-
-def _first_finding(proc: subprocess.Popen) -> str:
-    for line in proc.stdout:
-        if line.startswith("finding:"):
-            return line
-    raise AssertionError(f"the hunt ended without a finding: {proc.stderr.read()}")
-
-
 def _gone(pids: list[int]) -> bool:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -203,19 +190,13 @@ def _gone(pids: list[int]) -> bool:
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_stops_the_workers_and_keeps_every_finding(tmp_path, sig, status):
-    proc = _start(tmp_path)
-    first = _first_finding(proc)
+    proc = start_hunt(tmp_path, "--workers", "2")
+    first = first_finding(proc)
     workers = _children(proc.pid)
     assert len(workers) == 2
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == status, err
-    assert "Traceback" not in out + err
-    summary = out.strip().splitlines()[-1]
-    assert summary.startswith(f"interrupted by {signal.Signals(sig).name}: ")
-    index = (tmp_path / "out" / "findings.jsonl").read_text().splitlines()
+    out, summary, index = interrupt(proc, sig, status, tmp_path)
     announced = [first] + [x for x in out.splitlines() if x.startswith("finding:")]
-    assert len(announced) == len(index) and f"{len(index)} finding(s)" in summary
+    assert len(announced) == len(index)
     resume = int(summary.rsplit("--seed ", 1)[1].split()[0])
     assert resume > 0  # the seeds below it all ran
     for entry in map(json.loads, index):
@@ -224,8 +205,8 @@ def test_interrupt_stops_the_workers_and_keeps_every_finding(tmp_path, sig, stat
 
 
 def test_workers_end_when_the_hunt_is_killed(tmp_path):
-    proc = _start(tmp_path)
-    line = _first_finding(proc)
+    proc = start_hunt(tmp_path, "--workers", "2")
+    line = first_finding(proc)
     workers = _children(proc.pid)
     proc.kill()
     proc.wait()

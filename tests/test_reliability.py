@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import first_finding, interrupt, start_hunt
 
 from emu.sim import replay as replay_file
 from emu.sim.files import write_atomic
@@ -19,23 +20,9 @@ from emu.sim.findings import stem
 from emu.sim.runner import detailed, run
 
 ROOT = Path(__file__).resolve().parent.parent
-def _start_hunt(tmp_path: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "emu.cli", "hunt", "lost-update", "--keep-going",
-         "--schedules", "1000000", "--out", str(tmp_path / "out"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-
-
-def _first_finding(proc: subprocess.Popen) -> str:
-    for line in proc.stdout:
-        if line.startswith("finding:"):
-            return line
-    raise AssertionError(f"the hunt ended without a finding: {proc.stderr.read()}")
-
-
 def test_sigkill_right_after_a_finding_loses_nothing(tmp_path):
-    proc = _start_hunt(tmp_path)
-    line = _first_finding(proc)
+    proc = start_hunt(tmp_path)
+    line = first_finding(proc)
     proc.kill()
     proc.wait()
     saved = line.rsplit("(saved ", 1)[1].rstrip(")\n")
@@ -49,17 +36,10 @@ def test_sigkill_right_after_a_finding_loses_nothing(tmp_path):
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_ends_the_hunt_cleanly(tmp_path, sig, status):
-    proc = _start_hunt(tmp_path)
-    _first_finding(proc)
+    proc = start_hunt(tmp_path)
+    first_finding(proc)
     time.sleep(0.5)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == status, err
-    assert "Traceback" not in out + err
-    summary = out.strip().splitlines()[-1]
-    assert summary.startswith(f"interrupted by {signal.Signals(sig).name}: ")
-    index = (tmp_path / "out" / "findings.jsonl").read_text().splitlines()
-    assert f"{len(index)} finding(s)" in summary
+    _, summary, index = interrupt(proc, sig, status, tmp_path)
     assert "To go on where it stopped: emu hunt lost-update --seed " in summary
     for entry in map(json.loads, index):
         data = replay_file.load(tmp_path / entry["replay"])
