@@ -105,7 +105,25 @@ def _with_base(spec: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     return {**spec, "base": ("random", "pct")[rng.randrange(2)]}
 
 
-class GuidedSchedule(Labels):
+class Ordered(Labels):
+    """A following strategy that enforces ordering constraints: an actor whose next step is
+    the ``after`` of a constraint waits while its ``before`` has not been taken (guided
+    schedules here, the shrinker's rebuilt ones)."""
+
+    def __init__(self, constraints: list[Constraint]) -> None:
+        super().__init__()
+        self.constraints = constraints
+        self._waits: dict[Label, list[Label]] = {}
+        for before, after in constraints:
+            self._waits.setdefault(after, []).append(before)
+
+    def pending(self, actor: Actor) -> list[Label]:
+        """The ``before`` labels not taken yet that hold ``actor``'s next step back."""
+        return [before for before in self._waits.get(self.label(actor), ())
+                if self.taken.get(before[:2], 0) < before[2]]
+
+
+class GuidedSchedule(Ordered):
     """One schedule of the guided strategy: enforce ``constraints`` where the candidates
     allow it, else choose as the base strategy does."""
 
@@ -114,29 +132,18 @@ class GuidedSchedule(Labels):
 
     def __init__(self, spec: dict[str, Any], seed: int,
                  constraints: list[Constraint]) -> None:
-        super().__init__()
+        super().__init__(constraints)
         self.base = _base(spec, seed)
         self.timer_choices = self.base.timer_choices
-        self.constraints = constraints
         self._spec = {k: v for k, v in spec.items() if k != "constraints"}
-        self._waits: dict[Label, list[Label]] = {}
-        for before, after in constraints:
-            self._waits.setdefault(after, []).append(before)
 
     def spec(self) -> dict[str, Any]:
         return {**self._spec, "constraints": [[list(b), list(a)] for b, a in self.constraints]}
 
-    def _happened(self, label: Label) -> bool:
-        return self.taken.get((label[0], label[1]), 0) >= label[2]
-
-    def _delayed(self, actor: Actor) -> bool:
-        befores = self._waits.get(self.label(actor))
-        return befores is not None and not all(self._happened(b) for b in befores)
-
     def choose(self, enabled: list[Actor], ctl: Controller) -> Actor:
         candidates = enabled
-        if self._waits and len(enabled) > 1:
-            candidates = [a for a in enabled if not self._delayed(a)] or enabled
+        if self.constraints and len(enabled) > 1:
+            candidates = [a for a in enabled if not self.pending(a)] or enabled
         return self.took(self.base.choose(candidates, ctl), enabled, ctl)
 
 

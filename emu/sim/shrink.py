@@ -69,7 +69,7 @@ import trio
 from ..errors import EmuError
 from .accesses import StepAccesses, dependent
 from .controller import TIMER, Actor, Controller
-from .guided import Constraint, conflict_pairs
+from .guided import Constraint, Ordered, conflict_pairs
 from .replay import violation_key
 from .runner import RunResult, prepare, run_schedule
 from .strategies import Label, Labels, Replay, labelled
@@ -126,7 +126,7 @@ class Directed(Labels):
         return self.took(chosen, enabled, ctl)
 
 
-class Constrained(Labels):
+class Constrained(Ordered):
     """Run ordering constraints ``(before, after)`` between labels: a step labelled
     ``after`` waits until ``before`` is taken. The running actor goes on while it can and
     may (run-to-block; a yield gives way); otherwise, among the actors that may step (all
@@ -138,11 +138,8 @@ class Constrained(Labels):
     held an actor back at some decision: without the others the run is the same."""
 
     def __init__(self, order: dict[Label, int], constraints: list[Constraint]) -> None:
-        super().__init__()
+        super().__init__(constraints)
         self.order = order
-        self._waits: dict[Label, list[Label]] = {}
-        for before, after in constraints:
-            self._waits.setdefault(after, []).append(before)
         self._stepped: dict[str, int] = {}
         self.bit: dict[Constraint, None] = {}
 
@@ -152,8 +149,7 @@ class Constrained(Labels):
     def _held(self, actor: Actor) -> bool:
         """Does a constraint hold ``actor`` back now? (noting each one that does)"""
         label = self.label(actor)
-        pending = [before for before in self._waits.get(label, ())
-                   if self.taken.get(before[:2], 0) < before[2]]
+        pending = self.pending(actor)
         for before in pending:
             self.bit[before, label] = None
         return bool(pending)
