@@ -105,10 +105,8 @@ Accesses = StepAccesses | None
 """A step's accesses; None: unknown, dependent on every step."""
 
 
-def _dependent(a: Branch, b: Branch) -> bool:
-    """For sleep sets: the steps' accesses, each with what it stopped to wait for."""
-    x, y = a.with_wait(), b.with_wait()
-    return x is None or y is None or dependent(x, y)
+def _dependent(a: Accesses, b: Accesses) -> bool:
+    return a is None or b is None or dependent(a, b)
 
 
 @attrs.define
@@ -119,30 +117,17 @@ class Branch:
     accesses: Accesses
     stays: bool
     """Switching away right after this step would be a preemption (the actor could go on)."""
-    waits: str | None = None
-    """What the step's actor stopped to wait for (a lock, a completion, the clock), if it
-    stopped at a point it may block at."""
-
-    def with_wait(self) -> Accesses:
-        """The accesses with the wait as a read: a step that frees what the actor waits for
-        is dependent on it (a release must not move past the arrival it would unblock:
-        that changes which switches are free, and so what the bound lets the search reach:
-        without it, DPOR misses create-race-fails within 2 on nested-boot)."""
-        acc = self.accesses
-        if acc is None or self.waits is None:
-            return acc
-        return StepAccesses(acc.reads | {self.waits}, acc.writes)
 
     def to_json(self) -> list[Any]:
         acc = self.accesses
         return [self.actor, None if acc is None else [sorted(acc.reads), sorted(acc.writes)],
-                self.stays, self.waits]
+                self.stays]
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Branch:
-        actor, acc, stays, waits = data
+        actor, acc, stays = data
         return cls(actor, None if acc is None else
-                   StepAccesses(frozenset(acc[0]), frozenset(acc[1])), stays, waits)
+                   StepAccesses(frozenset(acc[0]), frozenset(acc[1])), stays)
 
 
 @attrs.define
@@ -244,19 +229,20 @@ class Explorer:
         """Step i is over: keep its accesses and whether its actor could go on."""
         node = self.stack[i]
         accesses: Accesses = None
-        waits: str | None = None
         if self.prune and not ended:
             accesses = self.ctl.step_accesses[i]
             actor = self.ctl.current
             if actor is not None and actor.name == node.chosen and actor.enabled is not None:
-                # it stops at a point it may block at (``Branch.waits``)
+                # It stops at a point it may block at: the step reads what it waits for, so
+                # a step that frees that is dependent on it (a release must not move past
+                # the arrival it would unblock: that changes which switches are free, and
+                # so what the bound lets the search reach: without it, DPOR misses
+                # create-race-fails within 2 on nested-boot).
                 name = CLOCK if actor.waits_for is None else \
                     getattr(actor.waits_for, "name", None)  # (a sleep waits for the time)
-                if isinstance(name, str):
-                    waits = name
-                else:
-                    accesses = None
-        node.step = Branch(node.chosen, accesses, stays, waits)
+                accesses = StepAccesses(accesses.reads | {name}, accesses.writes) \
+                    if isinstance(name, str) else None
+        node.step = Branch(node.chosen, accesses, stays)
 
     def _extend(self, i: int, names: list[str], prev: str | None, yielding: bool) -> Node:
         parent = self.stack[i - 1] if i else None
@@ -265,7 +251,7 @@ class Explorer:
         if parent is not None and self.prune:
             sleep = [b for b in [*parent.sleep, *(b for b in parent.done
                                                    if parent.sleeps_in(b, prev))]
-                     if not _dependent(b, parent.step)]
+                     if not _dependent(b.accesses, parent.step.accesses)]
         asleep = {b.actor for b in sleep}
         # (the fair suffix is not bounded: see the module docstring)
         fair = self.ctl.fair
@@ -352,7 +338,7 @@ def races(stack: list[Node], start: int, bound: int) -> None:
             break
         p = ix[step.actor]
         pre = clocks[last_of[p]] if last_of[p] >= 0 else zero
-        acc = step.with_wait()
+        acc = step.accesses
         preds: set[int] = set()
         if acc is None:
             preds.update(k for k in last_of if k >= 0)
@@ -465,7 +451,7 @@ class Search:
     preemptions: int = 0
     """The preemptions of the last run's schedule."""
     candidates: int = 0
-    """How many actors (and the timer) the last run offered at some decision."""
+    """How many actors (and the timer) the first run offered at some decision."""
 
     async def run(self, one: Callable[[Explorer], Awaitable[RunResult]]) -> RunResult | None:
         """One run of the search (``one`` runs a schedule with the strategy it is given):
@@ -485,7 +471,8 @@ class Search:
         if result is not None:
             strategy.finish(result.steps, bool(result.violations))
         self.preemptions = preemptions_of(stack)
-        self.candidates = len({n for node in stack for n in node.candidates})
+        if not self.candidates:
+            self.candidates = len({n for node in stack for n in node.candidates})
         if self.prune:
             races(stack, base - 1 if base else 0, self.bound)
         self.exhausted = not advance(stack)
