@@ -26,8 +26,8 @@ at random among all the corpus's pairs whose reversed key is still unseen (the c
 aims at; when none is left, a random entry's random pair), and **reverses** it in its entry:
 the entry's constraints, minus any naming the pair's steps, plus ``(second, first)``.
 (Drawing an entry first, then one of its pairs, needed a median of 84 schedules on the
-hotplug double registration, this 46.5.) The first schedule, and one in ``FRESH``, run the
-base strategy alone.
+hotplug double registration, this 46.5, as measured when it came in.) The first schedule,
+and one in ``FRESH``, run the base strategy alone.
 
 Everything is a function of the seeds: schedule ``s`` draws its choices from ``Random(s)``
 and from a corpus built from the schedules before it, so a hunt replays itself; and a
