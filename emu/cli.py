@@ -24,7 +24,7 @@ from .kvm.releases import matrix
 from .pkvm.releases import matrix as pkvm_matrix
 from .sim import replay as replay_file
 from .sim.eventlog import HuntEvents, close_log, open_log
-from .sim.explain import explain
+from .sim.explain import explained
 from .sim.explore import ExploreResult, explore
 from .sim.files import check_dir, check_file
 from .sim.findings import FindingLog
@@ -61,14 +61,8 @@ def _verdict(result: RunResult) -> str:
 
 
 def _show_found(result: RunResult, last: int) -> None:
-    """Explain ``result``; its interleaving in kernel terms, from a re-run that records the
-    model function of every step (hunting itself never pays for that)."""
-    if (last > 0 and not result.trace.where) or result.accesses is None:
-        try:
-            result = detailed(result)
-        except EmuError as exc:  # a re-run that diverges is itself worth a line
-            click.echo(f"note: the detailed re-run failed ({exc}); plain timeline below")
-    click.echo(explain(result, last))
+    """Explain ``result``; its interleaving in kernel terms (``explain.explained``)."""
+    click.echo(explained(result, last))
 
 
 def _pct_line(strategy: dict[str, Any], n: int) -> str:

@@ -13,6 +13,8 @@ from emu.sim import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["pytester"]  # (the emu pytest plugin is tested by running pytest)
+
 
 machine.VERIFY_KEYS = True
 """Every keyed invariant skipped in a test is recomputed: a key that misses a change fails."""

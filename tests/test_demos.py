@@ -1,9 +1,12 @@
-"""The engine demos: every bug is found, every fix is clean, every finding replays."""
+"""The engine demos: every bug is found, every fix is clean (hunts through the pytest
+plugin: the ``emu`` marker and ``emu_hunt``), every finding replays."""
 
 from __future__ import annotations
 
 import json
 import os
+
+import pytest
 
 import emu
 from emu.sim import replay as replay_file
@@ -39,9 +42,9 @@ def test_replay_reproduces_hash_in_fresh_processes(tmp_path, emu_proc):
     assert len(hashes) == 1
 
 
+@pytest.mark.emu("lost-update", params={"locked": True}, schedules=2000)
 def test_locked_counter_is_clean():
-    h = emu.hunt("lost-update", params={"locked": True}, schedules=2000)
-    assert h.ok and h.schedules == 2000
+    """All 2000 schedules run clean (a finding would have stopped the hunt)."""
 
 
 def test_abba_deadlock_has_wait_for_cycle(cli, tmp_path):
@@ -65,14 +68,15 @@ def test_abba_inversion_without_deadlock_still_reported():
     assert "lock_a -> lock_b" in v.details and "*** DEADLOCK ***" in v.details
 
 
+@pytest.mark.emu("abba", params={"ordered": True}, schedules=500)
 def test_abba_ordered_is_clean():
-    assert emu.hunt("abba", params={"ordered": True}, schedules=500).ok
+    """Neither a deadlock nor lockdep's warning in 500 schedules."""
 
 
-def test_srcu_uaf_only_with_quirk():
-    found = emu.hunt("srcu-uaf", quirks=["no-synchronize"], schedules=2000, seed=1).found
-    assert found is not None and found.violation.kind == "use-after-free"
-    assert emu.hunt("srcu-uaf", schedules=2000, seed=1).ok
+def test_srcu_uaf_only_with_quirk(emu_hunt):
+    emu_hunt("srcu-uaf", quirks=["no-synchronize"], schedules=2000, seed=1,
+             expect="use-after-free")
+    emu_hunt("srcu-uaf", schedules=2000, seed=1)
 
 
 def test_check_determinism_reports_no_mismatch(cli, tmp_path):

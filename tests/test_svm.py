@@ -51,20 +51,19 @@ def test_every_quirk_has_a_scenario_and_a_catch():
 
 
 @pytest.mark.parametrize("quirk", sorted(QUIRKS))
-def test_quirk_is_found_and_the_fixed_model_is_clean(quirk):
+def test_quirk_is_found_and_the_fixed_model_is_clean(emu_hunt, quirk):
     scenario, params = QUIRK_SCENARIO[quirk], QUIRK_PARAMS.get(quirk, {})
     strategy, depth, seed = QUIRK_STRATEGY.get(quirk, ("random", 3, 0))
-    found = emu.hunt(scenario, params=params, quirks=[quirk], schedules=20, seed=seed,
-                     strategy=strategy, depth=depth).found
-    assert found is not None, f"{quirk} not found by {scenario}"
     kind, text = CAUGHT_BY[quirk]
-    assert found.violation.kind == kind and text in found.violation.message
-    assert emu.hunt(scenario, params=params, schedules=150, seed=0).ok
+    found = emu_hunt(scenario, params=params, quirks=[quirk], schedules=20, seed=seed,
+                     strategy=strategy, depth=depth, expect=kind).found
+    assert text in found.violation.message
+    emu_hunt(scenario, params=params, schedules=150, seed=0)
 
 
 @pytest.mark.parametrize("scenario", sorted(set(QUIRK_SCENARIO.values())))
-def test_two_state_design_is_clean(scenario):
-    assert emu.hunt(scenario, params={"design": "two-state"}, schedules=100, seed=0).ok
+def test_two_state_design_is_clean(emu_hunt, scenario):
+    emu_hunt(scenario, params={"design": "two-state"}, schedules=100, seed=0)
 
 
 def test_hotplug_during_esm_double_registration_loses_a_uvmem_slot():

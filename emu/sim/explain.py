@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from ..errors import EmuError
 from .accesses import CHECK, conflicts
 
 if TYPE_CHECKING:
@@ -312,6 +313,21 @@ def pair_head(pair: Pair) -> str:
              "the last conflicting pair of the failing actor (the violation names none of "
              "the objects touched)")
     return f"conflicting pair that decides the outcome ({which}):"
+
+
+def explained(result: RunResult, last: int = 40) -> str:
+    """``explain`` of ``result`` with its interleaving in kernel terms: when the result
+    lacks them, from a re-run that records the model function of every step and the
+    accesses (``runner.detailed``; hunting itself never pays for that). A re-run that
+    diverges is itself worth a line, and the plain timeline follows."""
+    note = ""
+    if (last > 0 and not result.trace.where) or result.accesses is None:
+        from .runner import detailed  # (here: the model imports this module, not the runner)
+        try:
+            result = detailed(result)
+        except EmuError as exc:
+            note = f"note: the detailed re-run failed ({exc}); plain timeline below\n"
+    return note + explain(result, last)
 
 
 def explain(result: RunResult, last: int = 40) -> str:
