@@ -1,18 +1,21 @@
 """The ``emu`` command: list, run, hunt, explore, replay, study.
 
 Exit status: 0 clean, 1 violation found, 2 usage or input error (one line, no traceback),
+3 a clean hunt under --require-coverage that never reached a declared goal,
 128 + the signal's number when interrupted (130 for Ctrl-C, 143 for SIGTERM); a hunt's
 findings are on disk before they are announced, so an interrupt loses none of them.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 from loguru import logger
 from tqdm import tqdm
@@ -23,6 +26,7 @@ from .kvm.nested_releases import matrix as nested_matrix
 from .kvm.releases import matrix
 from .pkvm.releases import matrix as pkvm_matrix
 from .sim import replay as replay_file
+from .sim.coverage import Report
 from .sim.eventlog import HuntEvents, close_log, open_log
 from .sim.explain import explained
 from .sim.explore import ExploreResult, explore
@@ -72,6 +76,79 @@ def _pct_line(strategy: dict[str, Any], n: int) -> str:
 
 
 DEFAULT_SCENARIO = "svm"
+COVERAGE = 3
+"""Exit status of a clean hunt (or search) under --require-coverage that left a declared goal
+unreached."""
+
+
+@attrs.frozen
+class CoverageAsk:
+    """What ``emu hunt`` was asked about coverage (``--coverage`` and the options that
+    imply it)."""
+
+    table: bool
+    json: str | None
+    plot: str | None
+    require: bool
+
+    @property
+    def on(self) -> bool:
+        return self.table or self.require or self.json is not None or self.plot is not None
+
+    def check(self) -> None:
+        """The output files can be written (before the first schedule runs)."""
+        for path, what in ((self.json, "--coverage-json"), (self.plot, "--coverage-plot")):
+            if path is not None:
+                check_file(path, what)
+
+    def report(self, done: list[HuntResult] | list[ExploreResult], status: int) -> int:
+        """Print, save and judge the coverage of the hunts (or the search) ``done``; the
+        exit status."""
+        hunts = [h.coverage for h in done if h.coverage is not None]
+        if not self.on or not hunts:
+            return status
+        report = Report(hunts)
+        click.echo(report.table())
+        if self.json is not None:
+            click.echo(f"coverage JSON: {report.save_json(self.json)}")
+        if self.plot is not None:
+            click.echo(f"coverage plot: {report.plot(self.plot)}")
+        unmet = report.unmet()
+        if self.require and not any(h.goals for h in hunts):
+            click.echo("--require-coverage: no scenario of this hunt declares a goal")
+        if not self.require or not unmet:
+            return status
+        click.echo(f"coverage goals not reached ({len(unmet)}): " + "; ".join(
+            f"{scenario}: {goal}" for scenario, goal in unmet)
+            + " (--require-coverage: exit status 3 unless a violation was found)")
+        return status if status != CLEAN else COVERAGE
+
+
+def coverage_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The coverage options, handed to the command as one ``coverage`` (``CoverageAsk``)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, coverage_table: bool, coverage_json: str | None,
+                coverage_plot: str | None, require_coverage: bool, **kwargs: Any) -> Any:
+        ask = CoverageAsk(coverage_table, coverage_json, coverage_plot, require_coverage)
+        return fn(*args, coverage=ask, **kwargs)
+
+    for option in reversed([
+        click.option("--coverage", "coverage_table", is_flag=True,
+                     help="Collect coverage (seed-000 table cells, return codes, nested and "
+                          "pKVM transitions, conflicting access pairs, the scenarios' goals) "
+                          "and print its table after the hunt; costs (accesses are recorded)."),
+        click.option("--coverage-json", type=click.Path(dir_okay=False), default=None,
+                     metavar="FILE", help="Save the coverage as JSON (implies --coverage)."),
+        click.option("--coverage-plot", type=click.Path(dir_okay=False), default=None,
+                     metavar="FILE.png", help="Draw the items covered over the schedules "
+                                              "(implies --coverage)."),
+        click.option("--require-coverage", is_flag=True,
+                     help="Exit 3 if a goal a scenario declares was never reached (each "
+                          "reported with its best partial progress); implies --coverage."),
+    ]):
+        wrapped = option(wrapped)
+    return wrapped
 
 scenario_options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.argument("scenario", default=DEFAULT_SCENARIO),
@@ -236,11 +313,13 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], ker
 @click.option("--log-json", "log_json", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Append a JSON event log: a line every 100 schedules "
                                    "(done, findings, rate) and one per finding.")
+@coverage_options
 @timeline_option
 def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
              kernel: str | None, strategy: str, timers: bool, depth: int, seed: int,
              max_steps: int | None, schedules: int, out: str, check_determinism: bool,
-             keep_going: bool, shrink: bool, workers: int, log_json: str | None,
+             keep_going: bool, shrink: bool, workers: int,
+             log_json: str | None, coverage: CoverageAsk,
              timeline: int) -> int:
     """Run up to N schedules of SCENARIO, stopping at the first violation. SCENARIO may be
     a suite (svm, engine: each of its scenarios in turn); the default is the svm suite.
@@ -252,6 +331,7 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
     check_workers(workers, strategy)
     log = FindingLog(out)
     json_log = open_log(check_file(log_json, "--log-json")) if log_json is not None else None
+    coverage.check()
     status = CLEAN
     done: list[HuntResult] = []
     try:
@@ -261,7 +341,8 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
                                   strategy=strategy, depth=depth, seed=seed,
                                   max_steps=max_steps, schedules=schedules,
                                   check_determinism=check_determinism, keep_going=keep_going,
-                                  release=kernel, timers=timers, shrink=shrink, workers=workers)
+                                  release=kernel, timers=timers, shrink=shrink, workers=workers,
+                                  coverage=coverage.on)
             except Unsupported as why:
                 if len(names) == 1:
                     raise
@@ -278,7 +359,7 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
     finally:
         if json_log is not None:
             close_log(json_log)
-    return status
+    return coverage.report(done, status)
 
 
 def _hunt_one(name: str, log: FindingLog, *, schedules: int, **options: Any) -> HuntResult:
@@ -383,11 +464,12 @@ def _hunt_report(h: HuntResult, log: FindingLog, timeline: int, checked: bool) -
                    "runs, and when the search stops early).")
 @click.option("--out", default="emu-out", show_default=True, type=click.Path(file_okay=False),
               help="Where a finding goes: its replay file, trace and findings.jsonl.")
+@coverage_options
 @timeline_option
 def explore_cmd(scenario: str, bound: int, params: tuple[str, ...], quirks: tuple[str, ...],
                 kernel: str | None, seed: int, max_steps: int | None, prune: bool,
                 max_schedules: int | None, checkpoint: str | None, out: str,
-                timeline: int) -> int:
+                coverage: CoverageAsk, timeline: int) -> int:
     """Explore every schedule of SCENARIO with at most K preemptions (a preemption switches
     away from an actor that could go on; blocking, finishing and yielding switches are
     free; firing a timer is a choice like an actor's step), depth first, until a violation
@@ -395,6 +477,7 @@ def explore_cmd(scenario: str, bound: int, params: tuple[str, ...], quirks: tupl
     (with --checkpoint, resumable)."""
     if checkpoint is not None:
         check_file(checkpoint, "--checkpoint")
+    coverage.check()
     log = FindingLog(out)
     with tqdm(unit="sched", file=sys.stderr, disable=None, leave=False, desc=scenario) as bar:
         def estimated(n: int, actors: int, size: int) -> None:
@@ -408,8 +491,8 @@ def explore_cmd(scenario: str, bound: int, params: tuple[str, ...], quirks: tupl
                     release=kernel, max_steps=max_steps, prune=prune, seed=seed,
                     max_schedules=max_schedules, checkpoint=checkpoint,
                     on_estimate=estimated, on_finding=on_finding,
-                    progress=lambda done, cut: bar.update(1))
-    return _explore_report(e, log, timeline, checkpoint)
+                    progress=lambda done, cut: bar.update(1), coverage=coverage.on)
+    return coverage.report([e], _explore_report(e, log, timeline, checkpoint))
 
 
 def _space_line(n: int, actors: int, bound: int, size: int) -> str:

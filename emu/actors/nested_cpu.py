@@ -38,6 +38,8 @@ from ..hw.memory import PAGE_SHIFT, PAGE_SIZE
 from ..hw.radix import PAGE_DIRTY, PAGE_WRITE
 from ..kvm.hv_guest_state import PT_NIP
 from ..kvm.radix_mmu import BOOK3S_INTERRUPT_H_DATA_STORAGE, hdsi_dsisr
+from ..sim import coverage
+from ..sim.coverage import EVENT
 from ..sim.violations import About
 from .guest_code import GuestCode, Hcall, Ld, Map, St, Tlbie, Tlbiel
 
@@ -151,6 +153,7 @@ async def _execute(t: L2Turn, cpu: int, irqs: Interrupts) -> Exit:
             t.proc[insn.ea >> PAGE_SHIFT] = insn.gpa >> PAGE_SHIFT
         elif isinstance(insn, Tlbiel):
             t.tlbs.tlbiel(cpu, t.lpid, gpa=insn.ea, prs=True)
+            _cover_tlbiel(t, cpu)
         elif isinstance(insn, Tlbie):
             t.tlbs.tlbie(t.lpid, gpa=insn.ea, prs=True)
         else:
@@ -158,6 +161,20 @@ async def _execute(t: L2Turn, cpu: int, irqs: Interrupts) -> Exit:
             if fault is not None:
                 return fault
         regs[PT_NIP] += 4
+
+
+TLBIEL = "an L2 tlbiel"
+TLBIEL_LEFT_BEHIND = "an L2 tlbiel while a TLB group its guest left awaits its flush"
+"""Coverage events (``sim.coverage``): the second is seed 002's window, a tlbiel that cannot
+reach the stale entries of the group the vCPU left."""
+
+
+def _cover_tlbiel(t: L2Turn, cpu: int) -> None:
+    if coverage.current.on:
+        coverage.current.cover(EVENT, TLBIEL)
+        need = t.owner.need_tlb_flush
+        if need and cpu not in need:
+            coverage.current.cover(EVENT, TLBIEL_LEFT_BEHIND)
 
 
 def _access(t: L2Turn, cpu: int, insn: St | Ld) -> Exit | None:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from ..sim import Machine
 
 ERRNO_NAMES = {0: "0", -EBUSY: "-EBUSY", -EINVAL: "-EINVAL", -EFAULT: "-EFAULT"}
+RETURN_CODES = "return-code"
+"""The coverage kind of the (call, code) pairs a guest program or QEMU receives."""
 
 
 def code_name(call: str, rc: int) -> str:
@@ -80,6 +82,21 @@ class ReturnCodes:
         self.m = m
         self.name = name
         self.table = None if table is None else {k: Accept.of(v) for k, v in table.items()}
+        self._declare()
+
+    def _declare(self) -> None:
+        """Coverage: every (call, code) the table names is one the scenario can receive; a
+        code accepted only when contended stays unreached until some schedule loses that
+        race."""
+        if not self.m.coverage.on:
+            return
+        for call, allowed in (self.table or {}).items():
+            if call != "*":
+                self.m.declare(RETURN_CODES, [f"{call}|{self.name(call, c)}"
+                                              for c in sorted(allowed.codes)])
+                self.m.declare(RETURN_CODES, [f"{call}|{self.name(call, c)}" for c in
+                                              sorted(allowed.contended - allowed.codes)],
+                               "accepted only when contended: no schedule lost that race")
 
     def check(self, who: str, call: str, args: Iterable[int], rc: int, contended: bool,
               override: AcceptSpec | None = None,
@@ -87,6 +104,8 @@ class ReturnCodes:
         """``cause``: the object whose state decided the code and the step that decided it,
         when the kernel function that returned it named one (``KVM.rc_causes``): the
         violation is about it."""
+        if self.m.coverage.on:
+            self.m.cover(RETURN_CODES, f"{call}|{self.name(call, rc)}")
         if override is not None:
             allowed = Accept.of(override)
         elif self.table is None:

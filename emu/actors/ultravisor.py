@@ -50,6 +50,7 @@ from ..kvm.hvcall import (
     U_SUCCESS,
     describe_ucall,
 )
+from ..kvm.uvmem import VM_TRANSIENT, vm_state
 from ..sim import Machine, accesses
 from ..sim.explain import numbered
 from .memctl import MemoryController
@@ -504,6 +505,8 @@ class Ultravisor:
         svm.touch(True)
         try:
             rc = await self._issue(svm, H_SVM_INIT_START)
+            if vm_state(self.hv.kvms[lpid]) == "Transient":  # (failed or not)
+                self.m.hot(VM_TRANSIENT, lpid, "UV_ESM: H_SVM_INIT_START")
             svm.touch()
             if rc == H_SUCCESS and not (svm.covers(necessary) and svm.covers(shares)):
                 rc = U_PARAMETER
@@ -522,6 +525,8 @@ class Ultravisor:
                 rc = await self._issue(svm, H_SVM_INIT_DONE)
                 if rc == H_SUCCESS:
                     await self._out_of_state(svm)
+                else:  # the UV's part is over: the rest is the owner's (outside the model)
+                    self.m.cold(VM_TRANSIENT, lpid)
                 return rc
             return await self._issue(svm, H_SVM_INIT_ABORT)
         finally:

@@ -133,6 +133,9 @@ RESUME_GUEST = 0
 RESUME_HOST = 2
 """kvm_book3s.h: what an exit handler tells the run loop."""
 
+ENTER_NESTED = "H_ENTER_NESTED of L1 vCPU"
+"""Liveness monitor (``Machine.hot``): every H_ENTER_NESTED returns to L1."""
+
 # asm/reg.h: MSR
 MSR_SF = 1 << 63
 MSR_HV = 1 << 60
@@ -638,8 +641,10 @@ async def h_enter_nested(l1: L1Host, vcpu: KvmVcpu, run_l2: RunL2, *,
     hcall_needed; returns what the run loop gets: -EINTR for H_INTERRUPT and RESUME_HOST
     (exit to userspace) for H_TOO_HARD, both with r3 = 0; else RESUME_GUEST with r3 = the
     return code."""
+    l1.m.hot(ENTER_NESTED, vcpu.vcpu_id, "H_ENTER_NESTED")
     ret = await kvmhv_enter_nested_guest(l1, vcpu, run_l2) if nesting_enabled \
         else H_FUNCTION
+    l1.m.cold(ENTER_NESTED, vcpu.vcpu_id)
     vcpu.hcall_needed = 0
     if ret in (H_INTERRUPT, H_TOO_HARD):
         kvmppc_set_gpr(vcpu, 3, 0)

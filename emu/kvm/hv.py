@@ -41,6 +41,7 @@ from .hvcall import (
     PAGE_SHIFT,
     U_SUCCESS,
     describe_hcall,
+    rc_name,
 )
 from .vm import (
     KVM,
@@ -163,6 +164,7 @@ class Hypervisor:
         refs = kvm.pfn_refs.get(actor.name, 0)
         regs = [(a & MASK64) for a in args] + [0] * (3 - len(args))
         vm_before = uvmem.vm_state(kvm)
+        lifecycle.cover_gfn_states(kvm, VM_OPS.get(req) if via_uv else None)
         gfn_op, gfn, gfn_before, shared_before = self._gfn_op(kvm, req, regs)
         marks = self._gfn_marks(lpid) if gfn_op == "init_done" else None
         ops = self.gfn_ops.setdefault((lpid, gfn if gfn_op in GFN_OPS else None), [0, 0])
@@ -186,6 +188,8 @@ class Hypervisor:
         busy = self._gfn_busy(lpid, marks) if gfn_op == "init_done" else _NOT_BUSY
 
         name = NAMES.get(req) or hex(req)
+        if self.m.coverage.on:
+            self.m.cover("hcall-rc", f"{name}|{rc_name(rc)}")
         self.no_leaks(kvm, name, held, refs)
         if msr_s and not kvm.secure_guest:
             self.m.fail("return-path", f"{name} came from the Ultravisor but returns with rfid "
@@ -424,7 +428,10 @@ class Hypervisor:
         UV. Refused with -EBUSY while a vCPU runs (the guard asked for in review, B6)."""
         vm_before = uvmem.vm_state(kvm)
         ret = 0
+        self.m.racing(uvmem.RESET_VS_SHARE, "kvmppc_share_page")
+        self.m.racing(uvmem.RESET_IN_SHARE_RETRY, "kvmppc_share_page", "gfn_to_pfn")
         if not kvm.secure_guest & KVMPPC_SECURE_INIT_START:
+            self.m.cover(lifecycle.VM_CELLS, "Normal|TERMINATE")  # nothing to terminate
             return ret
         window = self._window(kvm.lpid, True)
         await kvm.mmu_setup_lock.lock()
@@ -441,6 +448,7 @@ class Hypervisor:
                 window.close()
                 return -EBUSY
         self.teardown[kvm.lpid] = True
+        lifecycle.cover_gfn_states(kvm, "TERMINATE")
         self.slot_ops[kvm.lpid] = self.slot_ops.get(kvm.lpid, 0) + 1
         words = None
         srcu_idx = await kvm.srcu.read_lock()
@@ -462,6 +470,7 @@ class Hypervisor:
             await self.unpin_vpa_reset(kvm)
             kvmppc_setup_partition_table(kvm)
             kvm.secure_guest = 0
+            self.m.cold(uvmem.VM_TRANSIENT, kvm.lpid)
             kvm.mmu_ready = mmu_was_ready
         self.slot_ops[kvm.lpid] -= 1
         self.teardown.pop(kvm.lpid, None)
@@ -567,6 +576,7 @@ class Hypervisor:
                 await uvmem.kvmppc_uvmem_slot_free(kvm, memslot)
         kvm.free_memslots()
         kvm.destroyed = True
+        self.m.cold(uvmem.VM_TRANSIENT, kvm.lpid)
         problem = destroyed_leftovers(kvm)
         if problem:
             self.m.fail("life-cycle", problem)

@@ -10,12 +10,19 @@ A cell with a next state must be reached when the operation succeeds (H_SVM_INIT
 except that a failed H_SVM_INIT_START may leave the VM Transient: since B5's fix the flag is
 set first so that the error returns through UV_RETURN, and the UV then aborts. An "Error"
 cell must fail and change nothing.
+
+Coverage (``sim.coverage``): a cell is *exercised* when its operation is applied to a GFN
+(a VM) in its row's state: ``check_gfn`` and ``check_vm`` report theirs, and the VM-wide
+operations report, on entry, the states their GFNs were in (``cover_gfn_states``).
+``declare_tables`` declares all of them, with the seed's "start VM" column (a VM starts
+Normal; a Secure VM is not started again before it is terminated; Transient is N/A).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..sim import coverage
 from .hvcall import (
     H_PARAMETER,
     H_SUCCESS,
@@ -27,6 +34,7 @@ from .hvcall import (
 from .uvmem import vm_state
 
 if TYPE_CHECKING:
+    from ..sim import Machine
     from .uvmem import UvmemSlot
     from .vm import KVM
 
@@ -53,6 +61,69 @@ VM_TABLE: dict[str, dict[str, str | None]] = {
 }
 
 
+GFN_CELLS, VM_CELLS = "gfn-table", "vm-table"
+"""The coverage kinds of the two tables' cells (keys ``state|operation``)."""
+START_VM = "start VM"
+VM_COLUMNS = {"INIT_DONE": "init_done", "INIT_ABORT": "terminate", "TERMINATE": "terminate"}
+"""The GFN-table column of each VM-wide operation (an abort, like a terminate, leaves every
+GFN Normal)."""
+_UV_REFUSES = ("an Error cell the Ultravisor refuses itself (U_STATE: it issues INIT_START "
+               "only for a VM it does not know, the others only for an SVM in transition)")
+_REFUSED = _UV_REFUSES + (", and a guest's own call of it (no MSR_S) gets H_UNSUPPORTED "
+                          "before any state is read")
+_ABORT = _UV_REFUSES + (", and a guest's own H_SVM_INIT_ABORT (no MSR_S needed since "
+                        "e3326ae3d59e) is checked by its return code, not against the table")
+UNREACHABLE = {
+    f"Secure|{START_VM}": "not modelled: a VM starts once, Normal, and a secure VM boots "
+                          "again only after KVM_PPC_SVM_OFF terminated it (Normal)",
+    f"Transient|{START_VM}": "N/A in the seed's table",
+    "Normal|INIT_DONE": _REFUSED,
+    "Normal|INIT_ABORT": _ABORT,
+    "Transient|INIT_START": _REFUSED,
+    "Secure|INIT_ABORT": _ABORT,
+    "Secure|INIT_START": _REFUSED + "; a hostile one issues it (hostile-uv -p "
+                                    "extra=init-start-secure: a known finding)",
+    "Secure|INIT_DONE": _REFUSED + "; a hostile one issues it (hostile-uv -p "
+                                   "extra=init-done-twice: a known finding)",
+    "Normal|TERMINATE": "this hunt never resets (KVM_PPC_SVM_OFF) a VM before its ESM",
+    "Transient|TERMINATE": "this hunt never resets a VM during its ESM (KVM_PPC_SVM_OFF's "
+                           "guard refuses, -EBUSY, while the vCPU running UV_ESM is in the "
+                           "guest)",
+}
+"""Why a cell may stay unreached (shown only for a cell a hunt did not reach)."""
+
+
+def declare_tables(m: Machine) -> None:
+    """Every cell of the seed-000 tables is one this machine can exercise (coverage)."""
+    if not m.coverage.on:
+        return
+    m.declare(GFN_CELLS, [f"{state}|{op}" for state, row in GFN_TABLE.items() for op in row])
+    for cell, why in UNREACHABLE.items():
+        m.declare(VM_CELLS, [cell], why)
+    m.declare(VM_CELLS, [f"{state}|{op}" for state, row in VM_TABLE.items() for op in row])
+    m.declare(VM_CELLS, [f"Normal|{START_VM}"])
+    m.cover(VM_CELLS, f"Normal|{START_VM}")  # "A VM always starts in Normal Mode"
+
+
+def cover_gfn_states(kvm: KVM, op: str | None) -> None:
+    """Coverage: the GFN cells ``(state, column)`` a VM-wide operation ``op`` (INIT_DONE,
+    INIT_ABORT, TERMINATE; None: nothing) exercises, from the states the VM's registered
+    GFNs are in as it starts (read from the firmware's books without touching them:
+    coverage is no access)."""
+    rec = coverage.current
+    svm = kvm.uv.svms.get(kvm.lpid) if rec.on and op in VM_COLUMNS else None
+    if svm is None or (op != "TERMINATE" and vm_state(kvm) != "Transient"):
+        return
+    column = VM_COLUMNS[op]
+    secure = set(svm.frames) | set(svm.paged_out)
+    known = secure | set(svm.shared)
+    registered = sum(npages for _, npages in svm.slots.values())
+    for state, present in (("Shared", svm.shared), ("Secure", secure),
+                           ("Normal", registered > len(known))):
+        if present:
+            rec.cover(GFN_CELLS, f"{state}|{column}")
+
+
 def true_gfn_state(kvm: KVM, gfn: int) -> str:
     svm = kvm.uv.svm(kvm.lpid)
     if svm is not None:
@@ -71,6 +142,7 @@ def check_vm(kvm: KVM, op: str, before: str, rc: int) -> str | None:
     """What is wrong with a VM transition, or None."""
     after = vm_state(kvm)
     cell = VM_TABLE[before][op]
+    coverage.current.cover(VM_CELLS, f"{before}|{op}")
     ok_rc = rc == (H_PARAMETER if op == "INIT_ABORT" else H_SUCCESS)
     if cell is None:
         if ok_rc or after != before:
@@ -90,6 +162,8 @@ def check_gfn(kvm: KVM, op: str, gfn: int, before: str, rc: int) -> str | None:
     """What is wrong with one GFN's transition, or None (``before`` is "" when another
     operation on the GFN overlapped this one)."""
     after = true_gfn_state(kvm, gfn)
+    if before:
+        coverage.current.cover(GFN_CELLS, f"{before}|{op}")
     if rc != H_SUCCESS and not before:
         return None  # failed while another operation on the GFN overlapped: nothing to hold
     expected = GFN_TABLE[before or "Normal"][op] if rc == H_SUCCESS else before

@@ -34,6 +34,9 @@ release profile until someone confirms them):
 
 and one historic form: ``rmap-no-dedup`` puts back the nested rmap without its duplicate
 scan (emu/kvm/radix_mmu.py, ``kvmhv_insert_nest_rmap``).
+
+Coverage (``sim.coverage``, kind ``nested-transition``): each row of the table above is an
+item (``NESTED_TRANSITIONS``), reported where the kernel takes it.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from ..hw.radix import (
     read_span,
     write_span,
 )
-from ..sim import accesses
+from ..sim import accesses, coverage
 from .hvcall import H_PARAMETER, H_SUCCESS
 
 KVM_MAX_NESTED_GUESTS_SHIFT = 12
@@ -264,6 +267,19 @@ def _get(gp: KvmNestedGuest) -> None:
 
 
 # ------------------------------------------------------------------ life cycle
+NESTED = "nested-transition"
+CREATED, LOST, FOUND = ("(none) --get_nested(create)--> live",
+                        "(none) --get_nested(create) loses the race--> its newgp released",
+                        "live --get_nested--> live")
+PUT, PUT_LAST = "live --put_nested--> live", "live --put_nested--> released (refcnt 0)"
+REMOVED = "live --remove_nested--> out of the IDR"
+RELEASED = "refcnt 0 --release_nested--> freed"
+REMOVE_VS_ENTER = "kvmhv_remove_nested ~ H_ENTER_NESTED of the same guest"
+"""Coverage (``Machine.racing``): a removal while another vCPU runs that guest."""
+NESTED_TRANSITIONS = (CREATED, LOST, FOUND, PUT, PUT_LAST, REMOVED, RELEASED)
+"""The rows of the life-cycle table, as coverage items."""
+
+
 async def kvmhv_alloc_nested(l1: L1Host, lpid: int) -> KvmNestedGuest | None:
     m = l1.m
     await m.point(f"kvmhv_alloc_nested lpid {lpid} (kzalloc, pgd_alloc)")
@@ -283,6 +299,7 @@ def kvmhv_release_nested(gp: KvmNestedGuest) -> None:
     """No vCPU uses it and no get_nested can find it: no mmu_lock needed."""
     l1 = gp.l1_host
     _use(gp, "kvmhv_release_nested")
+    coverage.current.cover(NESTED, RELEASED)
     _touch_gp(gp, True)
     gp.shadow_pgtable.destroy()  # kvmppc_free_pgtable_radix + pgd_free
     l1.set_ptbl_entry(gp.shadow_lpid, 0, 0)  # (which flushes the LPID)
@@ -303,6 +320,7 @@ async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedG
         gp = _find_nested(l1, l1_lpid)
         if gp is not None:
             _use(gp, "kvmhv_get_nested")
+            coverage.current.cover(NESTED, FOUND)
             _get(gp)
         mmu_lock.unlock()
         if gp is not None or not create:
@@ -318,6 +336,7 @@ async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedG
             mmu_lock.unlock()
         if ok:
             break
+        coverage.current.cover(NESTED, LOST)
         kvmhv_release_nested(newgp)
         if "create-race-fails" in l1.quirks:
             return None  # the kernel: H_ENTER_NESTED says H_PARAMETER
@@ -334,6 +353,7 @@ async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedG
         gp, newgp = newgp, None
     _get(gp)
     mmu_lock.unlock()
+    coverage.current.cover(NESTED, CREATED if newgp is None else LOST)
     if newgp is not None:
         kvmhv_release_nested(newgp)
     return gp
@@ -349,6 +369,7 @@ async def kvmhv_put_nested(gp: KvmNestedGuest) -> None:
     gp.l1_host.lifetime_version += 1
     ref = gp.refcnt
     mmu_lock.unlock()
+    coverage.current.cover(NESTED, PUT_LAST if ref == 0 else PUT)
     if ref == 0:
         kvmhv_release_nested(gp)
 
@@ -360,6 +381,8 @@ async def kvmhv_remove_nested(gp: KvmNestedGuest) -> None:
     if gp is _find_nested(l1, gp.l1_lpid):
         await _idr_write(l1, f"idr_remove lpid {gp.l1_lpid}",
                          lambda: l1.idr.pop(gp.l1_lpid))
+        coverage.current.cover(NESTED, REMOVED)
+        l1.m.racing(REMOVE_VS_ENTER, "kvmhv_enter_nested_guest", l2=gp)
         _touch_gp(gp, True)
         gp.refcnt -= 1
         l1.lifetime_version += 1

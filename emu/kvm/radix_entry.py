@@ -45,6 +45,13 @@ import attrs
 
 from ..hw.cputhreads import Topology
 from ..hw.tlb import Tlbs
+from ..sim import coverage
+from ..sim.coverage import EVENT
+
+CHANGED_PCPU = "a vCPU enters on another pCPU than its prev_cpu"
+CHANGED_GROUP = "a vCPU enters outside its prev_cpu's TLB group (radix_flush_cpu of that group)"
+FLUSHED_LEFT_GROUP = "an entry flushes a TLB group a vCPU left (check_need_tlb_flush)"
+"""Coverage events of the entry path (``sim.coverage``)."""
 
 ENTRY_QUIRKS = {
     "one-tlb-per-core": "B10 (v4.20 to v5.13, fixed by 77bbbc0cf848 in v5.14): one TLB per "
@@ -97,7 +104,9 @@ class RadixEntry:
         if prev == pcpu:
             return
         if prev >= 0:
+            coverage.current.cover(EVENT, CHANGED_PCPU)
             if not self.groups.same_group(prev, pcpu):
+                coverage.current.cover(EVENT, CHANGED_GROUP)
                 await self.radix_flush_cpu(kvm, owner, prev)
             await self.ipi(prev, "do_migrate_away_vcpu")  # ptesync there: no TLB effect
         owner.prev_cpu[vcpu] = pcpu
@@ -118,6 +127,7 @@ class RadixEntry:
             return False
         flushed = all(i in need for i in self.groups.members(pcpu))
         if flushed:
+            coverage.current.cover(EVENT, FLUSHED_LEFT_GROUP)
             self.tlbs.flush_guest_tlb(pcpu, lpid)
         need.discard(pcpu)  # after the flush (else only a ptesync)
         return flushed

@@ -94,6 +94,24 @@ if TYPE_CHECKING:
     from ..hw.hostmm import VMA
 
 RESCHED_BATCH = 512
+SHARE_VS_PAGE_OUT = "share ~ page-out of the same GFN"
+RESET_VS_SHARE = "KVM_PPC_SVM_OFF ~ kvmppc_share_page"
+RESET_IN_SHARE_RETRY = "KVM_PPC_SVM_OFF ~ kvmppc_share_page's retry loop (uvmem_lock dropped)"
+"""Coverage (``Machine.racing``): the overlaps the secure-VM scenarios' goals name."""
+
+SHARE_RETRY = "kvmppc_share_page"
+"""Liveness monitor (``Machine.hot``): a share's retry loop ('goto retry') must end."""
+VM_TRANSIENT = "Transient VM"
+"""Liveness monitor: a VM that UV_ESM's H_SVM_INIT_START left Transient (failed or not: the
+flag is set first) leaves it by H_SVM_INIT_DONE, H_SVM_INIT_ABORT, KVM_PPC_SVM_OFF or its
+destruction. A failed INIT_DONE ends the UV's part ("the VM must be terminated" by its
+owner, QEMU, which a scenario may not have): cold there too. Hot from UV_ESM only: a raw
+INIT_START (a guest program that stops mid-boot) promises nothing."""
+
+
+def share_key(kvm: KVM, gfn: int) -> str:
+    """A share in progress: its GFN and its caller (two may share one GFN at once)."""
+    return f"GFN {gfn:#x} of VM {kvm.lpid} ({kvm.m.ctl.current.name})"
 
 QUIRKS = {
     "page-out-lock-leak":
@@ -502,6 +520,7 @@ async def __kvmppc_svm_page_out(vma: VMA, start: int, end: int, page_shift: int,
     ret = U_SUCCESS
     if kvmppc_gfn_is_uvmem_pfn(gpa >> page_shift, kvm) is None:
         return ret  # already paged out
+    kvm.m.racing(SHARE_VS_PAGE_OUT, "kvmppc_share_page", gpa=gpa)
     mig = MigrateVma(vma, start, MIGRATE_VMA_SELECT_DEVICE_PRIVATE, fault_page)
     if await migrate_vma_setup(kvm, mig):
         return -1
@@ -574,6 +593,7 @@ async def kvmppc_h_svm_init_abort(kvm: KVM) -> int:
         await kvmppc_uvmem_drop_pages(memslot, kvm, False)
     kvm.srcu.read_unlock(srcu_idx)
     kvm.secure_guest = 0
+    kvm.m.cold(VM_TRANSIENT, kvm.lpid)
     await kvm.uv.uv_svm_terminate(kvm.lpid)
     return H_PARAMETER
 
@@ -782,6 +802,7 @@ async def kvmppc_h_svm_init_done(kvm: KVM) -> int:
                 break
     if ret == H_SUCCESS:
         kvm.secure_guest |= KVMPPC_SECURE_INIT_DONE
+        kvm.m.cold(VM_TRANSIENT, kvm.lpid)
     kvm.srcu.read_unlock(srcu_idx)
     return ret
 
@@ -798,14 +819,17 @@ async def kvmppc_share_page(kvm: KVM, gpa: int, page_shift: int) -> int:
         bit = uvmem_pfn - 1  # do not drop the GFN: it becomes a shared GFN
         dev.pvt_flags[bit] = (dev.pvt_flags[bit] | PVT_SKIP_PAGE_OUT) & ~PVT_REMOVE_GFN
 
+    kvm.m.racing(SHARE_VS_PAGE_OUT, "__kvmppc_svm_page_out", gpa=gpa)
     srcu_idx = await kvm.srcu.read_lock()
     await kvm.uvmem_lock.lock()
     if (uvmem_pfn := kvmppc_gfn_is_uvmem_pfn(gfn, kvm)) is not None:
         mark_skip(uvmem_pfn)
+    kvm.m.hot(SHARE_RETRY, share_key(kvm, gfn), "H_SVM_PAGE_IN(H_PAGE_IN_SHARED)")
     while True:  # retry:
         kvm.uvmem_lock.unlock()
         pfn = await kvm.gfn_to_pfn(gfn)
         if is_error_noslot_pfn(pfn):
+            kvm.m.cold(SHARE_RETRY, share_key(kvm, gfn))
             kvm.srcu.read_unlock(srcu_idx)
             return ret
         await kvm.uvmem_lock.lock()
@@ -823,6 +847,7 @@ async def kvmppc_share_page(kvm: KVM, gpa: int, page_shift: int) -> int:
     kvm.kvm_release_pfn_clean(pfn)
     kvm.uvmem_lock.unlock()
     kvm.srcu.read_unlock(srcu_idx)
+    kvm.m.cold(SHARE_RETRY, share_key(kvm, gfn))
     return ret
 
 

@@ -52,7 +52,14 @@ from ..kvm.hvcall import (
     H_TLB_INVALIDATE,
     NAMES,
 )
-from ..kvm.nested import L1Host, LpidPool, kvmhv_set_partition_table, nested_lifetime
+from ..kvm.nested import (
+    NESTED,
+    NESTED_TRANSITIONS,
+    L1Host,
+    LpidPool,
+    kvmhv_set_partition_table,
+    nested_lifetime,
+)
 from ..kvm.nested_invariants import l1_pgtable_current, nested_rmap_unique, shadow_composition
 from ..kvm.nested_mmu import kvmhv_nested_page_fault
 from ..kvm.nested_tlbie import kvmhv_do_nested_tlbie
@@ -145,6 +152,7 @@ class NestedMachine(PowerMachine):
         for name, (check, key) in checks.items():
             m.invariant(name, check, key=key)
             m.final(name, check)
+        m.declare(NESTED, NESTED_TRANSITIONS)
 
     # ------------------------------------------------------------------ building
     def l1_vcpu(self, program: GuestProgram, cpu: int) -> VCpu:

@@ -28,6 +28,7 @@ import sys
 from array import array
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from zlib import crc32
 
 import attrs
 
@@ -39,7 +40,7 @@ from ..actors.vcpu import VCpu
 from ..hw.costs import UNIT, CostModel
 from ..kvm.hv import uvmem_slot_counts
 from ..kvm.hvcall import KVMPPC_GFN_PFN_MASK, KVMPPC_GFN_UVMEM_PFN, PAGE_SHIFT
-from ..kvm.lifecycle import true_gfn_state
+from ..kvm.lifecycle import declare_tables, true_gfn_state
 from ..kvm.uvmem import QUIRKS, hv_gfn_state, uvmem_slot
 from ..kvm.vm import KVM, NR_CPUS
 from ..sim import Machine, Param
@@ -153,10 +154,20 @@ class SvmMachine(PowerMachine):
         self.uv.hv = self.hv
         self.dev = CheckedUvmemDevice(m, secure_pages)
         self._shared_seen: _SharedSeen | None = None
+        declare_tables(m)
         m.invariant("never device-backed and shared", self._shared_not_device)
         m.invariant("no vCPU in the guest during SVM_OFF", self._teardown_alone)
         m.final("device pages match the GFN states", self._device_pages_match)
         m.final("one uvmem slot per memslot", self._uvmem_slots_counted)
+        m.state_fingerprint(self._fingerprint)
+
+    def _fingerprint(self) -> tuple:
+        """The HV's secure-memory state, for liveness (``Machine.state_fingerprint``): the
+        device pages in use, and each VM's life-cycle flags and GFN state words, as
+        checksums (small, and hashed the same in every process)."""
+        return crc32(self.dev.bitmap), tuple(
+            (k.secure_guest, tuple(crc32(s.pfns) for s in k.uvmem_pfns))
+            for k in self.hv.kvms.values())
 
     def vm(self, lpid: int = 1, slots: tuple[tuple[int, int], ...] = ((0, 32),),
            prealloc: bool = False) -> KVM:

@@ -44,6 +44,7 @@ from itertools import compress
 from typing import Any
 
 from ..hw.arm64_stage2 import LAST_LEVEL, PAGE_SHIFT, PTRS_PER_PTE, granule_shift
+from ..sim import coverage
 from ..sim.violations import About, prefixed
 from .mem_protect import (
     MEM_BASE_PFN,
@@ -581,8 +582,68 @@ class OwnershipMonitor:
 
 def register(m: Any, hyp: Hyp) -> OwnershipMonitor:
     """Watch ``hyp`` on machine ``m`` with an ``OwnershipMonitor``: after every step (keyed)
-    and once more at the end."""
+    and once more at the end; and, when the run collects coverage, with ``PageRows``."""
     monitor = OwnershipMonitor(hyp)
     m.invariant("pkvm ownership", monitor.check, key=monitor.key)
     m.final("pkvm ownership", monitor.check)
+    if m.coverage.on:
+        rows = PageRows(hyp)
+        for transition, fn in ROW_TRANSITIONS.items():
+            m.declare(PKVM_TRANSITION, [transition], f"no {fn} took a page this way")
+        m.invariant("coverage: pkvm page-state transitions", rows.observe, key=rows.key)
+        m.final("coverage: pkvm page-state transitions", rows.observe)
     return monitor
+
+
+PKVM_TRANSITION = "pkvm-transition"
+ROW_TRANSITIONS = {
+    "A -> B": "__pkvm_host_share_hyp", "B -> A": "__pkvm_host_unshare_hyp",
+    "B -> B pinned": "hyp_pin_shared_mem", "B pinned -> B": "hyp_unpin_shared_mem",
+    "A -> C": "__pkvm_host_donate_hyp", "C -> A": "__pkvm_hyp_donate_host",
+    "A -> D": "__pkvm_host_share_ffa", "D -> A": "__pkvm_host_unshare_ffa",
+    "A -> E (k=1)": "__pkvm_host_share_guest",
+    "E (k=1) -> E (k>1)": "__pkvm_host_share_guest (a second guest)",
+    "E (k>1) -> E (k=1)": "__pkvm_host_unshare_guest (one of several guests)",
+    "E (k=1) -> A": "__pkvm_host_unshare_guest",
+}
+"""Coverage: the moves between the rows of the module docstring's table that the
+transitions make, with the function that makes each (B split by pins, E by guests)."""
+
+
+class PageRows:
+    """Coverage (``sim.coverage``, kind ``pkvm-transition``): the row each memory page is in,
+    looked at between steps while no component's lock is held, and every move of a page
+    from one row to another. It reads; it never judges (that is ``OwnershipMonitor``'s)."""
+
+    def __init__(self, hyp: Hyp) -> None:
+        self.hyp = hyp
+        self.rows: dict[int, str] = {}
+
+    def key(self) -> Hashable:
+        hyp = self.hyp
+        return (hyp.hyp_vmemmap.version, hyp.mem.version, _in_flux(hyp))
+
+    def row(self, pfn: int) -> str | None:
+        hyp = self.hyp
+        phys = pfn << PAGE_SHIFT
+        row = LEGAL_PAIRS.get((get_host_state(hyp, phys), get_hyp_state(hyp, phys)))
+        vmemmap = hyp.hyp_vmemmap
+        if row == "B" and vmemmap.refcount[pfn]:
+            return "B pinned"
+        if row == "D/E":
+            count = vmemmap.host_share_guest_count[pfn]
+            return "D" if not count else "E (k=1)" if count == 1 else "E (k>1)"
+        return row
+
+    def observe(self) -> None:
+        hyp = self.hyp
+        if _in_flux(hyp):
+            return
+        rows = self.rows
+        for pfn in hyp.memory_pfns():
+            now = self.row(pfn)
+            before = rows.get(pfn)
+            if now != before:
+                if before is not None and now is not None:
+                    coverage.current.cover(PKVM_TRANSITION, f"{before} -> {now}")
+                rows[pfn] = now

@@ -152,6 +152,9 @@ _OP_AT = "at s1e1r (host stage-1)"
 _OP_HOST_WALK = "host stage-2 walk"
 _OP_GUEST_WALK = "guest stage-2 walk"
 _OP_HOST_S1 = "host stage-1 pte store"
+HOST_ABORT = "host abort on cpu"
+"""Liveness monitor (``Machine.hot``): a host access that took a stage-2 fault to EL2 is
+retried until it reaches memory (the abort resolved) or the host's own stage-1 fails it."""
 
 
 # --- the state EL2 keeps ------------------------------------------------------------------
@@ -842,14 +845,18 @@ async def host_mem_access(hyp: Hyp, cpu: int, va: int, write: bool) -> int:
     while True:
         ipa = hyp.host_s1.translate(va)
         if ipa is None:
+            hyp.ctx.cold(HOST_ABORT, cpu)  # the host kernel's own fault ends it
             return -EFAULT
         desc, level, _ = await translate_stepwise(
             hyp.tlbs, hyp.mem, cpu, 0, pgt.pgd, pgt.start_level, pgt.ia_bits, ipa,
             hyp.ctx.point, _OP_HOST_WALK)
         if level == ADDRESS_SIZE_FAULT:
+            hyp.ctx.cold(HOST_ABORT, cpu)
             return -EFAULT
         if kvm_pte_valid(desc):
+            hyp.ctx.cold(HOST_ABORT, cpu)  # the abort is resolved: the access reaches memory
             return output_address(desc, level, ipa) >> PAGE_SHIFT
+        hyp.ctx.hot(HOST_ABORT, cpu, "the host's stage-2 fault must be resolved")
         await handle_host_mem_abort(hyp, cpu, va, ipa)
         await hyp.ctx.yield_point("host retries the access")
 

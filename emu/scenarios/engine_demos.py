@@ -2,7 +2,10 @@
 
 - ``lost-update``: non-atomic increments of a shared counter (fixed by ``-p locked=true``);
 - ``abba``: two mutexes taken in opposite orders (fixed by ``-p ordered=true``);
-- ``srcu-uaf``: an SRCU-protected object freed under a reader (quirk ``no-synchronize``).
+- ``srcu-uaf``: an SRCU-protected object freed under a reader (quirk ``no-synchronize``);
+- ``trylock-livelock``: two CPUs take two locks in opposite orders with a trylock and back
+  off on failure, live under a fair schedule; quirk ``no-backoff`` keeps the first lock
+  while spinning on the second, a livelock reported with its repeating cycle.
 """
 
 from __future__ import annotations
@@ -105,3 +108,72 @@ def srcu_uaf(m: Machine, readers: int) -> None:
     for i in range(readers):
         m.spawn(f"reader{i}", reader)
     m.spawn("updater", updater)
+
+
+class _BitLock:
+    """A lock taken only by trylock (``test_and_set_bit_lock``): a CPU that wants it spins
+    on the trylock itself, so it is never blocked and no deadlock can be seen, only a
+    livelock."""
+
+    def __init__(self, m: Machine, name: str) -> None:
+        self.m, self.name = m, name
+        self.owner: str | None = None
+
+    async def trylock(self, who: str) -> bool:
+        await self.m.point(f"spin_trylock {self.name}")
+        self.m.touch(self.name, self.owner is None)
+        if self.owner is not None:
+            return False
+        self.owner = who
+        return True
+
+    async def lock(self, who: str) -> None:
+        while not await self.trylock(who):
+            await self.m.yield_point(f"cpu_relax ({self.name} busy)")
+
+    def unlock(self) -> None:
+        self.m.touch(self.name, True)
+        self.owner = None
+
+
+@scenario("trylock-livelock", max_steps=2_000, params={
+    "rounds": Param(1, "times each CPU takes both locks", minimum=1, maximum=64),
+}, quirks={
+    "no-backoff": "a CPU whose spin_trylock of its second lock fails spins on it still "
+                  "holding its first, instead of dropping the first and retrying (the "
+                  "trylock-and-back-off pattern): once each CPU holds its first lock, both "
+                  "spin for ever, each on the lock the other holds (a livelock: both keep "
+                  "running, so no deadlock is seen), reported with its repeating cycle",
+})
+def trylock_livelock(m: Machine, rounds: int) -> None:
+    """Two CPUs take lock_a and lock_b in opposite orders, the second with a trylock; on
+    failure a CPU backs off (drops its first lock) and retries. In lock-step (both take
+    their first lock, both fail the trylock, both back off...) they retry for ever, as
+    long as the schedule keeps them in step; any fair schedule lets one of them through. A
+    monitor is hot from each attempt to its unlock: a CPU that never gets both is named."""
+    a, b = _BitLock(m, "lock_a"), _BitLock(m, "lock_b")
+    sections = 0  # critical sections done (the state fingerprint's progress)
+    backoff = not m.quirk("no-backoff")
+
+    async def cpu(me: str, first: _BitLock, second: _BitLock) -> None:
+        nonlocal sections
+        for _ in range(rounds):
+            m.hot("lock pair", me, f"{first.name} then {second.name}")
+            while True:
+                await first.lock(me)
+                if await second.trylock(me):
+                    break
+                if backoff:  # (a step of its own: the CPUs can back off in lock-step)
+                    await m.yield_point(f"back off: spin_unlock {first.name}")
+                    first.unlock()
+                    continue
+                await second.lock(me)
+                break
+            sections += 1
+            second.unlock()
+            first.unlock()
+            m.cold("lock pair", me)
+
+    m.spawn("cpu0", cpu, "cpu0", a, b)
+    m.spawn("cpu1", cpu, "cpu1", b, a)
+    m.state_fingerprint(lambda: (a.owner, b.owner, sections))

@@ -11,16 +11,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ..actors.host import Host
-from ..actors.returncodes import AcceptSpec, accept
+from ..actors.returncodes import RETURN_CODES, AcceptSpec, accept
 from ..actors.svm_guest import SvmGuest
 from ..hw.costs import COST_MODELS
 from ..kvm.hv import H_REGISTER_VPA, H_VPA_FUNC_SHIFT
 from ..kvm.hvcall import EBUSY, EFAULT, H_PARAMETER, H_SUCCESS, PAGE_SHIFT
-from ..kvm.uvmem import MIGRATE_VMA_SELECT_DEVICE_PRIVATE, QUIRKS
+from ..kvm.lifecycle import GFN_CELLS, VM_CELLS
+from ..kvm.uvmem import (
+    MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+    QUIRKS,
+    RESET_IN_SHARE_RETRY,
+    RESET_VS_SHARE,
+    SHARE_VS_PAGE_OUT,
+)
 from ..kvm.vm import KVM_MEM_LOG_DIRTY_PAGES
 from ..machines.svm import COMMON_PARAMS, KVM_USER_MEM_SLOTS, SvmMachine
 from ..sim import Machine, Param, scenario
 from ..sim.channel import Completion
+from ..sim.coverage import RACE
 
 QUIRK_SCENARIO = {
     "page-out-lock-leak": "share-vs-pageout",
@@ -195,6 +203,12 @@ def share_storm(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv
     unshare = accept(H_SUCCESS, contended=[H_PARAMETER])
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus,
              accept={"UV_UNSHARE_PAGE": unshare, "UV_UNSHARE_ALL_PAGES": unshare})
+    m.goal("share-races-page-out", "a share racing a page-out of the same GFN",
+           ("a Secure GFN is shared", (GFN_CELLS, "Secure|share")),
+           ("a page-out of that GFN overlaps the share", (RACE, SHARE_VS_PAGE_OUT)))
+    m.goal("unshare-loses-race", "an unshare losing to another unshare or a reclaim",
+           ("a Shared GFN is unshared", (GFN_CELLS, "Shared|unshare")),
+           ("an unshare loses (H_PARAMETER)", (RETURN_CODES, "UV_UNSHARE_PAGE|H_PARAMETER")))
     gfns = [b.data_gfn(i) for i in range(pool)]
     done = m.completion("storm done")
 
@@ -285,6 +299,9 @@ def init_done_vs_share(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: 
     # slot yet (U_PARAMETER); once ESM is done the share must succeed
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, slots=slots,
              accept={"UV_SHARE_PAGE": accept(H_SUCCESS, contended=[H_PARAMETER])})
+    m.goal("share-meets-esm", "a share racing the VM's transition to secure",
+           ("a GFN of the Transient VM is shared", (GFN_CELLS, "Normal|share")),
+           ("a share loses to UV_ESM (H_PARAMETER)", (RETURN_CODES, "UV_SHARE_PAGE|H_PARAMETER")))
     early = b.data_gfn(0)
     racing = b.data_gfn(1) if slots == 1 else (slots - 1) * mem_mb * 16 + 1
 
@@ -377,13 +394,26 @@ def dimm_hotplug(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, u
 
 @svm_scenario("svm-reboot", {
     "reboots": Param(1, "resets in a row (KVM_PPC_SVM_OFF), each followed by a secure boot",
-                     minimum=1, maximum=64)},
-              per_vcpu=20, per_gfn=10, more_steps=lambda p: 300 * p["reboots"])
+                     minimum=1, maximum=64),
+    "share_during_reset": Param(False, "the first boot's vCPU goes on sharing pages while "
+                                       "QEMU resets the VM: the reset lands inside "
+                                       "kvmppc_share_page's retry loop (a coverage goal)")},
+              per_vcpu=20, per_gfn=10,
+              more_steps=lambda p: 300 * p["reboots"] + 100 * p["share_during_reset"])
 def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv: str,
-               reboots: int) -> None:
+               reboots: int, share_during_reset: bool) -> None:
     """An SVM boots, keeps secrets, shares a page; QEMU resets it (KVM_PPC_SVM_OFF, the UV
-    terminates it) and it boots again as a secure VM, ``reboots`` times."""
+    terminates it) and it boots again as a secure VM, ``reboots`` times. With
+    ``share_during_reset`` the first boot's vCPU shares three more pages once QEMU may
+    reset it."""
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, accept={"KVM_PPC_SVM_OFF": {0, -EBUSY}})
+    if share_during_reset:
+        m.goal("reset-in-share-retry", "a reset landing inside kvmppc_share_page's retry loop",
+               ("a Secure VM is reset", (VM_CELLS, "Secure|TERMINATE")),
+               ("the reset meets a share in flight", (RACE, RESET_VS_SHARE)),
+               ("... inside its retry loop", (RACE, RESET_IN_SHARE_RETRY)),
+               ("the guard refuses the reset while the vCPU runs (-EBUSY)",
+                (RETURN_CODES, "KVM_PPC_SVM_OFF|-EBUSY")))
     resets = [m.completion(f"reset {i} done") for i in range(reboots)]
     up = [m.completion(f"boot {i} done") for i in range(reboots + 1)]
     shared = b.data_gfn(1)
@@ -394,6 +424,8 @@ def svm_reboot(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: str, uv:
         await g.share(shared)
         await g.write(gpa(shared), 0x5A)
         up[0].complete_all()
+        for i in range(2, 5) if share_during_reset else ():
+            await g.share(b.data_gfn(i))
 
     def again(i: int):
         async def boot(g: SvmGuest) -> None:

@@ -46,7 +46,9 @@ schedule continues fairly for the rest of the budget (PCT then picks uniformly a
 enabled actors and the timer, from its own seeded RNG; random walk is uniform already;
 replay follows the file), with timers always a candidate. Only if the schedule still has
 not finished at ``max_steps`` is "no progress in N steps" reported, naming the actors that
-kept stepping during the fair suffix (the livelock cycle) and what every actor was doing.
+kept stepping during the fair suffix and what every actor was doing; with the monitors
+still hot (why it could not finish) and the repeating cycle of each looping actor
+(``liveness``). A monitor still hot when every actor has finished is reported there too.
 The total never exceeds the budget, so a replay file still holds at most ``max_steps``
 decisions and the memory estimate per step still bounds a schedule. An actor that blocks
 on a raw Trio primitive is caught by an idle watchdog.
@@ -70,7 +72,7 @@ import trio.testing
 from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
 
 from ..errors import EmuError, ScenarioError
-from . import accesses
+from . import accesses, liveness
 from .lockdep import Lockdep
 from .trace import Trace
 from .violations import Stop, Violation, objects_of, prefixed
@@ -203,6 +205,8 @@ class Controller:
         self._starter: Any = None
         self._parked = 0
         self._workers = 0
+        self.monitors: liveness.Monitors | None = None
+        """The hot/cold monitors (``liveness``), made at the first ``hot``."""
 
     # ----------------------------------------------------------------- building
     def spawn(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any,
@@ -454,6 +458,8 @@ class Controller:
         if not self.fair:
             self.fair = True
             self._fair_from = self.step
+            if self.monitors is not None and self.monitors.fingerprint is not None:
+                self.strategy = liveness.Fingerprinting(self.strategy, self.monitors)
             self._limit = self.max_steps
             if self._stop_error is not None:  # a signal between the check and the store
                 self._limit = -1
@@ -476,7 +482,8 @@ class Controller:
         if busy:
             lines.append("  steps in the fair suffix: "
                          + ", ".join(f"{names[i]} {counts[i]}" for i in busy))
-        self.fail("liveness", message, details="\n".join(lines))
+        message, details = liveness.livelock(self, self._fair_from, message, lines)
+        self.fail("liveness", message, details=details)
 
     def _hand_over(self, actor: Actor) -> None:
         self.current = actor
@@ -593,6 +600,8 @@ class Controller:
         self._watchdog_scope.cancel()
         try:
             self._check(self.finals)
+            if self.monitors is not None:  # a monitor still hot never cooled
+                self.monitors.at_end()
         except Stop:
             return
         if self.live:  # daemons still waiting for work: stop them

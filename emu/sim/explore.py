@@ -88,6 +88,7 @@ import trio
 from ..errors import EmuError
 from .accesses import StepAccesses, dependent
 from .controller import CLOCK, TIMER
+from .coverage import HuntCoverage
 from .files import read_bounded, write_atomic
 from .interrupt import INTERRUPT, Interrupted
 from .runner import RunResult, prepare, run_schedule, step_budget
@@ -506,6 +507,9 @@ class ExploreResult:
     """Runs done before this invocation (from the checkpoint)."""
     earlier: list[str] = attrs.Factory(list)
     """What the invocations before this one (from the checkpoint) found."""
+    coverage: HuntCoverage | None = None
+    """What this invocation's schedules covered (``explore(coverage=True)``), numbered in
+    the order they ran."""
 
     @property
     def clean(self) -> bool:
@@ -543,7 +547,8 @@ def explore(scenario: str, *, preemptions: int, params: Mapping[str, Any] | None
             max_schedules: int | None = None, checkpoint: str | Path | None = None,
             on_estimate: Callable[[int, int, int], None] | None = None,
             on_finding: Callable[[RunResult], None] | None = None,
-            progress: Callable[[int, int], None] | None = None) -> ExploreResult:
+            progress: Callable[[int, int], None] | None = None,
+            coverage: bool = False) -> ExploreResult:
     """Explore every schedule of ``scenario`` with at most ``preemptions`` preemptions
     (with the reduction unless ``prune`` is False) until a fatal violation, the end of the
     space, ``max_schedules`` runs (pruned ones included), or an interrupt. ``seed`` seeds
@@ -552,7 +557,8 @@ def explore(scenario: str, *, preemptions: int, params: Mapping[str, Any] | None
 
     ``on_estimate(n, a, estimate)`` is called after the first schedule, ``on_finding``
     when a schedule finds something (the first warning, a fatal violation),
-    ``progress(schedules, pruned)`` after each run."""
+    ``progress(schedules, pruned)`` after each run. ``coverage``: collect what the schedules
+    run (not those cut short) covered (``sim.coverage``)."""
     if preemptions < 0:
         raise EmuError(f"bad --preemptions {preemptions} (at least 0)")
     sc, values, chosen = prepare(scenario, params, quirks, release)
@@ -589,15 +595,18 @@ def explore(scenario: str, *, preemptions: int, params: Mapping[str, Any] | None
         found_preemptions = 0
         interrupted: int | None = None
         runs = 0
+        covered = HuntCoverage(sc.name, 0, unit="schedule") if coverage else None
         start = time.perf_counter()
         try:
             while not search.exhausted and (max_schedules is None or runs < max_schedules):
                 result = await search.run(lambda strategy: run_schedule(
-                    sc, values, chosen, strategy, seed, steps, release))
+                    sc, values, chosen, strategy, seed, steps, release, coverage=coverage))
                 runs += 1
                 if result is None:
                     counts["pruned"] += 1
                 else:
+                    if covered is not None and result.coverage is not None:
+                        covered.add(covered.schedules, result.coverage)
                     counts["schedules"] += 1
                     if not counts["first_decisions"]:
                         counts["first_decisions"] = result.steps
@@ -634,6 +643,6 @@ def explore(scenario: str, *, preemptions: int, params: Mapping[str, Any] | None
                                       preemptions),
                              counts["first_decisions"], counts["candidates"],
                              time.perf_counter() - start, interrupted, release, resumed,
-                             earlier)
+                             earlier, covered)
 
     return trio.run(main)

@@ -8,11 +8,13 @@ invariants. Model code never touches Trio directly: everything comes from here.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
+from . import coverage
 from .channel import Channel, Completion
 from .controller import CLOCK, Actor, Check, Controller
+from .liveness import Monitors
 from .locks import SRCU, Mutex, RWSem, SpinLock
 from .shared import KObject, SharedVar
 
@@ -58,6 +60,8 @@ class Machine:
         self._random: random.Random | None = None
         self.views: dict[str, Callable[[], str]] = {}
         """The end-of-run views the model offers (``view``), by name."""
+        self.coverage: coverage.Recorder = coverage.OFF
+        """The schedule's coverage recorder (``sim.coverage``): off unless a hunt asks."""
 
     @property
     def random(self) -> random.Random:
@@ -144,6 +148,33 @@ class Machine:
         """``check()`` runs once, after every actor has finished."""
         self.ctl.finals.append((name, check))
 
+    def hot(self, monitor: str, key: Hashable, why: str = "") -> None:
+        """A liveness monitor (``sim.liveness``): the situation ``key`` of ``monitor`` has
+        begun and must end (``cold``) before the schedule does; one still hot when every
+        actor has finished, or when the step budget runs out, is a ``liveness`` violation
+        naming where (step, actor) and ``why`` it went hot. Not a scheduling point, not in
+        the trace."""
+        ctl = self.ctl
+        if ctl.stopped:
+            return
+        if ctl.monitors is None:
+            ctl.monitors = Monitors(ctl)
+        ctl.monitors.hot(monitor, key, why)
+
+    def cold(self, monitor: str, key: Hashable) -> None:
+        """The situation ``key`` of ``monitor`` has ended (nothing if it is not hot)."""
+        if self.ctl.monitors is not None:
+            self.ctl.monitors.cold(monitor, key)
+
+    def state_fingerprint(self, fingerprint: Callable[[], Hashable]) -> None:
+        """Offer a cheap, hashable fingerprint of the model's state (versions, small
+        tuples; it must change nothing): taken at every decision of the fair continuation
+        only, it tells a livelock (the same few states again and again) from progress the
+        step budget cut short (``sim.liveness``)."""
+        if self.ctl.monitors is None:
+            self.ctl.monitors = Monitors(self.ctl)
+        self.ctl.monitors.fingerprint = fingerprint
+
     def view(self, name: str, show: Callable[[], str]) -> None:
         """Offer ``show()`` as the view ``name``: text about the machine's state at the end
         of the run (``RunResult.views``, ``emu run --view NAME``). It is called after the
@@ -152,6 +183,31 @@ class Machine:
         if name in self.views:
             raise ValueError(f"two views named {name!r}")
         self.views[name] = show
+
+    # coverage (``sim.coverage``): written, never read, while the schedule runs
+    def cover(self, kind: str, key: str) -> None:
+        """This schedule covered the item ``(kind, key)`` (nothing when coverage is off)."""
+        self.coverage.cover(kind, key)
+
+    def declare(self, kind: str, keys: Iterable[str], reason: str = "") -> None:
+        """The items ``(kind, key)`` this scenario can cover; ``reason``: why one may stay
+        unreached (an N/A cell)."""
+        self.coverage.declare(kind, keys, reason)
+
+    def goal(self, name: str, about: str, *stages: tuple[str, tuple[str, str]]) -> None:
+        """A "sometimes" goal: a situation some schedule of the hunt must reach, as ordered
+        ``(what it means, item)`` stages; ``emu hunt --require-coverage`` fails a hunt
+        that never covered every stage, and reports the best partial progress."""
+        if self.coverage.on:
+            self.coverage.goal(coverage.Goal(name, about, tuple(
+                coverage.Stage(text, item) for text, item in stages)))
+
+    def racing(self, key: str, *functions: str, **match: Any) -> None:
+        """Cover ``("race", key)`` if another actor is inside ``functions`` (model function
+        names on its stack, outermost first), the innermost with the local values
+        ``match``: the current step overlaps that call (a stack walk, coverage only)."""
+        if self.coverage.on and coverage.inside(self.ctl, functions, match):
+            self.coverage.cover(coverage.RACE, key)
 
     def fail(self, kind: str, message: str, details: str = "") -> None:
         self.ctl.fail(kind, message, details=details)

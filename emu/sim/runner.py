@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from ..errors import EmuError, ReplayDivergence, ScenarioError
+from . import coverage as covering
 from .accesses import StepAccesses
 from .controller import Controller
 from .guided import rebuilt
@@ -32,6 +33,7 @@ from .trace import Trace
 from .violations import Stop, Violation
 
 if TYPE_CHECKING:
+    from .coverage import Coverage, HuntCoverage
     from .shrink import Shrunk
 
 STRATEGIES = ("random", "pct", "guided", "portfolio")
@@ -65,6 +67,8 @@ class RunResult:
     """What each step read and wrote (step ``i`` at index ``i - 1``; ``sim.accesses``),
     outside the trace and its hash: recorded by ``run``, replays and ``run_schedule(...,
     accesses=True)``, or for a strategy that wants them; None when not recorded (a hunt)."""
+    coverage: Coverage | None = None
+    """What the schedule covered (``sim.coverage``): only when asked for (``coverage``)."""
 
     @property
     def ok(self) -> bool:
@@ -126,6 +130,8 @@ class HuntResult:
     search: list[str] = attrs.Factory(list)
     """What the search says at the end, in lines (``guided``): a portfolio's member by
     member (what each found first, at which schedule), the guided corpus; else empty."""
+    coverage: HuntCoverage | None = None
+    """What the hunt covered, item by item and goal by goal (``hunt(coverage=True)``)."""
     _shrunk: Shrunk | None = attrs.field(default=None, init=False, repr=False)
 
     @property
@@ -172,16 +178,20 @@ def step_budget(sc: Scenario, values: dict[str, Any], max_steps: int | None) -> 
 async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...],
                        strategy: Any, seed: int, max_steps: int,
                        release: str | None = None, detail: bool = False,
-                       views: bool = False, accesses: bool = False) -> RunResult:
+                       views: bool = False, accesses: bool = False,
+                       coverage: bool = False) -> RunResult:
     """Build the scenario on a fresh controller and run one schedule (inside trio.run).
     ``release`` is handed to the model as ``machine.release`` (an opaque name); ``detail``
     records where in the model each step is taken (slow: for explanations); ``views``
     takes the model's views at the end (always taken when the schedule found something);
-    ``accesses`` records every step's accesses (``RunResult.accesses``)."""
+    ``accesses`` records every step's accesses (``RunResult.accesses``); ``coverage``
+    collects what the schedule covered (``RunResult.coverage``; it records accesses)."""
     INTERRUPT.check()
-    ctl = Controller(strategy, max_steps=max_steps, record=accesses)
+    ctl = Controller(strategy, max_steps=max_steps, record=accesses or coverage)
     ctl.detail = detail
     machine = Machine(ctl, params, quirks, tuple(sc.quirks), seed, release)
+    if coverage:
+        machine.coverage = covering.Recorder(True)
     try:
         sc.build(machine, **params)
     except EmuError:
@@ -193,16 +203,25 @@ async def run_schedule(sc: Scenario, params: dict[str, Any], quirks: tuple[str, 
             from exc
     if not ctl.stopped:
         INTERRUPT.attach(ctl)
+        covering.current = machine.coverage  # (model code without the machine reports here)
         try:
             await ctl.run()
         finally:
             INTERRUPT.detach()
+            covering.current = covering.OFF
     if ctl.error is not None:
         raise ctl.error
+    kept = accesses or getattr(strategy, "wants_accesses", False)
     return RunResult(sc.name, params, quirks, strategy.spec(), seed, max_steps,
                      ctl.violations, ctl.trace, ctl.step, ctl.now, sc.source, release,
                      _take_views(machine) if views or ctl.violations else {},
-                     ctl.step_accesses if ctl.recorder.on else None)
+                     ctl.step_accesses if kept else None,
+                     _coverage(machine, ctl) if coverage else None)
+
+
+def _coverage(machine: Machine, ctl: Controller) -> Coverage:
+    steps = [(actor, op) for _, actor, _, op, _ in ctl.trace.steps()]
+    return covering.take(machine.coverage, steps, ctl.step_accesses)
 
 
 def _take_views(machine: Machine) -> dict[str, str]:
@@ -296,7 +315,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
          progress: Callable[[int, RunResult], None] | None = None,
          on_finding: Callable[[RunResult], None] | None = None,
          release: str | None = None, timers: bool = True, shrink: bool = True,
-         workers: int = 1) -> HuntResult:
+         workers: int = 1, coverage: bool = False) -> HuntResult:
     """Run schedules with seeds ``seed, seed+1, ...`` until one finds a fatal violation.
 
     A schedule with only a warning (lockdep's *possible* deadlock) is remembered and the
@@ -312,7 +331,9 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     that release (its quirks added to ``quirks``). ``shrink``: ``HuntResult.shrunk`` is
     the schedule reported, shrunk (when first asked for). ``workers`` > 1 runs the schedules
     in that many processes, with the same result (``parallel``: ``on_finding`` is then called
-    the moment a finding reaches the parent).
+    the moment a finding reaches the parent). ``coverage`` collects what the
+    schedules covered (``HuntResult.coverage``, ``sim.coverage``); it costs (every step's
+    accesses are recorded), so it is off unless asked for, and it never changes a schedule.
     """
     if schedules < 1:
         raise EmuError(f"bad number of schedules {schedules} (at least 1)")
@@ -323,7 +344,8 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     keep_going = keep_going or check_determinism
 
     async def one(strategy: Any, s: int) -> RunResult:
-        return await run_schedule(sc, values, chosen, strategy, s, steps, release)
+        return await run_schedule(sc, values, chosen, strategy, s, steps, release,
+                                  coverage=coverage)
 
     pool = Pool(workers, one, seed, schedules, keep_going, on_finding) if workers > 1 else None
     if pool is not None:
@@ -337,6 +359,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
         total = longest = actors = ran = violating = 0
         interrupted: int | None = None
         searching: Any = None
+        covered = covering.HuntCoverage(sc.name, seed) if coverage else None
         start = time.perf_counter()
         try:
             full = await _complete_spec(spec, sc, values, chosen, steps, release)
@@ -352,6 +375,8 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
                 total += result.steps
                 longest = max(longest, result.steps)
                 actors = max(actors, len(result.trace.actors))
+                if covered is not None and result.coverage is not None:
+                    covered.add(s, result.coverage)
                 if progress is not None:
                     progress(ran, result)
                 violating += bool(result.violations)
@@ -371,7 +396,8 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
         elapsed = time.perf_counter() - start
         return HuntResult(sc.name, values, chosen, full, seed, ran, fatal or warning, violating,
                           mismatches, total, longest, actors, elapsed, interrupted, release,
-                          shrink, searching.summary() if searching is not None else [])
+                          shrink, searching.summary() if searching is not None else [],
+                          covered)
 
     if pool is None:
         return trio.run(main)

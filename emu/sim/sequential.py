@@ -99,6 +99,13 @@ class Sequential:
     def note(self, text: str) -> None:
         """Trace annotations have no trace to go to here."""
 
+    def hot(self, monitor: str, key: object, why: str = "") -> None:
+        """No liveness monitors outside a schedule: a call that never returns hangs its
+        caller, who sees that."""
+
+    def cold(self, monitor: str, key: object) -> None:
+        """(See ``hot``.)"""
+
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` to its end and return its value. It must never suspend: every
         primitive it awaits comes from this object."""

@@ -246,11 +246,13 @@ class _Shrinker:
                                                     original.quirks, original.release)
         self.budget = budget
         self.replays = 0
-        # A liveness violation needs the whole step budget; any other shows within a few
-        # times the original's steps, and a replay that misses it would otherwise run on
-        # to the end of the budget. (A step budget changes nothing before it is reached:
-        # the fair suffix changes no choice of these strategies, which offer the timer.)
-        long = original.violation is not None and original.violation.kind == "liveness"
+        # A livelock ("no progress") needs the whole step budget; any other violation (a
+        # monitor still hot at the end included) shows within a few times the original's
+        # steps, and a replay that misses it would otherwise run on to the end of the
+        # budget. (A step budget changes nothing before it is reached: the fair suffix
+        # changes no choice of these strategies, which offer the timer.)
+        long = original.violation is not None and original.violation.kind == "liveness" \
+            and original.steps >= original.max_steps
         self.max_steps = original.max_steps if long else \
             min(original.max_steps, STEPS * original.steps + MARGIN)
 

@@ -39,9 +39,11 @@ from ...actors.l1_hypervisor import L1Hypervisor, L2Vcpu
 from ...actors.nested_cpu import BOOK3S_INTERRUPT_SYSCALL
 from ...kvm.hv_guest_state import PT_NIP
 from ...kvm.hvcall import H_TLB_INVALIDATE, rc_name
+from ...kvm.nested import NESTED, PUT_LAST, REMOVE_VS_ENTER, REMOVED
 from ...kvm.radix_mmu import BOOK3S_INTERRUPT_H_DATA_STORAGE, DSISR_NOHPTE
 from ...kvm.tlbie_operands import IS_ALL, RIC_FLUSH_TLB, encode_tlbie
 from ...sim import Machine
+from ...sim.coverage import RACE
 from .common import EA, H_YIELD, boot_guest, machine, nested_scenario, other_group
 
 NAME = "nested-teardown-vs-enter"
@@ -132,6 +134,10 @@ def teardown_vs_enter(m: Machine, topology: str, moves: int) -> None:
     creates guest 2 and runs L2 2.0, vCPU 3 flushes every LPID until the teardown is done,
     and the host reads the debugfs radix file from boot until then."""
     mach = machine(m, topology, moves)
+    m.goal("freed-by-last-holder", "a nested guest removed while in use, freed by its last user",
+           ("L1's RIC=2 removes guest 1 from L0's IDR", (NESTED, REMOVED)),
+           ("while another vCPU runs it (H_ENTER_NESTED)", (RACE, REMOVE_VS_ENTER)),
+           ("a holder's kvmhv_put_nested drops the last reference", (NESTED, PUT_LAST)))
     mapped, done = m.completion("guest 1 mapped"), m.completion("guest 1 torn down")
     runner_l2: list[L2Vcpu] = []
     """L2 vCPU 1.1, which L1 creates with its guest (before it can tear the guest down)."""

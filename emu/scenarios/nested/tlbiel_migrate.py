@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from ...actors.guest_code import Hcall, Ld, Map, St, Tlbiel
 from ...actors.l1_hypervisor import L1Hypervisor
+from ...actors.nested_cpu import TLBIEL_LEFT_BEHIND
+from ...kvm.radix_entry import CHANGED_GROUP, FLUSHED_LEFT_GROUP
 from ...sim import Machine
+from ...sim.coverage import EVENT
 from .common import EA, H_YIELD, boot_guest, machine, nested_scenario, other_group
 
 QUIRK_SCENARIO = {"no-prev-cpu-flush": "tlbiel-migrate", "one-tlb-per-core": "tlbiel-migrate"}
@@ -19,6 +22,11 @@ def tlbiel_migrate(m: Machine, topology: str, moves: int) -> None:
     thread of pCPU 0's group and loads EA: it must see the new page, which only the
     entry-time flush (prev_cpu, need_tlb_flush) guarantees."""
     mach = machine(m, topology, moves)
+    m.goal("tlbiel-left-behind", "a vCPU that changed TLB group tlbiels, and the group it "
+           "left is flushed on the next entry there",
+           ("an L2 vCPU enters outside its prev_cpu's TLB group", (EVENT, CHANGED_GROUP)),
+           ("it tlbiels while that group awaits its flush", (EVENT, TLBIEL_LEFT_BEHIND)),
+           ("a vCPU entering that group flushes it", (EVENT, FLUSHED_LEFT_GROUP)))
     t = mach.topology
     away = other_group(mach)
     sibling = next(c for c in t.members(0) if c != 0)

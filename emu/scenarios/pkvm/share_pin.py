@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ...actors.pkvm_cpu import HostCpu
+from ...actors.returncodes import RETURN_CODES
 from ...pkvm.errno_base import EBUSY, EPERM
+from ...pkvm.invariants import PKVM_TRANSITION
 from ...pkvm.mem_protect import (
     __pkvm_host_donate_hyp,
     __pkvm_hyp_donate_host,
@@ -35,6 +37,14 @@ def share_unshare_pin(m: Machine) -> None:
         "hyp_pin_shared_mem": {0, -EPERM},
         "__pkvm_host_donate_hyp": {0, -EPERM}})
     mach.require("has_pins", "hyp_pin_shared_mem (pins)")
+    m.goal("unshare-meets-pin", "the host unsharing a page EL2 has pinned",
+           ("V is shared with EL2", (PKVM_TRANSITION, "A -> B")),
+           ("EL2 pins it", (PKVM_TRANSITION, "B -> B pinned")),
+           ("an unshare meets the pin (-EBUSY)", (RETURN_CODES, "__pkvm_host_unshare_hyp|-EBUSY")))
+    m.goal("donate-meets-share", "the host donating a page it has shared with EL2",
+           ("V is shared with EL2", (PKVM_TRANSITION, "A -> B")),
+           ("a donation of V is refused (-EPERM)",
+            (RETURN_CODES, "__pkvm_host_donate_hyp|-EPERM")))
     v = mach.page(0)
 
     async def owner(cpu: HostCpu) -> None:
