@@ -1,4 +1,4 @@
-"""The ``emu`` command: list, run, hunt, explore, replay, study.
+"""The ``emu`` command: list, run, hunt, explore, replay, study, worker.
 
 Exit status: 0 clean, 1 violation found, 2 usage or input error (one line, no traceback),
 3 a clean hunt under --require-coverage that never reached a declared goal,
@@ -9,6 +9,7 @@ findings are on disk before they are announced, so an interrupt loses none of th
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from .kvm.nested_releases import matrix as nested_matrix
 from .kvm.releases import matrix
 from .pkvm.releases import matrix as pkvm_matrix
 from .sim import replay as replay_file
+from .sim.cluster import worker_command
 from .sim.coverage import Report
 from .sim.eventlog import HuntEvents, close_log, open_log
 from .sim.explain import explained
@@ -310,6 +312,10 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], ker
               help="Run the schedules in N processes (Linux): the same schedules and "
                    "result as one worker; not with guided or portfolio, which learn across "
                    "schedules.")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Run the schedules on the Dask cluster whose scheduler is at ADDRESS "
+                   "(tcp://host:8786; workers join with 'emu worker ADDRESS'): the same "
+                   "schedules and result as one worker. Needs emu[cluster].")
 @click.option("--log-json", "log_json", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Append a JSON event log: a line every 100 schedules "
                                    "(done, findings, rate) and one per finding.")
@@ -318,7 +324,7 @@ def run_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...], ker
 def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
              kernel: str | None, strategy: str, timers: bool, depth: int, seed: int,
              max_steps: int | None, schedules: int, out: str, check_determinism: bool,
-             keep_going: bool, shrink: bool, workers: int,
+             keep_going: bool, shrink: bool, workers: int, cluster: str | None,
              log_json: str | None, coverage: CoverageAsk,
              timeline: int) -> int:
     """Run up to N schedules of SCENARIO, stopping at the first violation. SCENARIO may be
@@ -328,7 +334,7 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
     names = suites().get(scenario, ("", [scenario]))[1]
     for name in names:  # every scenario's options are checked before the first one runs
         prepare(name, _params(params), quirks, kernel)
-    check_workers(workers, strategy)
+    check_workers(workers, strategy, cluster)
     log = FindingLog(out)
     json_log = open_log(check_file(log_json, "--log-json")) if log_json is not None else None
     coverage.check()
@@ -342,7 +348,8 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
                                   max_steps=max_steps, schedules=schedules,
                                   check_determinism=check_determinism, keep_going=keep_going,
                                   release=kernel, timers=timers, shrink=shrink, workers=workers,
-                                  coverage=coverage.on)
+                                  cluster=cluster, coverage=coverage.on,
+                                  hashes=VERBOSE["on"])
             except Unsupported as why:
                 if len(names) == 1:
                     raise
@@ -626,8 +633,23 @@ def study_cmd(name: str, sizes: str, max_full_gb: float, out: str, schedules: in
     return CLEAN
 
 
+@cli.command("worker")
+@click.argument("address")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, MAX_WORKERS),
+              help="Worker processes to start on this host, one thread each (one per core).")
+def worker_cmd(address: str, processes: int) -> None:
+    """Join this host to the Dask cluster whose scheduler is at ADDRESS (started with
+    'dask scheduler' on one host), for 'emu hunt --cluster ADDRESS'. Every host needs the
+    same emu (and the same scenario files at the same paths). Runs until Ctrl-C."""
+    argv, env = worker_command(address, processes)
+    click.echo(f"joining {address} with {processes} one-thread worker process(es)")
+    sys.stdout.flush()
+    os.execve(argv[0], argv, env)
+
+
 USAGE_TEXT = """usage: emu COMMAND [ARGS]...    hunt races in hypervisor memory management
-commands: list, run, hunt, explore, replay, study (emu COMMAND --help); emu --help for more"""
+commands: list, run, hunt, explore, replay, study, worker (emu COMMAND --help); emu --help
+for more"""
 
 
 def _one_line(message: str) -> str:

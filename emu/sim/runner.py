@@ -10,6 +10,7 @@ function of those alone, and is stored in the replay file.
 from __future__ import annotations
 
 import difflib
+import gc
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from .guided import rebuilt
 from .guided import search as make_search
 from .interrupt import INTERRUPT, Interrupted
 from .machine import Machine
-from .parallel import Pool
+from .parallel import Job, Pool, Workers, fork_pool
 from .parallel import check as check_workers
 from .scenario import Scenario, resolve, resolve_release
 from .strategies import RandomWalk, Replay, make_strategy
@@ -315,7 +316,8 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
          progress: Callable[[int, RunResult], None] | None = None,
          on_finding: Callable[[RunResult], None] | None = None,
          release: str | None = None, timers: bool = True, shrink: bool = True,
-         workers: int = 1, coverage: bool = False) -> HuntResult:
+         workers: int = 1, cluster: str | None = None, coverage: bool = False,
+         hashes: bool = False) -> HuntResult:
     """Run schedules with seeds ``seed, seed+1, ...`` until one finds a fatal violation.
 
     A schedule with only a warning (lockdep's *possible* deadlock) is remembered and the
@@ -330,14 +332,16 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     flight, which is dropped; the result says ``interrupted``. ``release`` runs the model as
     that release (its quirks added to ``quirks``). ``shrink``: ``HuntResult.shrunk`` is
     the schedule reported, shrunk (when first asked for). ``workers`` > 1 runs the schedules
-    in that many processes, with the same result (``parallel``: ``on_finding`` is then called
-    the moment a finding reaches the parent). ``coverage`` collects what the
+    in that many processes, ``cluster`` on the Dask cluster at that address, with the same
+    result (``parallel``: ``on_finding`` is then called the moment a finding reaches the
+    parent; a clean schedule's result then carries its trace's summary, whose hash is
+    kept only with ``hashes`` or ``check_determinism``). ``coverage`` collects what the
     schedules covered (``HuntResult.coverage``, ``sim.coverage``); it costs (every step's
     accesses are recorded), so it is off unless asked for, and it never changes a schedule.
     """
     if schedules < 1:
         raise EmuError(f"bad number of schedules {schedules} (at least 1)")
-    check_workers(workers, strategy)
+    check_workers(workers, strategy, cluster)
     sc, values, chosen = prepare(scenario, params, quirks, release)
     steps = step_budget(sc, values, max_steps)
     spec = _strategy_spec(strategy, depth, timers)
@@ -347,8 +351,16 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
         return await run_schedule(sc, values, chosen, strategy, s, steps, release,
                                   coverage=coverage)
 
-    pool = Pool(workers, one, seed, schedules, keep_going, on_finding) if workers > 1 else None
-    if pool is not None:
+    pool = None
+    if workers > 1 or cluster is not None:
+        job = Job.of(sc, values, chosen, steps, release, coverage=coverage)
+        if cluster is not None:
+            from .cluster import connect  # (Dask is optional, and slow to import)
+            where: Workers = connect(cluster)
+        else:
+            where = fork_pool(workers, one, job.token)
+        pool = Pool(where, job, seed, schedules, keep_going, on_finding,
+                    hashes or check_determinism)
         on_finding = None  # the pool hands each finding over the moment it arrives
 
     async def main() -> HuntResult:
@@ -399,7 +411,14 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
                           shrink, searching.summary() if searching is not None else [],
                           covered)
 
-    if pool is None:
+    if pool is not None:
+        with pool:
+            return trio.run(main)
+    frozen = gc.get_freeze_count() == 0
+    if frozen:  # what exists before the hunt outlives it: no collection need scan it
+        gc.freeze()  # (5-10% of a hunt's time; forked workers do the same, ``parallel``)
+    try:
         return trio.run(main)
-    with pool:
-        return trio.run(main)
+    finally:
+        if frozen:
+            gc.unfreeze()

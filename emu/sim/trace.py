@@ -26,7 +26,12 @@ import hashlib
 import json
 from typing import Any
 
+from ..errors import EmuError
+
 Event = tuple[int, int, str, str, Any]
+
+SUMMARISED = "summarised"
+"""The hash of a summary that was sent without it (``Trace.summary``)."""
 
 DETAIL_WIDTH = 56
 """The width a detailed timeline wraps its cells to (at least)."""
@@ -81,9 +86,20 @@ class Trace:
         if not self.closed:
             self.events.append((step, actor, kind, text, data))
 
+    def summary(self, hashed: bool) -> Trace:
+        """This trace without its events (what a clean schedule's result carries back from
+        a hunt worker: the parent counts its actors), with its hash if ``hashed``."""
+        short = Trace()
+        short.actors, short.groups, short.closed = self.actors, self.groups, True
+        short._hash = self.hash if hashed else SUMMARISED
+        return short
+
     @property
     def hash(self) -> str:
         """A stable digest of the whole trace (actors and events)."""
+        if self._hash is SUMMARISED:
+            raise EmuError("this trace was summarised by a hunt worker without its hash "
+                           "(hunt(..., hashes=True) keeps it)")
         if self._hash is None:
             blob = json.dumps([self.actors, self.groups, self.events], separators=(",", ":"))
             self._hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
