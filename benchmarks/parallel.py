@@ -69,7 +69,7 @@ def local_cluster(wanted: bool) -> Iterator[tuple[str | None, str]]:
         return
     with dask.config.set({"distributed.worker.profile.enabled": False}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                         dashboard_address=None) as c:
+                         dashboard_address=":0") as c:
         yield c.scheduler_address, ""
 
 

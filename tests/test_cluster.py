@@ -23,7 +23,7 @@ def _key(h: emu.HuntResult) -> tuple:
 def cluster():
     with dask.config.set({"distributed.worker.profile.enabled": False}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                         dashboard_address=None) as c:
+                         dashboard_address=":0") as c:
         yield c.scheduler_address
 
 
@@ -102,7 +102,7 @@ def test_cluster_and_learning_strategies_or_workers_are_refused(cli, tmp_path):
 def test_emu_worker_joins_a_scheduler():
     with dask.config.set({"distributed.worker.profile.enabled": False}), \
             LocalCluster(n_workers=0, processes=True, host="127.0.0.1",
-                         dashboard_address=None) as scheduler:
+                         dashboard_address=":0") as scheduler:
         address = scheduler.scheduler_address
         worker = subprocess.Popen([sys.executable, "-m", "emu.cli", "worker", address],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
