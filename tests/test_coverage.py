@@ -19,6 +19,7 @@ from emu.sim.strategies import RandomWalk
 
 GOALS = {  # scenario: (parameters, schedules): a budget in which every goal it declares is met
     "share-storm": ({}, 20),
+    "share-vs-pageout": ({}, 5),
     "init-done-vs-share": ({}, 5),
     "svm-reboot": ({"share_during_reset": True}, 2),
     "tlbiel-migrate": ({}, 1),

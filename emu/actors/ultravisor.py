@@ -58,6 +58,11 @@ from .memctl import MemoryController
 if TYPE_CHECKING:
     from ..kvm.hv import Hypervisor
 
+SHARE_VS_PAGE_IN = "UV_SHARE_PAGE ~ the SVM's page-in of the same GFN"
+"""Coverage (``Machine.racing``): a share and the SVM's own access to a paged-out GFN in
+flight at once; the faithful UV's per-GFN exclusion (``_serialised``) orders them, so one
+waits for the other there, not in the HV."""
+
 U_PARAMETER = -4
 U_P2 = H_P2
 U_BUSY = H_BUSY
@@ -581,6 +586,7 @@ class Ultravisor:
         if svm.aborting:
             return U_STATE
         await self._evict(lpid)
+        self.m.racing(SHARE_VS_PAGE_IN, "_touch", gfn=gfn)
         async with self._serialised(lpid, gfn), self._requesting("share", gfn):
             for _ in range(20):  # a hostile UV retries when its own UV_PAGE_IN failed
                 with self._in_flight(svm):
@@ -679,6 +685,7 @@ class Ultravisor:
         if not svm.registered(gfn):
             return None, False
         await self._evict(lpid)
+        self.m.racing(SHARE_VS_PAGE_IN, "share", gfn=gfn)
         async with self._serialised(lpid, gfn):
             return await self._touch(svm, gfn)
 

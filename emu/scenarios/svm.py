@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from ..actors.host import Host
 from ..actors.returncodes import RETURN_CODES, AcceptSpec, accept
 from ..actors.svm_guest import SvmGuest
+from ..actors.ultravisor import SHARE_VS_PAGE_IN
 from ..hw.costs import COST_MODELS
 from ..kvm.hv import H_REGISTER_VPA, H_VPA_FUNC_SHIFT
 from ..kvm.hvcall import EBUSY, EFAULT, H_PARAMETER, H_SUCCESS, PAGE_SHIFT
@@ -254,6 +255,10 @@ def share_vs_pageout(m: Machine, vcpus: int, pcpus: int, mem_mb: int, design: st
     # fails (-EFAULT), and so does a share, whose gfn_to_pfn faults (H_PARAMETER)
     injected = {"qemu read": {0, -EFAULT}, "UV_SHARE_PAGE": {H_SUCCESS, H_PARAMETER}}
     b = Boot(m, mem_mb, design, uv=uv, pcpus=pcpus, accept=injected if setup_fail_pct else None)
+    m.goal("share-races-read-back", "a share racing the read-back page-in of the same GFN",
+           ("a paged-out Secure GFN is shared", (GFN_CELLS, "Secure|share")),
+           ("the owner's read-back of that GFN overlaps the share (in the UV)",
+            (RACE, SHARE_VS_PAGE_IN)))
     pages = [b.data_gfn(i) for i in range(3)]
     written = m.completion("secrets written")
     touched = m.completion("QEMU touched them")
