@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 
 import emu
+from emu.sim.cluster import CLUSTER_CONFIG
 from emu.sim.scenario import suites
 
 QUIRK = ("share-vs-pageout", "page-out-lock-leak")
@@ -67,7 +68,7 @@ def local_cluster(wanted: bool) -> Iterator[tuple[str | None, str]]:
     except ImportError:
         yield None, "distributed is not installed (pip install 'emu[cluster]')"
         return
-    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+    with dask.config.set(CLUSTER_CONFIG), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                          dashboard_address=":0") as c:
         yield c.scheduler_address, ""

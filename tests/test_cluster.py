@@ -12,6 +12,7 @@ from distributed import Client, LocalCluster
 
 import emu
 from emu.errors import EmuError
+from emu.sim.cluster import CLUSTER_CONFIG
 
 
 def _key(h: emu.HuntResult) -> tuple:
@@ -21,7 +22,7 @@ def _key(h: emu.HuntResult) -> tuple:
 
 @pytest.fixture(scope="module")
 def cluster():
-    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+    with dask.config.set(CLUSTER_CONFIG), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                          dashboard_address=":0") as c:
         yield c.scheduler_address
@@ -100,7 +101,7 @@ def test_cluster_and_learning_strategies_or_workers_are_refused(cli, tmp_path):
 
 
 def test_emu_worker_joins_a_scheduler():
-    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+    with dask.config.set(CLUSTER_CONFIG), \
             LocalCluster(n_workers=0, processes=True, host="127.0.0.1",
                          dashboard_address=":0") as scheduler:
         address = scheduler.scheduler_address

@@ -72,7 +72,7 @@ MAX_WORKERS = 256
 """Each worker is a whole process with its own copy of the model: far beyond this, a hunt
 spends its memory and its time on workers, not schedules."""
 CHUNK = 16
-"""The most seeds a chunk holds (fewer near the end of the hunt)."""
+"""The most seeds a chunk holds for local workers (fewer near the end of the hunt)."""
 AHEAD = 2
 """Chunks in flight per worker, so that a worker finds its next chunk waiting."""
 POLL = 0.1
@@ -252,6 +252,8 @@ class Workers:
     slots: int
     close: Callable[[], None]
     died: Callable[[], str] = str
+    chunk: int = CHUNK
+    """The most seeds a chunk holds: more where handing one out costs more (a cluster)."""
 
 
 class Pool:
@@ -307,7 +309,8 @@ class Pool:
                 seeds = range(start, min(stop, limit))
             elif self.next < limit:
                 share = (limit - self.next) // (2 * AHEAD * self.slots)
-                seeds = range(self.next, min(limit, self.next + max(1, min(CHUNK, share))))
+                size = max(1, min(self.workers.chunk, share))
+                seeds = range(self.next, min(limit, self.next + size))
                 self.next = seeds.stop
             else:
                 return
