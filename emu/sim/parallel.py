@@ -112,8 +112,8 @@ class Job:
     """What a worker needs to run one hunt's schedules: its scenario, by registered name or
     by file (``path`` and ``digest``), and everything ``run_schedule`` takes but the
     strategy and seed. ``token`` names it in a worker's cache (a digest of the rest).
-    A forked worker runs the parent's own ``one``, so the two must agree: ``hunt`` builds
-    both from the same values."""
+    A forked worker runs the parent's own ``one``; both come from ``runner.schedules_of``
+    with the same values."""
 
     name: str
     path: str | None
@@ -138,7 +138,7 @@ class Job:
 
     def build(self) -> Run:
         """``one`` for this job, the scenario looked up where this process runs."""
-        from .runner import run_schedule  # (the runner hunts through this module)
+        from .runner import schedules_of  # (the runner hunts through this module)
         from .scenario import resolve
         if self.version != emu_version():
             raise EmuError(f"this worker runs emu {emu_version()}, the hunt emu "
@@ -151,12 +151,8 @@ class Job:
             if sc.source is None or sc.source[1] != self.digest:
                 raise EmuError(f"the scenario file {self.path} differs on this worker from "
                                "the hunt's: every host needs the same file at the same path")
-
-        async def one(strategy: Any, seed: int) -> RunResult:
-            return await run_schedule(sc, self.params, self.quirks, strategy, seed,
-                                      self.max_steps, self.release, **self.options)
-
-        return one
+        return schedules_of(sc, self.params, self.quirks, self.max_steps, self.release,
+                            **self.options)
 
 
 _RUNS: dict[str, Run] = {}

@@ -22,7 +22,7 @@ from ..errors import EmuError, ReplayDivergence, ScenarioError
 from . import coverage as covering
 from .accesses import StepAccesses
 from .controller import Controller
-from .guided import rebuilt
+from .guided import Run, rebuilt
 from .guided import search as make_search
 from .interrupt import INTERRUPT, Interrupted
 from .machine import Machine
@@ -225,6 +225,18 @@ def _coverage(machine: Machine, ctl: Controller) -> Coverage:
     return covering.take(machine.coverage, steps, ctl.step_accesses)
 
 
+def schedules_of(sc: Scenario, params: dict[str, Any], quirks: tuple[str, ...], max_steps: int,
+                 release: str | None, **options: Any) -> Run:
+    """A hunt's ``one(strategy, seed)``: one schedule of ``sc`` with these values and
+    ``run_schedule``'s ``options``, in this process or a worker's (``parallel.Job``)."""
+
+    async def one(strategy: Any, seed: int) -> RunResult:
+        return await run_schedule(sc, params, quirks, strategy, seed, max_steps, release,
+                                  **options)
+
+    return one
+
+
 def _take_views(machine: Machine) -> dict[str, str]:
     """Every view's text. A view that fails says so in its text: a broken view must not
     cost the run's result."""
@@ -347,9 +359,7 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     spec = _strategy_spec(strategy, depth, timers)
     keep_going = keep_going or check_determinism
 
-    async def one(strategy: Any, s: int) -> RunResult:
-        return await run_schedule(sc, values, chosen, strategy, s, steps, release,
-                                  coverage=coverage)
+    one = schedules_of(sc, values, chosen, steps, release, coverage=coverage)
 
     pool = None
     if workers > 1 or cluster is not None:
