@@ -115,6 +115,14 @@ def first_finding(proc: subprocess.Popen) -> str:
     raise AssertionError(f"the hunt ended without a finding: {proc.stderr.read()}")
 
 
+def replay_saved(line: str, tmp_path: Path) -> tuple[str, subprocess.CompletedProcess]:
+    """Replay the file a ``finding:`` line says it saved (``emu replay``, in ``tmp_path``):
+    the file and the replay's outcome."""
+    saved = line.rsplit("(saved ", 1)[1].rstrip(")\n")
+    return saved, subprocess.run([sys.executable, "-m", "emu.cli", "replay", saved],
+                                 capture_output=True, text=True, cwd=tmp_path)
+
+
 def interrupt(proc: subprocess.Popen, sig: int, status: int,
               tmp_path: Path) -> tuple[str, str, list[str]]:
     """Send the background hunt ``sig``; it must end with ``status``, no traceback, and a

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
-from conftest import first_finding, interrupt, start_hunt
+from conftest import first_finding, interrupt, replay_saved, start_hunt
 
 import emu
 from emu.errors import EmuError, ScenarioError
-from emu.sim.parallel import Arrivals
-from emu.sim.runner import RunResult, run
+from emu.sim.parallel import Arrivals, Job
+from emu.sim.runner import RunResult, prepare, run
 from emu.sim.trace import Trace
 
 
@@ -214,7 +214,44 @@ def test_workers_end_when_the_hunt_is_killed(tmp_path):
     proc.kill()
     proc.wait()
     assert _gone(workers), "a worker outlived its parent"
-    saved = line.rsplit("(saved ", 1)[1].rstrip(")\n")
-    replay = subprocess.run([sys.executable, "-m", "emu.cli", "replay", saved],
-                            capture_output=True, text=True, cwd=tmp_path)
+    _, replay = replay_saved(line, tmp_path)
     assert replay.returncode == 1 and "matched" in replay.stdout, replay.stderr
+
+
+@pytest.mark.parametrize("hashes", [False, True])
+def test_a_workers_clean_result_carries_its_hash_only_when_asked(hashes):
+    """A clean schedule comes back from a worker as its trace's summary: with the hash the
+    serial hunt computes when the hunt asks for hashes, else an error, never a made-up
+    hash."""
+    locked = {"params": {"locked": True}, "schedules": 6, "shrink": False}
+    serial: list[str] = []
+    assert emu.hunt("lost-update", progress=lambda n, r: serial.append(r.trace_hash),
+                    **locked).ok
+    got: list[str] = []
+
+    def progress(n: int, r: RunResult) -> None:
+        try:
+            got.append(r.trace_hash)
+        except EmuError as exc:
+            got.append(str(exc))
+
+    emu.hunt("lost-update", workers=2, hashes=hashes, progress=progress, **locked)
+    assert got == (serial if hashes else ["this trace was summarised by a hunt worker "
+                                          "without its hash (hunt(..., hashes=True) keeps "
+                                          "it)"] * 6)
+
+
+def test_a_cluster_worker_refuses_another_emu_or_another_scenario_file(tmp_path):
+    """A worker rebuilds the hunt's schedules from its Job: not with another emu, nor from a
+    scenario file that differs from the hunt's."""
+    f = tmp_path / "boom.py"
+    f.write_text(BOOM)
+    sc, values, quirks = prepare(f"{f}:boom", None, ())
+    job = Job.of(sc, values, quirks, 100, None)
+    assert job.build() is not None
+    with pytest.raises(EmuError, match=r"this worker runs emu .*, the hunt emu 0\.0: install "
+                                       "the same emu on every host"):
+        attrs.evolve(job, version="0.0").build()
+    f.write_text(BOOM + "# edited\n")
+    with pytest.raises(EmuError, match=f"the scenario file {f} differs on this worker"):
+        job.build()

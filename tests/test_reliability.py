@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import first_finding, interrupt, start_hunt
+from conftest import first_finding, interrupt, replay_saved, start_hunt
 
 from emu.sim import replay as replay_file
 from emu.sim.files import write_atomic
@@ -25,9 +25,7 @@ def test_sigkill_right_after_a_finding_loses_nothing(tmp_path):
     line = first_finding(proc)
     proc.kill()
     proc.wait()
-    saved = line.rsplit("(saved ", 1)[1].rstrip(")\n")
-    replay = subprocess.run([sys.executable, "-m", "emu.cli", "replay", saved],
-                            capture_output=True, text=True, cwd=tmp_path)
+    saved, replay = replay_saved(line, tmp_path)
     assert replay.returncode == 1, replay.stderr
     assert "matched" in replay.stdout
     index = (tmp_path / "out" / "findings.jsonl").read_text().splitlines()

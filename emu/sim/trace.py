@@ -30,9 +30,6 @@ from ..errors import EmuError
 
 Event = tuple[int, int, str, str, Any]
 
-SUMMARISED = "summarised"
-"""The hash of a summary that was sent without it (``Trace.summary``)."""
-
 DETAIL_WIDTH = 56
 """The width a detailed timeline wraps its cells to (at least)."""
 
@@ -76,6 +73,8 @@ class Trace:
         self.closed = False
         """Set when the schedule ends: actors unwinding afterwards leave no trace."""
         self._hash: str | None = None
+        self.summarised = False
+        """Set on a summary (``summary``): no events, and a hash only if it was kept."""
 
     def add_actor(self, name: str, group: str) -> int:
         self.actors.append(name)
@@ -91,13 +90,15 @@ class Trace:
         a hunt worker: the parent counts its actors), with its hash if ``hashed``."""
         short = Trace()
         short.actors, short.groups, short.closed = self.actors, self.groups, True
-        short._hash = self.hash if hashed else SUMMARISED
+        short.summarised = True
+        if hashed:
+            short._hash = self.hash
         return short
 
     @property
     def hash(self) -> str:
         """A stable digest of the whole trace (actors and events)."""
-        if self._hash is SUMMARISED:
+        if self._hash is None and self.summarised:
             raise EmuError("this trace was summarised by a hunt worker without its hash "
                            "(hunt(..., hashes=True) keeps it)")
         if self._hash is None:
