@@ -40,6 +40,7 @@ when the loop reaches ``s``, as it is serially. Strategies that learn across sch
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import hashlib
@@ -50,7 +51,7 @@ import pickle
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -260,7 +261,6 @@ class Pool:
                  keep_going: bool, on_finding: Callable[[RunResult], None] | None,
                  hashes: bool = False) -> None:
         self.workers, self.job, self.hashes = workers, job, hashes
-        self.slots = workers.slots
         self.arrivals = Arrivals(first + schedules, keep_going, on_finding)
         self.next = first
         """The next seed never handed out."""
@@ -278,8 +278,8 @@ class Pool:
         self.close(drain=kind is None)
 
     def search(self, spec: dict[str, Any], seed: int) -> Pool:
-        """Start the hunt from ``seed`` with the completed ``spec``."""
-        self.spec, self.first = spec, seed
+        """Start the hunt with the completed ``spec`` (from ``seed``, the pool's first)."""
+        self.spec = spec
         return self
 
     async def run(self, one: Run, seed: int) -> RunResult:
@@ -299,12 +299,12 @@ class Pool:
 
     def _hand_out(self) -> None:
         limit = self.arrivals.limit
-        while len(self.pending) < AHEAD * self.slots:
+        while len(self.pending) < AHEAD * self.workers.slots:
             if self.again and self.again[0][0] < limit:
                 start, stop = heapq.heappop(self.again)
                 seeds = range(start, min(stop, limit))
             elif self.next < limit:
-                share = (limit - self.next) // (2 * AHEAD * self.slots)
+                share = (limit - self.next) // (2 * AHEAD * self.workers.slots)
                 size = max(1, min(self.workers.chunk, share))
                 seeds = range(self.next, min(limit, self.next + size))
                 self.next = seeds.stop
@@ -344,21 +344,36 @@ class Pool:
         self.workers.close()
 
 
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Inside, the collector leaves alone what exists on entry (``gc.freeze``): a hunt
+    need not scan the long-lived heap at every collection (5-10% of its time), and a
+    forked worker never copies the parent's pages by touching them. A heap its caller
+    froze already stays as it was."""
+    frozen = gc.get_freeze_count() == 0
+    if frozen:
+        gc.freeze()
+    try:
+        yield
+    finally:
+        if frozen:
+            gc.unfreeze()
+
+
 def fork_pool(workers: int, one: Run, token: str) -> Workers:
     """``workers`` processes forked now, each inheriting ``one`` as job ``token``. Call it
     outside ``trio.run`` (a child must not inherit a running loop)."""
     ctx = multiprocessing.get_context("fork")
     old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # until a worker sets its own
-    gc.freeze()  # the workers' collector then never touches (so copies) the parent's heap
     executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_adopt,
                                    initargs=(token, one))
     try:
-        executor.submit(int).result()  # forks every worker (fork: all at the first submit)
+        with frozen_heap():  # the workers' collector never touches (so copies) the heap
+            executor.submit(int).result()  # forks every worker (fork: all at the first)
     except BaseException:
         _kill(executor)
         raise
     finally:
-        gc.unfreeze()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
     procs = list(executor._processes.values())
 

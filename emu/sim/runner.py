@@ -10,7 +10,6 @@ function of those alone, and is stored in the replay file.
 from __future__ import annotations
 
 import difflib
-import gc
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ from .guided import Run, rebuilt
 from .guided import search as make_search
 from .interrupt import INTERRUPT, Interrupted
 from .machine import Machine
-from .parallel import Job, Pool, Workers, fork_pool
+from .parallel import Job, Pool, Workers, fork_pool, frozen_heap
 from .parallel import check as check_workers
 from .scenario import Scenario, resolve, resolve_release
 from .strategies import RandomWalk, Replay, make_strategy
@@ -424,11 +423,5 @@ def hunt(scenario: str | Scenario, *, schedules: int = 100, seed: int = 0,
     if pool is not None:
         with pool:
             return trio.run(main)
-    frozen = gc.get_freeze_count() == 0
-    if frozen:  # what exists before the hunt outlives it: no collection need scan it
-        gc.freeze()  # (5-10% of a hunt's time; forked workers do the same, ``parallel``)
-    try:
+    with frozen_heap():  # what exists before the hunt outlives it
         return trio.run(main)
-    finally:
-        if frozen:
-            gc.unfreeze()
