@@ -166,10 +166,19 @@ def emu_hunt(request: pytest.FixtureRequest) -> Callable[..., HuntResult]:
     test's ``emu`` marker (if any) giving the defaults; the result is the caller's to
     inspect (with ``expect``, its ``found`` is the finding expected)."""
     marker = request.node.get_closest_marker(MARK)
+    hunts: list[HuntResult] = []
 
     def run(*args: Any, **options: Any) -> HuntResult:
-        return _Hunt(request.node, _options(marker, args, options)).run()
+        hunts.append(_Hunt(request.node, _options(marker, args, options)).run())
+        return hunts[-1]
 
+    def hunted() -> None:  # the marker says this test hunts: a test that never did proves nothing
+        if not hunts:
+            pytest.fail("emu: the test is marked @pytest.mark.emu and asks for emu_hunt, but "
+                        "never called emu_hunt(): its marker hunted nothing", pytrace=False)
+
+    if marker is not None:
+        request.addfinalizer(hunted)
     return run
 
 
@@ -342,6 +351,9 @@ class _Hunt:
                record: dict[str, Any]) -> HuntResult:
         """``h``, or fail with the report: found unexpectedly, or expected and not found."""
         wanted = f"a {self.expect} violation" if isinstance(self.expect, str) else "a violation"
+        if h.interrupted is not None and h.found is None:
+            pytest.fail(f"emu: the hunt of {h.scenario} was interrupted after {h.schedules} "
+                        "schedule(s): it proves nothing", pytrace=False)
         if self._unexpected(h.found):
             self._fail(h, how, saved, record,
                        f" (expected {wanted}: this is another)" if self.expect else "")

@@ -375,6 +375,41 @@ def test_a_misused_marker_or_fixture_fails_its_test_in_one_line(pytester):
     assert "Traceback" not in out
 
 
+HUNTS_NOTHING = """
+import signal
+
+import pytest
+
+from emu.sim.interrupt import INTERRUPT
+
+
+@pytest.mark.emu("lost-update", params={"locked": True}, schedules=20)
+def test_never_hunts(emu_hunt):
+    pass
+
+
+def test_interrupted(emu_hunt):
+    INTERRUPT.signum = signal.SIGINT
+    try:
+        emu_hunt("lost-update", params={"locked": True}, schedules=20)
+    finally:
+        INTERRUPT.signum = None
+"""
+
+
+def test_a_hunt_that_proves_nothing_fails(pytester):
+    """A marked test that never calls its ``emu_hunt``, and a hunt interrupted before its
+    schedules ran, are not passes."""
+    pytester.makepyfile(test_nothing=HUNTS_NOTHING)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=1, failed=1)
+    out = result.stdout.str()
+    assert "ERROR at teardown of test_never_hunts" in out
+    assert "asks for emu_hunt, but never called emu_hunt(): its marker hunted nothing" in out
+    assert "emu: the hunt of lost-update was interrupted after 0 schedule(s): it proves " \
+           "nothing" in out
+
+
 def test_two_workers_give_the_same_failure_and_regression(pytester):
     pytester.makepyfile(test_race=LOST_UPDATE)
     one = pytester.runpytest()
