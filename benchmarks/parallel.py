@@ -36,10 +36,15 @@ WAYS = ("1", "2", "C")
 """One worker, two workers, the cluster."""
 
 
+def where_to(way: str, cluster: str | None) -> dict:
+    """``emu.hunt``'s keyword for one of ``WAYS``."""
+    return {"cluster": cluster} if way == "C" else {"workers": int(way)}
+
+
 def hunt(scenario: str, way: str, schedules: int,
          cluster: str | None) -> tuple[emu.HuntResult, float, float]:
     """The hunt, its wall seconds and the CPU seconds it used (with its local workers)."""
-    where = {"cluster": cluster} if way == "C" else {"workers": int(way)}
+    where = where_to(way, cluster)
     before, start = os.times(), time.perf_counter()
     h = emu.hunt(scenario, schedules=schedules, shrink=False, **where)
     after, wall = os.times(), time.perf_counter() - start
@@ -116,7 +121,7 @@ def findings(schedules: int, cluster: str | None) -> bool:
     found = {}
     for way in WAYS if cluster else WAYS[:2]:
         seeds: list[int] = []
-        where = {"cluster": cluster} if way == "C" else {"workers": int(way)}
+        where = where_to(way, cluster)
         h = emu.hunt(name, schedules=schedules, quirks=[quirk], keep_going=True, shrink=False,
                      on_finding=lambda r, s=seeds: s.append(r.seed), **where)
         found[way] = (sorted(seeds), h.found.seed if h.found else None, h.violating)

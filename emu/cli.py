@@ -336,8 +336,8 @@ def hunt_cmd(scenario: str, params: tuple[str, ...], quirks: tuple[str, ...],
         prepare(name, _params(params), quirks, kernel)
     check_workers(workers, strategy, cluster)
     log = FindingLog(out)
-    json_log = open_log(check_file(log_json, "--log-json")) if log_json is not None else None
     coverage.check()
+    json_log = open_log(check_file(log_json, "--log-json")) if log_json is not None else None
     status = CLEAN
     done: list[HuntResult] = []
     try:

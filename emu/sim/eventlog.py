@@ -68,8 +68,8 @@ class HuntEvents:
     def finding(self, result: RunResult, saved: Saved) -> None:
         self.findings += 1
         v = result.violation
+        assert v is not None  # (only a finding is saved)
         logger.bind(event="finding", scenario=result.scenario, seed=result.seed,
-                    strategy=result.strategy["name"], kind=v.kind if v else None,
-                    fatal=v.fatal if v else None, message=v.message if v else None,
-                    replay=str(saved.replay), trace=str(saved.trace)).info(
-            "{} seed {}: {}", result.scenario, result.seed, v.kind if v else "clean")
+                    strategy=result.strategy["name"], kind=v.kind, fatal=v.fatal,
+                    message=v.message, replay=str(saved.replay), trace=str(saved.trace)).info(
+            "{} seed {}: {}", result.scenario, result.seed, v.kind)
