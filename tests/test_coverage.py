@@ -76,21 +76,34 @@ def test_conflicting_pairs():
         "write x ~ write y #"}
 
 
+class _Box:
+    """A method, named by its qualified name ``_Box.wait``."""
+
+    async def wait(self, m: Machine) -> None:
+        await m.point("waits in the box")
+
+
 def _two_actors(m: Machine) -> None:
-    """Actor a waits inside ``inner(v=1)``; actor b asks whether a is inside it."""
+    """Actor a waits inside ``inner(v=1)``, called from ``inner(v=0)``, then in
+    ``_Box.wait``; actor b asks whether a is inside them."""
 
     async def inner(v: int) -> None:
+        if v == 0:  # the outer frame of the same function has other locals
+            await inner(1)
+            return
         await m.point("inside")
         await m.point("still inside")
 
     async def a() -> None:
-        await inner(1)
+        await inner(0)
+        await _Box().wait(m)
 
     async def b() -> None:
         await m.point("look")
         m.racing("b ~ inner(v=1)", "a", "inner", v=1)
         m.racing("b ~ inner(v=2)", "a", "inner", v=2)
         m.racing("b ~ other", "other")
+        m.racing("b ~ _Box.wait", "_Box.wait")
         m.cover("event", "looked")
 
     m.spawn("a", a)
@@ -105,6 +118,7 @@ def test_racing_reads_the_other_actors_stacks():
         seen |= set(h.coverage.first)
     assert ("event", "looked") in seen
     assert ("race", "b ~ inner(v=1)") in seen  # some schedule looks while a is inside
+    assert ("race", "b ~ _Box.wait") in seen  # a method, by its qualified name
     assert ("race", "b ~ inner(v=2)") not in seen and ("race", "b ~ other") not in seen
 
 

@@ -586,7 +586,7 @@ class Ultravisor:
         if svm.aborting:
             return U_STATE
         await self._evict(lpid)
-        self.m.racing(SHARE_VS_PAGE_IN, "_touch", gfn=gfn)
+        self.m.racing(SHARE_VS_PAGE_IN, "Ultravisor._touch", gfn=gfn)
         async with self._serialised(lpid, gfn), self._requesting("share", gfn):
             for _ in range(20):  # a hostile UV retries when its own UV_PAGE_IN failed
                 with self._in_flight(svm):
@@ -685,7 +685,7 @@ class Ultravisor:
         if not svm.registered(gfn):
             return None, False
         await self._evict(lpid)
-        self.m.racing(SHARE_VS_PAGE_IN, "share", gfn=gfn)
+        self.m.racing(SHARE_VS_PAGE_IN, "Ultravisor.share", gfn=gfn)
         async with self._serialised(lpid, gfn):
             return await self._touch(svm, gfn)
 

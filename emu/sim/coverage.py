@@ -208,22 +208,24 @@ def conflicts(steps: Sequence[tuple[int, str]],
 
 
 def inside(ctl: Controller, functions: Sequence[str], match: dict[str, Any]) -> bool:
-    """Is an actor other than the current one inside ``functions`` (names of model
-    functions on its stack, outermost first, each called, directly or not, by the one
-    before), the innermost of them with the local values ``match``? A walk of every parked
-    actor's coroutine chain: for coverage only, never for a decision."""
+    """Is an actor other than the current one inside ``functions`` (model functions on its
+    stack, outermost first, each called, directly or not, by the one before; a name or a
+    qualified name such as ``Ultravisor.share``), the innermost of them with the local
+    values ``match`` (any frame of that function, the outermost that matches)? A walk of
+    every parked actor's coroutine chain: for coverage only, never for a decision."""
+    last = len(functions) - 1
     for actor in ctl.live:
         if actor is ctl.current or actor.task is None:
             continue
         want = 0
         for frame in _await_chain(actor, False):
-            if frame.f_code.co_name == functions[want]:
+            code = frame.f_code
+            if functions[want] not in (code.co_name, code.co_qualname):
+                continue
+            if want < last:
                 want += 1
-                if want == len(functions):
-                    local = frame.f_locals
-                    if all(local.get(name) == value for name, value in match.items()):
-                        return True
-                    break
+            elif all(frame.f_locals.get(name) == value for name, value in match.items()):
+                return True
     return False
 
 
