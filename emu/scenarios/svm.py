@@ -49,11 +49,10 @@ QUIRK_SCENARIO = {
     "page-in-fail-leaves-uvmem": "page-in-fail-vs-share",
 }
 QUIRK_PARAMS = {"mr-move-unhandled": {"change": "move"}, "busy-page-fails": {"slots": 2}}
-
+"""Parameters a quirk's scenario needs."""
 SMALLEST = ("svm-boot", {"vcpus": 1, "mem_mb": 1}, "no-init-done-migration")
 """The suite's smallest schedule (scenario, parameters, the quirk it claims): what
 ``emu explore`` exhausts within 2 preemptions in the README's table."""
-"""Parameters a quirk's scenario needs."""
 QUIRK_STRATEGY = {"busy-page-fails": ("pct", 3, 13), "init-start-unserialised": ("pct", 3, 22)}
 """A quirk random walk does not reach in 2,000 schedules: (strategy, depth, first seed that
 finds it)."""

@@ -164,10 +164,11 @@ def take(recorder: Recorder, steps: Sequence[tuple[int, str]],
 _NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
 
 
-def op_label(op: str) -> str:
-    """A step label with its numbers folded (``qemu reads GFN 0x105`` -> ``qemu reads GFN
-    #``), so that a pair names operations, not operands."""
-    return _NUMBER.sub("#", op)
+def mask_numbers(text: str) -> str:
+    """``text`` with every number folded to ``#`` (``qemu reads GFN 0x105`` -> ``qemu reads
+    GFN #``): a step label that names an operation, not its operands; a violation message
+    that names a kind of finding (``replay.violation_key``)."""
+    return _NUMBER.sub("#", text)
 
 
 def conflicts(steps: Sequence[tuple[int, str]],
@@ -188,7 +189,7 @@ def conflicts(steps: Sequence[tuple[int, str]],
     for (actor, op), acc in zip(steps, step_accesses, strict=False):
         label = labels.get(op)
         if label is None:
-            label = labels[op] = op_label(op)
+            label = labels[op] = mask_numbers(op)
         me = (actor, label)
         for name in acc.reads:
             if name in acc.writes or name.startswith(CHECK) or name == CLOCK:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import attrs
 import trio
 
 from ..errors import EmuError
+from .coverage import mask_numbers
 from .files import read_bounded, write_atomic
 from .runner import MAX_DEPTH, MAX_STEPS, RunResult, prepare, run_decisions, run_schedule
 from .strategies import RandomWalk, Tolerant
@@ -198,17 +198,14 @@ def scenario_spec(data: dict[str, Any], path: str | Path) -> tuple[str, str | No
     return f"{os.path.relpath(found)}:{func}", note
 
 
-_NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
-
-
 def violation_key(v: Violation | dict[str, Any] | None) -> tuple[str, str] | None:
     """What makes two violations the same finding: the kind and the message with every
-    number masked (the object a message names keeps its kind of name, ``GFN 0x#``; the
-    step counts and values around it may differ)."""
+    number masked (``coverage.mask_numbers``: the object a message names keeps its kind of
+    name, ``GFN #``; the step counts and values around it may differ)."""
     if v is None:
         return None
     kind, message = (v["kind"], v["message"]) if isinstance(v, dict) else (v.kind, v.message)
-    return kind, _NUMBER.sub("#", message)
+    return kind, mask_numbers(message)
 
 
 @attrs.frozen
