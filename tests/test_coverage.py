@@ -181,6 +181,14 @@ def test_seed_000_tables_are_declared_and_exercised():
                for kind, key in h.first)
 
 
+def test_vm_wide_operations_cover_the_gfn_cells_of_the_states_they_meet():
+    """INIT_DONE and TERMINATE cover a GFN cell per state the VM's GFNs are in
+    (``lifecycle.cover_gfn_states``): a reboot meets Secure and Shared GFNs."""
+    h = hunt("svm-reboot", schedules=3, coverage=True).coverage
+    for cell in ("Secure|init_done", "Secure|terminate", "Shared|terminate"):
+        assert (GFN_CELLS, cell) in h.first, cell
+
+
 @pytest.mark.parametrize(("extra", "cell"), [("init-done-twice", "Secure|INIT_DONE"),
                                              ("init-start-secure", "Secure|INIT_START")])
 def test_error_cells_are_exercised_by_a_hostile_uv(extra, cell):

@@ -247,7 +247,7 @@ class HuntCoverage:
     universe: dict[Item, str] = attrs.Factory(dict)
     goals: dict[str, Goal] = attrs.Factory(dict)
     best: dict[str, tuple[int, int]] = attrs.Factory(dict)
-    """Goal -> (best progress, the first seed that made it)."""
+    """Goal -> (best progress, the first seed that made it): every goal of ``goals``."""
     unit: str = "seed"
     """What ``first`` and ``best`` count: seeds, or (a suite's, ``merge``) schedules."""
 
@@ -269,7 +269,7 @@ class HuntCoverage:
     def unmet(self) -> list[str]:
         """The goals never reached, by name."""
         return [name for name in sorted(self.goals)
-                if self.best.get(name, (0, 0))[0] < len(self.goals[name].stages)]
+                if self.best[name][0] < len(self.goals[name].stages)]
 
     def table(self) -> str:
         """The coverage table (``emu hunt --coverage`` prints it)."""
@@ -323,7 +323,7 @@ def summary(h: HuntCoverage, title: str, show_conflicts: int = 10) -> list[str]:
                 lines.extend(f"    {key} ({h.count[(kind, key)]} schedules)" for key in top)
     for name in sorted(h.goals):
         goal = h.goals[name]
-        got, seed = h.best.get(name, (0, h.seed))
+        got, seed = h.best[name]
         if got == len(goal.stages):
             lines.append(f"  goal {name}: REACHED (first in {h.unit} {seed}): {goal.about}")
         else:
@@ -348,7 +348,7 @@ def merge(hunts: Sequence[HuntCoverage]) -> HuntCoverage:
                 merged.universe[item] = why
         for name, goal in h.goals.items():
             merged.goals.setdefault(name, goal)
-            got, seed = h.best.get(name, (0, h.seed))
+            got, seed = h.best[name]
             if got > merged.best.get(name, (-1, 0))[0]:
                 merged.best[name] = (got, offset + seed - h.seed)
         offset += h.schedules
@@ -378,7 +378,7 @@ def to_json(h: HuntCoverage) -> dict[str, Any]:
     goals = []
     for name in sorted(h.goals):
         goal = h.goals[name]
-        got, seed = h.best.get(name, (0, h.seed))
+        got, seed = h.best[name]
         goals.append({"name": name, "about": goal.about, "reached": got == len(goal.stages),
                       "best_stage": got, "stages": [s.about for s in goal.stages],
                       "best_at": seed if got else None})
@@ -391,10 +391,11 @@ class Report:
     """The coverage of a hunt or a suite of hunts: per scenario and merged."""
 
     hunts: list[HuntCoverage]
+    merged: HuntCoverage = attrs.field(init=False)
+    """The suite's coverage (``merge``), made once for the table, the JSON and the plot."""
 
-    @property
-    def merged(self) -> HuntCoverage:
-        return self.hunts[0] if len(self.hunts) == 1 else merge(self.hunts)
+    def __attrs_post_init__(self) -> None:
+        self.merged = self.hunts[0] if len(self.hunts) == 1 else merge(self.hunts)
 
     def unmet(self) -> list[tuple[str, str]]:
         """(scenario, goal) of every goal a hunt declared and never reached."""
