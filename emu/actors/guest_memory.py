@@ -100,16 +100,21 @@ class GuestMemory:
     at some moment of it (``Accept.contended``)."""
     lpid: int = 0
     """The VM's LPID (for the access relation's names)."""
+    calls_name: str = attrs.field(init=False)
+    """The checks' object for the calls in flight (``check:guestcalls:<lpid>``)."""
+
+    def __attrs_post_init__(self) -> None:
+        self.calls_name = f"{accesses.CHECK}guestcalls:{self.lpid}"
 
     def touch_calls(self) -> None:
         """This step starts or ends a call or share in flight, or looks at those in flight
         (``check:guestcalls:<lpid>``, written: the verdicts depend on their order)."""
-        _touch(f"{accesses.CHECK}guestcalls:{self.lpid}")
+        _touch(self.calls_name)
 
     def call(self, gfns: range, who: str, raced: bool = False) -> _Call:
         """A call on ``gfns`` by ``who`` is in flight while the context lasts; it yields its
         record (``.raced``, set from the start if ``raced``)."""
-        return _Call(self.calls, gfns, who, raced, f"{accesses.CHECK}guestcalls:{self.lpid}")
+        return _Call(self.calls, gfns, who, raced, self.calls_name)
 
     def touch_gfn(self, gfn: int, write: bool = False) -> None:
         """This step reads (writes) what the guest believes of ``gfn``."""

@@ -92,14 +92,15 @@ NESTED_QUIRKS = {
 }
 
 
-def _touch(name: str, write: bool = False) -> None:
-    """This step reads (writes) the object ``name`` of the access relation: ``lpids`` (the
-    host's LPID allocator), ``idr:<L1 lpid>`` (L1's nested-guest IDR), ``ptcr:<L1 lpid>``
-    (its partition-table register), ``nested:<L1 lpid>:<nested lpid>:<shadow lpid>`` (one
+def _touch(kind: str, lpid: int | None = None, write: bool = False) -> None:
+    """This step reads (writes) an object of the access relation: ``lpids`` (the host's
+    LPID allocator), ``idr:<L1 lpid>`` (L1's nested-guest IDR), ``ptcr:<L1 lpid>`` (its
+    partition-table register), ``nested:<L1 lpid>:<nested lpid>:<shadow lpid>`` (one
     ``kvm_nested_guest``: its references, cached PATE, freed or not; two guests created
-    for the same nested lpid at once have different shadow LPIDs)."""
+    for the same nested lpid at once have different shadow LPIDs). The name is built only
+    when accesses are recorded (these run on every H_ENTER_NESTED)."""
     if accesses.current.on:
-        accesses.current.touch(name, write)
+        accesses.current.touch(kind if lpid is None else f"{kind}:{lpid}", write)
 
 
 class LpidPool:
@@ -112,7 +113,7 @@ class LpidPool:
 
     def alloc(self) -> int:
         """The lowest free LPID, or -1 (-ENOMEM) when none is left."""
-        _touch("lpids", True)
+        _touch("lpids", write=True)
         for lpid in range(self.nr_lpids):  # (small: LPIDs are 12 bits)
             if lpid not in self.used:
                 self.used.add(lpid)
@@ -120,7 +121,7 @@ class LpidPool:
         return -1
 
     def free(self, lpid: int) -> None:
-        _touch("lpids", True)
+        _touch("lpids", write=True)
         self.used.remove(lpid)
 
 
@@ -209,13 +210,13 @@ async def _idr_write(l1: L1Host, what: str, change: Callable[[], Any]) -> Any:
     writer meanwhile corrupts it. Callers must serialise (mmu_lock here)."""
     m = l1.m
     me = m.ctl.current.name
-    _touch(f"idr:{l1.kvm.lpid}", True)
+    _touch("idr", l1.kvm.lpid, True)
     if l1.idr_writer is not None:
         m.fail("idr", f"{what} by {me} while {l1.idr_writer} writes the nested-guest IDR: "
                "the IDR's writers are not serialised")
     l1.idr_writer = me
     await m.point(f"{what} (IDR nodes)")
-    _touch(f"idr:{l1.kvm.lpid}", True)
+    _touch("idr", l1.kvm.lpid, True)
     l1.idr_writer = None
     done = change()
     l1.lifetime_version += 1
@@ -224,14 +225,14 @@ async def _idr_write(l1: L1Host, what: str, change: Callable[[], Any]) -> Any:
 
 def _find_nested(l1: L1Host, lpid: int) -> KvmNestedGuest | None:
     """__find_nested: idr_find (mmu_lock held, or RCU)."""
-    _touch(f"idr:{l1.kvm.lpid}")
+    _touch("idr", l1.kvm.lpid)
     return l1.idr.get(lpid)
 
 
 def _idr_get_next(l1: L1Host, lpid: int) -> int:
     """idr_get_next from ``lpid + 1`` (mmu_lock held): the next lpid with a guest (entries
     still NULL after __prealloc_nested are skipped), or -1."""
-    _touch(f"idr:{l1.kvm.lpid}")
+    _touch("idr", l1.kvm.lpid)
     return min((i for i, g in l1.idr.items() if i > lpid and g is not None), default=-1)
 
 
@@ -311,7 +312,7 @@ def kvmhv_release_nested(gp: KvmNestedGuest) -> None:
 
 
 async def kvmhv_get_nested(l1: L1Host, l1_lpid: int, create: bool) -> KvmNestedGuest | None:
-    _touch(f"ptcr:{l1.kvm.lpid}")
+    _touch("ptcr", l1.kvm.lpid)
     if l1_lpid >= 1 << ((l1.l1_ptcr & PRTS_MASK) + 12 - 4):
         return None
     mmu_lock = l1.kvm.mmu_lock
@@ -405,7 +406,7 @@ async def kvmhv_set_partition_table(l1: L1Host, ptcr: int) -> int:
         ret = H_PARAMETER
     kvm.srcu.read_unlock(idx)
     if ret == H_SUCCESS:
-        _touch(f"ptcr:{kvm.lpid}", True)
+        _touch("ptcr", kvm.lpid, True)
         l1.l1_ptcr = ptcr
     return ret
 
@@ -418,7 +419,7 @@ async def kvmhv_update_ptbl_cache(gp: KvmNestedGuest) -> None:
     """Reload the guest's partition-table entry from L1 memory (tlb_lock held)."""
     l1 = gp.l1_host
     _use(gp, "kvmhv_update_ptbl_cache")
-    _touch(f"ptcr:{l1.kvm.lpid}")
+    _touch("ptcr", l1.kvm.lpid)
     pate = None
     if gp.l1_lpid < 1 << ((l1.l1_ptcr & PRTS_MASK) + 12 - 4):
         idx = await l1.kvm.srcu.read_lock()
