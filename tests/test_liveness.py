@@ -202,6 +202,8 @@ def test_a_livelock_shrinks_to_the_same_violation():
     assert shrunk.result.violation.kind == "liveness"
     assert "still hot: lock pair (x2)" in shrunk.result.violation.message
     assert len(shrunk.result.decisions) <= len(found.found.decisions)
+    # a livelock spends its whole budget, so the shrink shows in its preemptions: one
+    assert shrunk.after[0] == 1 < shrunk.before[0]
 
 
 # --------------------------------------------------------------------------- model monitors

@@ -824,12 +824,13 @@ async def kvmppc_share_page(kvm: KVM, gpa: int, page_shift: int) -> int:
     await kvm.uvmem_lock.lock()
     if (uvmem_pfn := kvmppc_gfn_is_uvmem_pfn(gfn, kvm)) is not None:
         mark_skip(uvmem_pfn)
-    kvm.m.hot(SHARE_RETRY, share_key(kvm, gfn), "H_SVM_PAGE_IN(H_PAGE_IN_SHARED)")
+    sharing = share_key(kvm, gfn)
+    kvm.m.hot(SHARE_RETRY, sharing, "H_SVM_PAGE_IN(H_PAGE_IN_SHARED)")
     while True:  # retry:
         kvm.uvmem_lock.unlock()
         pfn = await kvm.gfn_to_pfn(gfn)
         if is_error_noslot_pfn(pfn):
-            kvm.m.cold(SHARE_RETRY, share_key(kvm, gfn))
+            kvm.m.cold(SHARE_RETRY, sharing)
             kvm.srcu.read_unlock(srcu_idx)
             return ret
         await kvm.uvmem_lock.lock()
@@ -847,7 +848,7 @@ async def kvmppc_share_page(kvm: KVM, gpa: int, page_shift: int) -> int:
     kvm.kvm_release_pfn_clean(pfn)
     kvm.uvmem_lock.unlock()
     kvm.srcu.read_unlock(srcu_idx)
-    kvm.m.cold(SHARE_RETRY, share_key(kvm, gfn))
+    kvm.m.cold(SHARE_RETRY, sharing)
     return ret
 
 

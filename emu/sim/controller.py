@@ -206,7 +206,7 @@ class Controller:
         self._parked = 0
         self._workers = 0
         self.monitors: liveness.Monitors | None = None
-        """The hot/cold monitors (``liveness``), made at the first ``hot``."""
+        """The hot/cold monitors (``liveness``), made at the first ``hot`` or fingerprint."""
 
     # ----------------------------------------------------------------- building
     def spawn(self, name: str, fn: Callable[..., Awaitable[None]], *args: Any,
@@ -482,7 +482,7 @@ class Controller:
         if busy:
             lines.append("  steps in the fair suffix: "
                          + ", ".join(f"{names[i]} {counts[i]}" for i in busy))
-        message, details = liveness.livelock(self, self._fair_from, message, lines)
+        message, details = liveness.livelock(self, self._fair_from, cycle, message, lines)
         self.fail("liveness", message, details=details)
 
     def _hand_over(self, actor: Actor) -> None:

@@ -18,7 +18,7 @@ more turn of a retry loop) keeps where it first went hot.
 
 Neither call is a scheduling point, and neither touches the trace: a scenario's schedules
 and trace hashes are the same with or without monitors. Nothing is kept until the first
-``hot`` (``Controller.monitors`` stays None).
+``hot`` or a state fingerprint is offered (``Controller.monitors`` stays None).
 
 **The cycle.** When a schedule runs out of steps under the fair continuation, each actor
 that kept stepping is, in a livelock, going round a loop: its operations in the fair
@@ -39,6 +39,7 @@ which the budget merely cut short, keeps finding new ones.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -79,10 +80,9 @@ class Monitors:
         self.fingerprint: Callable[[], Hashable] | None = None
         """The model's state fingerprint (``Machine.state_fingerprint``), if it offers one."""
         self.first_seen: dict[Hashable, int] = {}
-        """Each fingerprint taken in the fair suffix -> the step about to be taken when it
-        was first seen (distinct states only: a progressing schedule may have many)."""
-        self.fingerprints = 0
-        """How many were taken."""
+        """Each fingerprint taken in the fair suffix (one a decision) -> the step about to
+        be taken when it was first seen (distinct states only: a progressing schedule may
+        have many)."""
 
     def hot(self, monitor: str, key: Hashable, why: str) -> None:
         if (monitor, key) in self.hot_keys:
@@ -122,7 +122,6 @@ class Fingerprinting:
     def choose(self, enabled: list, ctl: Controller) -> Any:
         mon = self._monitors
         mon.first_seen.setdefault(mon.fingerprint(), ctl.step + 1)
-        mon.fingerprints += 1
         return self._strategy.choose(enabled, ctl)
 
     def __getattr__(self, name: str) -> Any:
@@ -137,7 +136,7 @@ def state_summary(monitors: Monitors, fair_from: int, step: int) -> str:
         if last_new <= (fair_from + step) // 2 else \
         "new ones still appearing: progress the budget cut short?"
     return (f"  model states in the fair suffix: {len(monitors.first_seen)} distinct over "
-            f"{monitors.fingerprints} decisions, the last new one at step {last_new} "
+            f"{step - fair_from} decisions, the last new one at step {last_new} "
             f"({verdict})")
 
 
@@ -191,7 +190,7 @@ def shortest_period(seq: list[str], max_period: int = MAX_PERIOD) -> tuple[int, 
             i -= 1
         tail = n - 1 - i + p  # the matching positions, plus the first round they repeat
         if tail >= max(MIN_REPEATS * p, n // 2):
-            return p, min(tail, n)
+            return p, tail
     return None
 
 
@@ -222,25 +221,23 @@ def find_cycle(events: list[tuple], names: list[str], fair_from: int,
                  min(lp.repeats for lp in loops), max(lp.since for lp in loops), tuple(others))
 
 
-def livelock(ctl: Controller, fair_from: int, message: str, lines: list[str]
-             ) -> tuple[str, str]:
+def livelock(ctl: Controller, fair_from: int, live: set[int], message: str,
+             lines: list[str]) -> tuple[str, str]:
     """The one-line message and the details of a "no progress" report (the fair suffix
-    began after step ``fair_from``), with the hot monitors (the message names them: why the
-    schedule could not finish) and the cycle."""
+    began after step ``fair_from``; ``live``: the trace indices of the actors still alive
+    and the timer), with the hot monitors (the message names them: why the schedule could
+    not finish) and the cycle."""
     hot = ctl.monitors.still_hot() if ctl.monitors is not None else []
     if hot:
         # the monitors by name (how many keys): the keys, which may number objects, stay
         # in the details, so the message's objects (``explain``) are the livelock's own
-        keys: dict[str, int] = {}
-        for h in hot:
-            keys[h.monitor] = keys.get(h.monitor, 0) + 1
+        keys = Counter(h.monitor for h in hot)
         message += "; still hot: " + ", ".join(
             name + (f" (x{n})" if n > 1 else "") for name, n in keys.items())
         lines = [*lines, *("  hot: " + h.describe() for h in hot)]
-    live = {a.index for a in ctl.live} | {ctl.timer.index}
     cycle = find_cycle(ctl.trace.events, ctl.trace.actors, fair_from, live)
     if cycle is not None:
         lines = [*lines, *cycle.details()]
-    if ctl.monitors is not None and ctl.monitors.fingerprints:
+    if ctl.monitors is not None and ctl.monitors.first_seen:
         lines.append(state_summary(ctl.monitors, fair_from, ctl.step))
     return message, "\n".join(lines)

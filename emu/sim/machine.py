@@ -154,12 +154,8 @@ class Machine:
         actor has finished, or when the step budget runs out, is a ``liveness`` violation
         naming where (step, actor) and ``why`` it went hot. Not a scheduling point, not in
         the trace."""
-        ctl = self.ctl
-        if ctl.stopped:
-            return
-        if ctl.monitors is None:
-            ctl.monitors = Monitors(ctl)
-        ctl.monitors.hot(monitor, key, why)
+        if not self.ctl.stopped:
+            self._monitors().hot(monitor, key, why)
 
     def cold(self, monitor: str, key: Hashable) -> None:
         """The situation ``key`` of ``monitor`` has ended (nothing if it is not hot)."""
@@ -171,9 +167,13 @@ class Machine:
         tuples; it must change nothing): taken at every decision of the fair continuation
         only, it tells a livelock (the same few states again and again) from progress the
         step budget cut short (``sim.liveness``)."""
+        self._monitors().fingerprint = fingerprint
+
+    def _monitors(self) -> Monitors:
+        """The schedule's monitors, made when first needed (``Controller.monitors``)."""
         if self.ctl.monitors is None:
             self.ctl.monitors = Monitors(self.ctl)
-        self.ctl.monitors.fingerprint = fingerprint
+        return self.ctl.monitors
 
     def view(self, name: str, show: Callable[[], str]) -> None:
         """Offer ``show()`` as the view ``name``: text about the machine's state at the end
