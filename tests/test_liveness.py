@@ -223,11 +223,12 @@ def test_a_share_that_retries_for_ever_names_its_monitor_and_its_loop():
     assert "model states in the fair suffix: 1 distinct over " in v.details
 
 
-def _esm(monkeypatch, breakage: str, then_reset: bool = False):
+def _esm(monkeypatch, breakage: str, then: str | None = None):
     """UV_ESM with ``breakage``: ``init-done-fails`` (its migration made to fail, as a
     pinned page does: the VM stays Transient, "the VM must be terminated" by its owner; the
     guest accepts the failure) or ``uv-skips-init-done`` (the UV returns success without
-    issuing H_SVM_INIT_DONE). Then QEMU resets the VM, or does nothing."""
+    issuing H_SVM_INIT_DONE). Then QEMU ``then`` resets the VM (``reset``), destroys it
+    (``destroy``), or does nothing."""
     if breakage == "init-done-fails":
         async def fails(kvm, memslot):
             return H_STATE
@@ -250,8 +251,10 @@ def _esm(monkeypatch, breakage: str, then_reset: bool = False):
 
         async def qemu(h):
             await done.wait_for_completion()
-            if then_reset:
+            if then == "reset":
                 await h.svm_off(1)
+            elif then == "destroy":
+                await h.destroy(1)
         sm.vcpu(kvm, guest)
         sm.host(qemu)
     return emu.run(emu.scenario(name=f"esm-{breakage}")(build))
@@ -262,14 +265,15 @@ def test_an_esm_that_leaves_the_vm_transient_is_flagged(monkeypatch):
     assert v.kind == "liveness"
     assert v.message.startswith(f"{uvmem.VM_TRANSIENT} 1 never cooled: hot since step ")
     assert v.message.endswith(": UV_ESM: H_SVM_INIT_START")
-    assert _esm(monkeypatch, "uv-skips-init-done", then_reset=True).ok  # QEMU resets it
+    assert _esm(monkeypatch, "uv-skips-init-done", then="reset").ok  # QEMU resets it
+    assert _esm(monkeypatch, "uv-skips-init-done", then="destroy").ok  # or QEMU exits
 
 
 def test_a_failed_init_done_leaves_the_vm_to_its_owner(monkeypatch):
     """The kernel's protocol: after H_STATE the caller must terminate the VM; a scenario
     without that owner ends with the VM Transient, and nothing is flagged."""
     assert _esm(monkeypatch, "init-done-fails").ok
-    assert _esm(monkeypatch, "init-done-fails", then_reset=True).ok
+    assert _esm(monkeypatch, "init-done-fails", then="reset").ok
 
 
 def test_a_guest_program_that_stops_mid_boot_is_not_flagged():
