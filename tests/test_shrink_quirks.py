@@ -24,7 +24,7 @@ CLAIMS = {quirk: (scenario, suite.QUIRK_PARAMS.get(quirk, {}))
 PCT_FIRST = {"busy-page-fails", "init-start-unserialised", "idr-alloc-unlocked"}
 """Quirks hunted with PCT depth 3, the others with a random walk: the first two a random walk
 from seed 0 does not find in 5,000 schedules (PCT in 14 and 23); the random walk's finding
-of the third takes the whole shrink budget (``benchmarks/hunting.py --part shrink`` measures
+of the third takes the whole shrink budget (``benchmarks/hunt.py --part shrink`` measures
 it: 3 preemptions), its PCT finding a few dozen replays."""
 
 SCHEDULES = 60
