@@ -224,9 +224,9 @@ class Guided(_Search):
         self.corpus: list[_Entry] = []
         self.seen: set[tuple[str, str, str, str, str]] = set()
         """Coverage keys reached so far (membership only; never iterated)."""
-        self.frontier: list[tuple[_Entry, tuple[str, Label, Label]]] = []
-        """The corpus's pairs whose reversal has not been seen, in corpus order (those seen
-        since are dropped when the next schedule is drawn)."""
+        self.frontier: list[tuple[_Entry, tuple[str, Label, Label], tuple]] = []
+        """The corpus's pairs whose reversal has not been seen, in corpus order, each with
+        its reversal's key (those seen since are dropped when the next schedule is drawn)."""
 
     def strategy(self, seed: int) -> GuidedSchedule:
         rng = random.Random(seed)
@@ -234,10 +234,9 @@ class Guided(_Search):
         if not self.corpus or rng.randrange(FRESH) == 0:
             return GuidedSchedule(spec, seed, [])
         seen = self.seen
-        self.frontier = [(e, p) for e, p in self.frontier
-                         if _key(p[0], p[2], p[1]) not in seen]
+        self.frontier = [f for f in self.frontier if f[2] not in seen]
         if self.frontier:
-            entry, (_, first, second) = self.frontier[rng.randrange(len(self.frontier))]
+            entry, (_, first, second), _ = self.frontier[rng.randrange(len(self.frontier))]
         else:
             entry = self.corpus[rng.randrange(len(self.corpus))]
             _, first, second = rng.choice(entry.pairs)
@@ -260,8 +259,8 @@ class Guided(_Search):
         if new:
             entry = _Entry(strategy.constraints, pairs)
             self.corpus.append(entry)
-            self.frontier += [(entry, p) for p in pairs
-                              if _key(p[0], p[2], p[1]) not in self.seen]
+            reversals = [(p, _key(p[0], p[2], p[1])) for p in pairs]
+            self.frontier += [(entry, p, key) for p, key in reversals if key not in self.seen]
 
     def summary(self) -> list[str]:
         return [f"  guided: {len(self.corpus)} corpus entries, {len(self.seen)} conflict "
